@@ -1,0 +1,157 @@
+"""Typed configuration, passed down explicitly (never read from environment variables deep inside).
+
+Every stage takes one of these small dataclasses. `DryRunConfig` bundles them for the dry run and
+can be read from / written to YAML so that a run's exact settings travel with its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class CacheConfig:
+    """How the Arrow cache is built from the parquet panel."""
+
+    clip: float = 5.0  # robust z-scores are clipped to +-clip
+    min_valid_fraction: float = 0.0  # drop features valid on fewer than this fraction of cells (0 = keep all)
+    market_window: int = 0  # market-level features: 0 = expanding stats over past days, N = rolling N days
+    leak_rankic_threshold: float = 0.5  # |mean daily RankIC| of one feature vs a forward target flagged as look-ahead
+    chunk_days: int = 256  # days normalised at once (bounds peak memory on the real panel)
+
+
+@dataclass
+class SplitConfig:
+    """Walk-forward split by date; embargo counted in trading days."""
+
+    val_days: int = 120
+    test_days: int = 0
+    embargo_days: int | None = None  # None = the longest target horizon (the minimum allowed)
+
+
+@dataclass
+class DataConfig:
+    window: int = 20  # L: days of history per sample
+    days_per_batch: int = 1  # whole trading days per batch; a day is never cut
+    min_stocks: int = 20  # days with fewer valid names are skipped (sampler and metrics)
+    seed: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class ModelConfig:
+    """ATFT-GAT-FAN sizes. Demo defaults are small; `reference()` gives the production sizes."""
+
+    hidden: int = 32
+    lstm_layers: int = 1
+    attn_heads: int = 4
+    dropout: float = 0.1
+    fan_k: int = 3  # rFFT components removed per feature and predicted back
+    gat_layers: int = 1
+    gat_heads: tuple[int, ...] = (4,)
+    graph_topk: int = 8  # correlation neighbours per stock
+    graph_sector_edges: int = 8  # same-sector neighbours sampled per stock (bounds degree in big sectors)
+    graph_return_feature: str = ""  # feature whose window correlation builds edges ("" = auto)
+    n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
+    n_sectors: int = 40
+    static_dim: int = 8
+    vsn_var_dim: int = 8  # width of each variable's own GRN in the VSN (memory is S*L*F*this)
+    quantiles: tuple[float, ...] = ()  # () = point forecast; e.g. (0.1, 0.5, 0.9)
+
+    @classmethod
+    def reference(cls) -> "ModelConfig":
+        """Sizes of the production system this replaces (~20M parameters at ~400 features)."""
+        return cls(hidden=256, lstm_layers=1, attn_heads=8, dropout=0.1, fan_k=5, gat_layers=2,
+                   gat_heads=(8, 4), graph_topk=16, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
+
+
+@dataclass
+class LossConfig:
+    huber_delta: float = 1.0
+    rankic_weight: float = 0.5
+    cs_ic_weight: float = 0.3
+    sharpe_weight: float = 0.1
+    rank_temperature: float = 0.1  # soft-rank sharpness for the RankIC surrogate (in per-day z units)
+    rank_anchors: int = 64  # order statistics per day the soft rank compares against (memory S x K)
+    quantile_weight: float = 1.0  # weight of the pinball loss when the model has quantile heads
+    horizon_weights: dict[int, float] = field(default_factory=dict)  # {} = equal weights
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    warmup_fraction: float = 0.05
+    patience: int = 3  # epochs without val RankIC improvement before stopping
+    max_train_days: int | None = None  # explicit cap only; None = every training day every epoch
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model (measured in bench/)
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class GateConfig:
+    min_gpu_util: float = 0.40
+    min_rankic: float = -0.01
+    require_gpu: bool = False
+
+
+@dataclass
+class DryRunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "DryRunConfig":
+        return _build(cls, raw or {}, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "DryRunConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections (data, model, ...)")
+        return _build(cls, raw, str(path))
+
+
+def _build(cls: type, raw: dict[str, Any], where: str):
+    """Build a (nested) dataclass from a dict, rejecting unknown keys so typos are not ignored."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{name} must be a mapping")
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        elif isinstance(default, dict) and isinstance(value, dict):
+            kwargs[name] = {int(k) if str(k).isdigit() else k: v for k, v in value.items()}
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

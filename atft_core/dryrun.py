@@ -1,0 +1,140 @@
+"""The dry run: a short training run on the cache, judged by the gate. Pure library, no Prefect.
+
+Writes into `output_dir`:
+    gate.json               verdict, criteria, metrics, dataset and config
+    val_predictions.parquet Date, Code, pred_{h}d, target_{h}d for the validation days
+    metrics.csv             one row per epoch
+    checkpoint.pt           the best epoch's model, config and dataset fingerprint
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from atft_core.cache import Cache, open_cache
+from atft_core.config import DryRunConfig
+from atft_core.errors import TrainingError
+from atft_core.gate import GateResult, evaluate_gate
+from atft_core.gpu_monitor import GpuMonitor
+from atft_core.rundir import write_json
+from atft_core.trainer import TrainResult, Trainer
+
+log = logging.getLogger("atft_core.dryrun")
+
+
+@dataclass
+class DryRunResult:
+    gate: GateResult
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    gpu: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path) -> DryRunResult:
+    """Train briefly, evaluate, gate. A crash or non-finite loss becomes a failed gate, not a pass."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache = open_cache(cache_path)
+    monitor = GpuMonitor()
+    monitor.start()
+    result: TrainResult | None = None
+    error: str | None = None
+    loss_finite = True
+    try:
+        trainer = Trainer(cache, cfg, monitor=monitor)
+        result = trainer.fit(checkpoint_path=output_dir / "checkpoint.pt")
+    except TrainingError as exc:
+        error, loss_finite = str(exc), "non-finite" not in str(exc)
+        log.error("dry run training failed: %s", exc)
+    finally:
+        monitor.stop()
+    gpu = monitor.summary()
+
+    metrics = _metrics(result, gpu)
+    gate = evaluate_gate(metrics, gpu, cfg.gate, completed=result is not None, loss_finite=loss_finite,
+                         train_days=metrics["train_days_per_epoch"])
+    files: dict[str, Path] = {}
+    if result is not None:
+        files["metrics.csv"] = write_history(result.history, output_dir / "metrics.csv")
+        files["val_predictions.parquet"] = write_predictions(cache, result.val_days, result.val_pred,
+                                                             output_dir / "val_predictions.parquet")
+        if result.checkpoint is not None and result.checkpoint.exists():
+            files["checkpoint.pt"] = result.checkpoint
+    report = {"passed": gate.passed, "criteria": gate.to_dict()["criteria"], "metrics": metrics, "error": error,
+              "dataset": dataset_info(cache), "config": cfg.to_dict()}
+    files["gate.json"] = write_json(output_dir / "gate.json", json_safe(report))
+    return DryRunResult(gate=gate, metrics=metrics, history=result.history if result else [], gpu=gpu, files=files)
+
+
+def _metrics(result: TrainResult | None, gpu: dict[str, Any]) -> dict[str, Any]:
+    if result is None:
+        return {"val_rankic": None, "val_ic": None, "val_rankic_ir": None, "val_sharpe": None,
+                "gpu_util_mean": gpu.get("util_mean"), "epoch_seconds": None, "train_days_per_epoch": 0,
+                "epochs": 0}
+    best = result.val_metrics
+    h0 = min(best)
+    hist = result.history
+    return {
+        "val_rankic": best[h0]["rankic"], "val_ic": best[h0]["ic"], "val_rankic_ir": best[h0]["rankic_ir"],
+        "val_sharpe": best[h0]["ls_sharpe"], "val_ls_mean": best[h0]["ls_mean"], "val_days": len(result.val_days),
+        "per_horizon": {f"{h}d": m for h, m in best.items()},
+        "best_epoch": result.best_epoch, "epochs": len(hist),
+        "gpu_util_mean": gpu.get("util_mean"), "gpu_mem_peak_mb": gpu.get("mem_peak_mb"),
+        "epoch_seconds": float(np.mean([r["seconds"] for r in hist])),
+        "train_days_per_epoch": result.train_days_per_epoch,
+        "final_train_loss": hist[-1]["train_loss"], "rss_mb": hist[-1]["rss_mb"],
+    }
+
+
+def dataset_info(cache: Cache) -> dict[str, Any]:
+    m = cache.manifest
+    return {"fingerprint": m["fingerprint"], "source": m.get("source"), "cache": str(cache.path),
+            "stocks": m["shape"]["stocks"], "days": m["shape"]["days"], "features": m["shape"]["features"],
+            "horizons": m["horizons"], "first_date": m["dates"][0], "last_date": m["dates"][-1]}
+
+
+def write_history(history: list[dict[str, Any]], path: Path) -> Path:
+    cols: list[str] = []
+    for rec in history:
+        cols += [k for k in rec if k not in cols]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(history)
+    return path
+
+
+def write_predictions(cache: Cache, days: np.ndarray, pred: np.ndarray, path: Path) -> Path:
+    """Long format: one row per (validation day, stock with a row that day)."""
+    d_idx, s_idx = np.nonzero(cache.valid[days])
+    cols: dict[str, Any] = {
+        "Date": pl.Series(np.asarray(cache.dates)[days][d_idx]).str.to_date(),
+        "Code": np.asarray(cache.codes)[s_idx],
+    }
+    for k, h in enumerate(cache.horizons):
+        cols[f"pred_{h}d"] = pred[d_idx, s_idx, k]
+        cols[f"target_{h}d"] = cache.y[days[d_idx], s_idx, k]
+    pl.DataFrame(cols).write_parquet(path)
+    return path
+
+
+def json_safe(o: Any) -> Any:
+    """JSON has no NaN: non-finite numbers become null, numpy scalars plain numbers."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o

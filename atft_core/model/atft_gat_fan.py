@@ -1,0 +1,190 @@
+"""ATFT-GAT-FAN assembled from the blocks: FAN -> TFT encoder -> GAT across stocks -> horizon heads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atft_core.config import ModelConfig
+from atft_core.model.blocks import (
+    FrequencyAdaptiveNorm,
+    StaticCovariateEncoder,
+    TemporalFusionBlock,
+    VariableSelectionNetwork,
+)
+from atft_core.model.graph import GraphAttentionLayer, build_edges
+
+__all__ = ["ATFTGATFAN", "build_model", "resolve_return_feature", "RETURN_FEATURE_CANDIDATES"]
+
+logger = logging.getLogger("atft_core.model")
+
+# Auto choice of the feature whose window correlation builds the graph, in order of preference.
+RETURN_FEATURE_CANDIDATES: tuple[str, ...] = ("returns_1d", "return_1d", "ret_1d")
+
+_FAN_STREAMS = 3  # residual, removed, removed_hat (see FANOutput.channels)
+
+
+class HorizonHead(nn.Module):
+    """One horizon's head: ``[S, D] -> ([S] point forecast, [S, Q] quantiles or None)``.
+
+    Quantiles are produced non-crossing by construction: the lowest is free, each next one adds a
+    softplus (positive) increment, so ``q_0.1 <= q_0.5 <= q_0.9`` always holds.
+    """
+
+    def __init__(self, d_model: int, n_quantiles: int) -> None:
+        super().__init__()
+        d_hidden = max(8, d_model // 2)
+        self.n_quantiles = n_quantiles
+        self.body = nn.Sequential(nn.Linear(d_model, d_hidden), nn.GELU())
+        self.out = nn.Linear(d_hidden, 1 + n_quantiles)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        out = self.out(self.body(h)).float()
+        point = out[:, 0]
+        if self.n_quantiles == 0:
+            return point, None
+        first, steps = out[:, 1:2], F.softplus(out[:, 2:])
+        return point, torch.cat((first, first + torch.cumsum(steps, dim=1)), dim=1)
+
+
+class ATFTGATFAN(nn.Module):
+    """Cross-sectional return model: per-stock temporal encoder, then attention across the day's stocks.
+
+    Args:
+        n_features: F, input features per day.
+        horizons: forecast horizons in days, e.g. ``(1, 5, 10, 20)``; one head each.
+        cfg: sizes (`ModelConfig`).
+        return_feature_idx: feature whose window builds the correlation graph (see `build_model`).
+
+    ``forward(x [S, L, F] float, static [S, 2] long, day_id [S] long)`` returns a dict:
+
+    - ``pred [S, H]`` float32: the point forecast per horizon, from its own output unit
+      (not the median quantile), so the trainer's Huber / RankIC / Sharpe terms act on a unit that
+      the quantile (pinball) loss, if used, does not pull around.
+    - ``quantiles [S, H, Q]`` float32 in ``cfg.quantiles`` order sorted ascending, non-crossing, or
+      ``None`` when ``cfg.quantiles`` is empty.
+    - ``fan_loss`` scalar: FAN's reconstruction loss of the removed frequency components (an
+      optional auxiliary term for the trainer; the FAN predictor learns through ``pred`` anyway).
+
+    ``static`` holds (section id, sector id); -1 means unknown and ids beyond the tables fold into
+    their last row. ``day_id`` says which rows share a trading day: graph edges never cross days.
+    NaN inputs are read as 0 (the cache's neutral z-score).
+
+    ``torch.compile``: `encode` (FAN + TFT) and `decode` (GAT + heads) have no data-dependent Python
+    control flow; edge building (`build_edges`, topk / unique with data-dependent sizes) is between
+    them and runs eagerly.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        horizons: Sequence[int],
+        cfg: ModelConfig,
+        return_feature_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        if n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {n_features}")
+        if not horizons:
+            raise ValueError("horizons must name at least one forecast horizon")
+        if not 0 <= return_feature_idx < n_features:
+            raise ValueError(f"return_feature_idx {return_feature_idx} is outside 0..{n_features - 1}")
+        bad_q = [q for q in cfg.quantiles if not 0.0 < q < 1.0]
+        if bad_q:
+            raise ValueError(f"quantiles must lie strictly between 0 and 1, got {bad_q}")
+        self.cfg = cfg
+        self.n_features = int(n_features)
+        self.horizons = tuple(int(h) for h in horizons)
+        self.quantiles = tuple(sorted(float(q) for q in cfg.quantiles))
+        self.return_feature_idx = int(return_feature_idx)
+        d = int(cfg.hidden)
+
+        self.fan = FrequencyAdaptiveNorm(n_features, cfg.fan_k, d)
+        self.static_encoder = StaticCovariateEncoder(cfg.n_sections, cfg.n_sectors, cfg.static_dim, d,
+                                                     cfg.dropout)
+        self.vsn = VariableSelectionNetwork(n_features, _FAN_STREAMS, cfg.vsn_var_dim, d, cfg.dropout,
+                                            d_context=d)
+        self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
+        gat_heads = tuple(cfg.gat_heads) or (1,)
+        # A shorter heads tuple than layers repeats its last entry (HPO may vary the layer count).
+        self.gat = nn.ModuleList(
+            GraphAttentionLayer(d, d, gat_heads[min(i, len(gat_heads) - 1)], cfg.dropout)
+            for i in range(cfg.gat_layers)
+        )
+        self.heads = nn.ModuleList(HorizonHead(d, len(self.quantiles)) for _ in self.horizons)
+        logger.info(
+            "ATFT-GAT-FAN built: %s parameters (features=%d, hidden=%d, horizons=%s, quantiles=%s)",
+            f"{self.n_parameters:,}", n_features, d, self.horizons, self.quantiles or "none",
+        )
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, x: Tensor, static: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-stock encoder: ``x [S, L, F], static [S, 2] -> (h [S, D], fan_loss scalar)``."""
+        x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        fan = self.fan(x)
+        ctx = self.static_encoder(static)
+        selected, _ = self.vsn(fan.channels(), ctx.selection.unsqueeze(1))  # [S, L, D]
+        h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
+        return h, fan.aux_loss()
+
+    def edges(self, x: Tensor, static: Tensor, day_id: Tensor) -> Tensor:
+        """The day graph for this batch (`build_edges` on the return feature's window)."""
+        return build_edges(x[:, :, self.return_feature_idx], day_id, static[:, 1],
+                           self.cfg.graph_topk, self.cfg.graph_sector_edges)
+
+    def decode(self, h: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """GAT across stocks and heads: ``h [S, D] -> (pred [S, H], quantiles [S, H, Q] or None)``."""
+        for layer in self.gat:
+            h = layer(h, edge_index)
+        outs = [head(h) for head in self.heads]
+        pred = torch.stack([p for p, _ in outs], dim=1)
+        if not self.quantiles:
+            return pred, None
+        return pred, torch.stack([q for _, q in outs], dim=1)  # type: ignore[misc]
+
+    def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> dict[str, Tensor | None]:
+        if x.dim() != 3 or x.shape[2] != self.n_features:
+            raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
+        h, fan_loss = self.encode(x, static)
+        edge_index = self.edges(x, static, day_id)
+        pred, quantiles = self.decode(h, edge_index)
+        return {"pred": pred, "quantiles": quantiles, "fan_loss": fan_loss}
+
+
+def resolve_return_feature(feature_names: Sequence[str], wanted: str = "") -> int:
+    """Index of the feature that builds the graph: ``wanted`` exactly if given, else the first of
+    `RETURN_FEATURE_CANDIDATES` present, else 0."""
+    names = list(feature_names)
+    if wanted:
+        if wanted not in names:
+            raise ValueError(
+                f"graph_return_feature '{wanted}' is not among the {len(names)} features "
+                f"(first ones: {names[:10]})"
+            )
+        return names.index(wanted)
+    for candidate in RETURN_FEATURE_CANDIDATES:
+        if candidate in names:
+            return names.index(candidate)
+    return 0
+
+
+def build_model(
+    n_features: int,
+    horizons: Sequence[int],
+    cfg: ModelConfig,
+    feature_names: list[str],
+) -> ATFTGATFAN:
+    """Build ATFT-GAT-FAN, resolving ``cfg.graph_return_feature`` against ``feature_names``."""
+    if len(feature_names) != n_features:
+        raise ValueError(f"{len(feature_names)} feature names given for n_features={n_features}")
+    idx = resolve_return_feature(feature_names, cfg.graph_return_feature)
+    logger.info("graph edges from the window of feature '%s' (index %d)",
+                feature_names[idx] if feature_names else "?", idx)
+    return ATFTGATFAN(n_features, tuple(horizons), cfg, return_feature_idx=idx)

@@ -1,0 +1,61 @@
+"""One folder per run: `<output_dir>/<UTC timestamp>-<mode>-<short run id>/`, never reused.
+
+A nightly job that overwrote yesterday's folder would destroy the only evidence of what changed, so
+the folder is created with `exist_ok=False` and a collision (same second, same id) gets a suffix.
+The name sorts by time and carries the orchestrator's run id, so a run in the UI leads to its files
+and a folder leads back to its run. Nothing here knows about Prefect: a run id is just a string.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+_SAFE = re.compile(r"[^A-Za-z0-9]+")
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def short_id(run_id: str, length: int = 8) -> str:
+    """First characters of a run id (a UUID's first group), filesystem-safe."""
+    return _SAFE.sub("", str(run_id))[:length] or "local"
+
+
+def new_run_dir(output_dir: str | Path, mode: str, run_id: str, now: datetime | None = None) -> Path:
+    """Create and return a fresh folder for one run; never returns an existing folder."""
+    root = Path(output_dir).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime(STAMP_FORMAT)
+    base = f"{stamp}-{_SAFE.sub('-', mode).strip('-') or 'run'}-{short_id(run_id)}"
+    for n in range(1000):
+        path = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not create a new run folder under {root} for {base}")
+
+
+def find_run_dir(output_dir: str | Path, run_id: str) -> Path | None:
+    """The folder a run created (by its id), or None when it never got that far."""
+    root = Path(output_dir).expanduser()
+    if not root.is_dir():
+        return None
+    sid = short_id(run_id)
+    matches = sorted(p for p in root.iterdir() if p.is_dir() and re.search(rf"-{sid}(-\d+)?$", p.name))
+    return matches[-1] if matches else None
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write JSON atomically (temp file + rename): a reader on another worker never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,121 @@
+"""Where the panel comes from: a parquet file, a directory of parquet files, or an ``s3://`` URI.
+
+Remote inputs are downloaded once into a private temporary folder (never into the cache dir, so a
+failed download leaves nothing behind) and then read like local files. The fingerprint hashes file
+*content*, so a file rewritten in place with the same size and name is still a cache miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from atft_core.errors import DatasetError
+
+log = logging.getLogger("atft_core.source")
+
+_HASH_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Connection settings for s3:// inputs. Built at the edge (CLI / flow) from the environment."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    connect_timeout: float = 5.0
+    max_attempts: int = 3
+
+    @classmethod
+    def from_env(cls) -> "S3Options":
+        return cls(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+                   region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None)
+
+
+@dataclass(frozen=True)
+class LocalInput:
+    """Resolved input: the parquet files to read and a display name for error messages."""
+
+    display: str
+    files: tuple[Path, ...]
+
+
+def fingerprint_files(files: tuple[Path, ...], root: Path | None = None) -> str:
+    """blake2b over (relative name, bytes) of every file: content-keyed, order-stable."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        rel = f.relative_to(root) if root is not None and f.is_relative_to(root) else Path(f.name)
+        h.update(str(rel).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _list_local(path: Path, display: str) -> tuple[Path, ...]:
+    if not path.exists():
+        raise DatasetError(display, "does not exist; pass --data-path pointing at a parquet file, "
+                                    "a directory of parquet files or an s3:// URI")
+    if path.is_dir():
+        files = tuple(sorted(p for p in path.rglob("*.parquet") if p.is_file()))
+        if not files:
+            raise DatasetError(display, "is a directory with no *.parquet files in it")
+        return files
+    return (path,)
+
+
+@contextmanager
+def resolve_input(data_path: str | Path, s3: S3Options | None = None) -> Iterator[LocalInput]:
+    """Yield the local parquet files behind ``data_path``; remote copies are deleted afterwards."""
+    text = str(data_path)
+    if not text.startswith("s3://"):
+        path = Path(text).expanduser()
+        yield LocalInput(display=text, files=_list_local(path, text))
+        return
+    staging = Path(tempfile.mkdtemp(prefix="atft-s3-"))
+    try:
+        files = _download_s3(text, staging, s3 or S3Options.from_env())
+        yield LocalInput(display=text, files=files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _download_s3(uri: str, dest: Path, opts: S3Options) -> tuple[Path, ...]:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise DatasetError(uri, "an s3:// URI needs a bucket: s3://bucket/path/to/file.parquet")
+    client = boto3.client(
+        "s3", endpoint_url=opts.endpoint_url, region_name=opts.region,
+        config=Config(connect_timeout=opts.connect_timeout, read_timeout=30,
+                      retries={"max_attempts": opts.max_attempts, "mode": "standard"}))
+    where = opts.endpoint_url or "the default AWS endpoint"
+    try:
+        keys = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])
+                     if o["Key"] == prefix or o["Key"].endswith(".parquet")]
+        if not keys:
+            raise DatasetError(uri, f"no parquet object at this prefix on {where}")
+        files = []
+        for key in sorted(keys):
+            local = dest / (key[len(prefix):].lstrip("/") or Path(key).name)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(local))
+            files.append(local)
+    except (BotoCoreError, ClientError) as exc:
+        # The message never carries credentials: botocore errors name the endpoint, not the keys.
+        raise DatasetError(uri, f"cannot read from S3 endpoint {where}: {exc}. Check AWS_ENDPOINT_URL, "
+                                "the bucket name and your credentials, then re-run") from None
+    log.info("downloaded %d object(s) from %s", len(files), uri)
+    return tuple(files)

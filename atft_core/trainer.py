@@ -1,0 +1,221 @@
+"""Training loop: every training day every epoch, validation without a graph, early stopping.
+
+Guards against the failures of the system this replaces:
+- every training day is seen each epoch (a cap exists only as `TrainConfig.max_train_days`);
+- days are reshuffled each epoch from (seed, epoch), whole days per batch;
+- validation runs under `torch.no_grad()`, predictions are detached and copied into one
+  preallocated grid, metrics are computed once, vectorised, from `atft_core.metrics`;
+- a non-finite loss stops training with an error naming the epoch and batch (no silent skip).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from atft_core.batches import DayBatchSampler, GridTensors, Split, make_split
+from atft_core.cache import Cache
+from atft_core.config import DryRunConfig
+from atft_core.errors import TrainingError
+from atft_core.loss import compute_loss
+from atft_core.metrics import summarize_horizons
+from atft_core.model import build_model
+
+log = logging.getLogger("atft_core.trainer")
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is visible; use --device auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_rankic: float
+    val_pred: np.ndarray  # [n_val_days, S, H] predictions of the best model, NaN where no row
+    val_days: np.ndarray
+    train_days_per_epoch: int
+    loss_finite: bool = True
+    checkpoint: Path | None = None
+    val_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class Trainer:
+    """Fits ATFT-GAT-FAN on one cache with one `DryRunConfig`.
+
+    `on_epoch` receives each epoch's record (HPO uses it to report and prune; an exception raised
+    there, such as optuna's TrialPruned, ends `fit` unchanged).
+    """
+
+    def __init__(self, cache: Cache, cfg: DryRunConfig, *, split: Split | None = None,
+                 monitor: Any = None, on_epoch: EpochCallback | None = None, model: torch.nn.Module | None = None):
+        self.cache = cache
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.split = split or make_split(cache, cfg.data)
+        self.grid = GridTensors(cache, cfg.data.window, self.device)
+        self.horizons = cache.horizons
+        self.model = (model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)).to(self.device)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.monitor = monitor
+        self.on_epoch = on_epoch
+        self.sampler = DayBatchSampler(self.split.train, cfg.data.days_per_batch, shuffle=True,
+                                       seed=cfg.train.seed, max_days=cfg.train.max_train_days)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        total = max(1, len(self.sampler) * cfg.train.max_epochs)
+        warmup = max(1, int(total * cfg.train.warmup_fraction))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if self.device.type == "cuda" and cfg.train.amp else nullcontext())
+
+    # -- one step -----------------------------------------------------------------------------
+    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with self.amp:
+            out = self.forward(batch.x, batch.static, batch.day_id)
+        out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
+        loss, parts = compute_loss(out, batch.y_z, batch.y_mask, batch.day_id, self.cfg.loss, self.horizons,
+                                   quantile_levels=tuple(self.cfg.model.quantiles))
+        aux = out.get("aux_loss")
+        if aux is not None:  # FAN learns to predict back the frequency components it removed
+            loss = loss + aux
+            parts["fan_aux"] = float(aux.detach())
+        return loss, parts
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        self.model.train()
+        self.sampler.set_epoch(epoch)
+        total, n_batches, n_days = 0.0, 0, 0
+        parts_sum: dict[str, float] = {}
+        batches = self.sampler
+        if self.cfg.train.progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}", leave=False, mininterval=1.0)
+        active = self.monitor.active() if self.monitor is not None else nullcontext()
+        with active:
+            for b, days in enumerate(batches):
+                batch = self.grid.gather(days)
+                loss, parts = self._loss(batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"non-finite loss ({float(loss)}) at epoch {epoch}, batch {b} "
+                                        f"(days {[self.cache.dates[int(d)] for d in days]}); parts={parts}. "
+                                        "Lower the learning rate or check the input features for extreme values")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                self.opt.step()
+                self.sched.step()
+                total += float(loss.detach())
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v
+                n_batches += 1
+                n_days += len(days)
+        return {"train_loss": total / max(1, n_batches), "train_days": n_days,
+                **{f"train_{k}": v / max(1, n_batches) for k, v in parts_sum.items() if k != "total"}}
+
+    # -- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, days: np.ndarray, days_per_batch: int = 8) -> np.ndarray:
+        """Dense [len(days), S, H] prediction grid (NaN where the stock had no row that day)."""
+        self.model.eval()
+        n_stocks = self.cache.x.shape[1]
+        out = np.full((len(days), n_stocks, len(self.horizons)), np.nan, dtype=np.float32)
+        for i in range(0, len(days), days_per_batch):
+            chunk = days[i:i + days_per_batch]
+            batch = self.grid.gather(chunk)
+            with self.amp:
+                pred = self.forward(batch.x, batch.static, batch.day_id)["pred"]
+            # one device->host copy per batch, already detached (no_grad) and in float32
+            out[i + batch.day_id.cpu().numpy(), batch.stock.cpu().numpy()] = pred.float().cpu().numpy()
+        return out
+
+    def evaluate(self, days: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+        pred = self.predict(days)
+        target = np.where(self.cache.valid[days][:, :, None], self.cache.y[days], np.nan)
+        per_h = summarize_horizons(pred, target, self.horizons, min_stocks=self.cfg.data.min_stocks)
+        return pred, {h: m.to_dict() for h, m in per_h.items()}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, checkpoint_path: Path | None = None) -> TrainResult:
+        cfg = self.cfg
+        history: list[dict[str, Any]] = []
+        best = (-math.inf, -1)
+        best_pred: np.ndarray | None = None
+        best_metrics: dict[int, dict[str, Any]] = {}
+        stale = 0
+        h0 = self.horizons[0]
+        log.info("training on %d days/epoch (%d validation days, embargo %d), %d parameters, device %s",
+                 len(self.sampler.epoch_days()), len(self.split.val), self.split.embargo,
+                 sum(p.numel() for p in self.model.parameters()), self.device)
+        for epoch in range(cfg.train.max_epochs):
+            t0 = time.perf_counter()
+            rec: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            rec["train_seconds"] = time.perf_counter() - t0
+            pred, metrics = self.evaluate(self.split.val)
+            m = metrics[h0]
+            rec.update({"val_ic": m["ic"], "val_rankic": m["rankic"], "val_rankic_ir": m["rankic_ir"],
+                        "val_sharpe": m["ls_sharpe"], "val_ls_mean": m["ls_mean"],
+                        **{f"val_rankic_{h}d": metrics[h]["rankic"] for h in self.horizons},
+                        "lr": self.sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+                        "rss_mb": rss_mb()})
+            history.append(rec)
+            log.info("epoch %d: loss %.4f | val IC %s RankIC %s | %d days | %.1fs", epoch, rec["train_loss"],
+                     _fmt(m["ic"]), _fmt(m["rankic"]), rec["train_days"], rec["seconds"])
+            score = m["rankic"] if m["rankic"] is not None else -math.inf
+            if score > best[0] or best_pred is None:
+                best, best_pred, best_metrics, stale = (score, epoch), pred, metrics, 0
+                if checkpoint_path is not None:
+                    self.save_checkpoint(checkpoint_path, epoch, m["rankic"])
+            else:
+                stale += 1
+            if self.on_epoch is not None:
+                self.on_epoch(rec)
+            if stale >= cfg.train.patience:
+                log.info("early stop: validation RankIC has not improved for %d epochs", stale)
+                break
+        assert best_pred is not None
+        return TrainResult(history=history, best_epoch=best[1], best_rankic=best[0], val_pred=best_pred,
+                           val_days=self.split.val, train_days_per_epoch=history[0]["train_days"] if history else 0,
+                           checkpoint=checkpoint_path, val_metrics=best_metrics)
+
+    def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
+        """Model weights with everything needed to trust them later: config and dataset fingerprint."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "epoch": epoch,
+                    "val_rankic": val_rankic, "dataset_fingerprint": self.cache.fingerprint,
+                    "features": self.cache.feature_names, "horizons": list(self.horizons)}, tmp)
+        tmp.replace(path)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4f}"

@@ -1,0 +1,167 @@
+"""`atft` command line. Exit codes: 0 ok / gate passed, 1 gate failed or run failed, 2 bad input.
+
+The commands that train (`dryrun`, `pipeline`, `hpo`) run the Prefect flows, so with
+PREFECT_API_URL set they show up in the UI like any deployment run; without it they run in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from atft_core.errors import DatasetError, TrainingError
+
+log = logging.getLogger("atft")
+
+DEFAULT_DATA_ROOT = Path("data")
+DEFAULT_OUTPUT = Path("runs")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "botocore", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_gate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
+    p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
+    p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT), help="each run gets its own folder below this")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--min-gpu-util", type=float, default=None)
+    p.add_argument("--min-rankic", type=float, default=None)
+    p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="fail the gate when no GPU is visible (GPU pool); default: not applicable on CPU")
+    p.add_argument("--config", default=None, help="YAML with sections data/cache/model/loss/train/gate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atft", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="generate the built-in demo market (parquet + oracle)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--stocks", type=int, default=None)
+    p.add_argument("--days", type=int, default=None)
+    p.add_argument("--features", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+    p = sub.add_parser("build-cache", help="validate a panel and build its Arrow cache")
+    p.add_argument("--data-path", required=True)
+    p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
+    p.add_argument("--config", default=None)
+
+    p = sub.add_parser("dryrun", help="build cache, train briefly, apply the gate (the nightly go/no-go)")
+    _add_gate_args(p)
+
+    p = sub.add_parser("pipeline", help="the full flow: cache -> gate -> (mode hpo) HPO study")
+    _add_gate_args(p)
+    p.add_argument("--mode", choices=["dryrun", "hpo"], default="dryrun")
+    p.add_argument("--n-trials", type=int, default=5)
+    p.add_argument("--study-name", default="atft")
+    p.add_argument("--storage", default=None)
+    return parser
+
+
+def _config(path: str | None):
+    from atft_core.config import DryRunConfig
+    return DryRunConfig.from_yaml(path) if path else DryRunConfig()
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from atft_core.demo import DemoConfig, generate_demo
+    overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed") if getattr(args, k) is not None}
+    oracle = generate_demo(args.out, DemoConfig(**overrides))
+    print(f"wrote {args.out} and {args.out}.oracle.json")
+    print(json.dumps(oracle.get("oracle", oracle), indent=1, default=str)[:2000])
+    return 0
+
+
+def cmd_build_cache(args: argparse.Namespace) -> int:
+    from atft_core.cache import build_cache
+    from atft_core.source import S3Options
+    cfg = _config(args.config)
+    build = build_cache(args.data_path, args.cache_dir, cfg.cache, s3=S3Options.from_env())
+    _print_cache_summary(build)
+    return 0
+
+
+def _print_cache_summary(build: Any) -> None:
+    s = build.summary
+    print(f"cache {'HIT' if build.hit else 'built'}: {build.path}")
+    print(f"  {s['stocks']} stocks x {s['days']} days x {s['features']} features, horizons {s['horizons']}, "
+          f"{s['first_date']} .. {s['last_date']}, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.2f}s")
+    for w in build.warnings:
+        print(f"  warning: {w}")
+
+
+def demo_data_path(data_root: Path = DEFAULT_DATA_ROOT) -> Path:
+    """The demo panel, generated on first use and reused after (its content fingerprint keys the cache)."""
+    from atft_core.demo import DemoConfig, generate_demo
+    path = data_root / "demo" / "demo.parquet"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        log.info("generating the demo dataset at %s (once)", path)
+        generate_demo(tmp, DemoConfig())
+        Path(f"{tmp}.oracle.json").replace(f"{path}.oracle.json")
+        tmp.replace(path)
+    return path
+
+
+def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "mode": mode,
+        "data_path": args.data_path or str(demo_data_path()),
+        "cache_dir": args.cache_dir,
+        "output_dir": args.output_dir,
+        "config_path": args.config,
+    }
+    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    for name in ("n_trials", "study_name", "storage"):
+        if getattr(args, name, None) is not None:
+            params[name] = getattr(args, name)
+    return params
+
+
+def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
+    from flows.pipeline import run_pipeline
+    result = run_pipeline(**_flow_params(args, mode or args.mode))
+    print(f"run folder: {result['run_dir']}")
+    gate = result.get("gate") or {}
+    for c in gate.get("criteria", []):
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.get("passed")]
+        print(f"  {verdict:4s} {c['name']}: value={c.get('value')} threshold={c.get('threshold')} {c.get('note', '')}")
+    print(f"gate: {'PASSED' if gate.get('passed') else 'FAILED'}  (state: {result.get('state')})")
+    return 0 if result.get("ok") else 1
+
+
+COMMANDS = {"demo-data": cmd_demo_data, "build-cache": cmd_build_cache,
+            "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (TrainingError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, TrainingError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The dry-run gate: publish the report first, then fail the run if a criterion failed.
+
+Order matters: when the gate fails, the person opening the failed run needs the report (each
+criterion, its value, threshold and verdict) more than ever, so the artifact is created before the
+exception that ends the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+GATE_KEY = "dryrun-gate"
+
+
+class GateFailed(RuntimeError):
+    """The dry run did not meet the gate; the pipeline stops before the HPO study."""
+
+
+@task(name="dryrun-gate", cache_policy=NO_CACHE, persist_result=False,
+      description="Publish the gate report, then fail the run if the dry run did not pass.")
+def check_gate(stage: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    create_markdown_artifact(stage["gate_markdown"] + f"\n\nRun folder: `{run_dir}`\n", key=GATE_KEY,
+                             description="Dry-run gate: each criterion with value, threshold and verdict")
+    gate = stage["gate"]
+    if not stage["passed"]:
+        raise GateFailed(f"dry-run gate failed: {failed_criteria(gate) or 'see the dryrun-gate artifact'}; "
+                         f"the HPO study is not started. Report: {run_dir}/gate.json")
+    get_run_logger().info("dry-run gate passed")
+    return gate
+
+
+def failed_criteria(gate: dict[str, Any]) -> str:
+    """`name value vs threshold` for each failed criterion, whatever shape the criteria list has."""
+    criteria = gate.get("criteria", [])
+    if isinstance(criteria, dict):
+        criteria = [{"name": k, **v} if isinstance(v, dict) else {"name": k, "passed": v} for k, v in criteria.items()]
+    out = []
+    for c in criteria:
+        if c.get("passed") is False:
+            detail = f"{c.get('name')}"
+            if "value" in c:
+                detail += f" = {c.get('value')}"
+            if "threshold" in c:
+                detail += f" (needs {c.get('op', '>')} {c.get('threshold')})"
+            out.append(detail)
+    return "; ".join(out)

@@ -60,7 +60,8 @@ class ModelConfig:
     n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
     n_sectors: int = 40
     static_dim: int = 8
-    vsn_var_dim: int = 8  # width of each variable's own GRN in the VSN (memory is S*L*F*this)
+    vsn_var_dim: int = 4  # width of each variable's own GRN in the VSN (its cost is S*L*F*this)
+    fan_aux_weight: float = 0.1  # weight of FAN's reconstruction loss inside the model's aux_loss
     quantiles: tuple[float, ...] = ()  # () = point forecast; e.g. (0.1, 0.5, 0.9)
 
     @classmethod
@@ -76,8 +77,7 @@ class LossConfig:
     rankic_weight: float = 0.5
     cs_ic_weight: float = 0.3
     sharpe_weight: float = 0.1
-    rank_temperature: float = 0.1  # soft-rank sharpness for the RankIC surrogate (in per-day z units)
-    rank_anchors: int = 64  # order statistics per day the soft rank compares against (memory S x K)
+    rank_anchors: int = 64  # K quantile knots per day of the soft rank (RankIC surrogate); more = closer to exact
     quantile_weight: float = 1.0  # weight of the pinball loss when the model has quantile heads
     horizon_weights: dict[int, float] = field(default_factory=dict)  # {} = equal weights
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ N_FIXED_FEATURES = len(PRICE_FEATURES) + len(MARKET_FEATURES) + len(SIGNAL_FEATU
 
 # Share of mu's variance carried by each component (they sum to 1).
 SIGNAL_SHARES = {"interaction": 0.30, "extreme": 0.15, "temporal": 0.25, "sector": 0.15, "linear": 0.15}
-ALPHA = 0.0032  # cross-sectional std of mu (daily return units): calibrated for oracle RankIC ~0.15
+ALPHA = 0.0026  # cross-sectional std of mu (daily return units): calibrated for oracle RankIC ~0.15
 TEMPORAL_WINDOW = 10
 EXTREME_THRESHOLD = 1.0
 _P_EXTREME = 0.31731050786291415  # P(|N(0,1)| > 1)
@@ -160,24 +161,32 @@ def generate_demo(out: str | Path, cfg: DemoConfig) -> dict:
     n_rows = 0
     tmp = out.with_name(out.name + ".tmp")
     schema = _schema(names, horizons)
-    with pq.ParquetWriter(tmp, schema, compression="snappy",
-                          use_dictionary=["Code", "Section", "sector33_code"]) as writer:
-        for a in range(0, cfg.days, cfg.chunk_days):
-            b = min(a + cfg.chunk_days, cfg.days)
-            need = min(b + h_max, cfg.days)
-            if buf.end < need:
-                buf.append(sim.run(need - buf.end))
-            chunk = _build_chunk(buf, a, b, static, noise, horizons)
-            obs = chunk["obs"]
-            mu_all[a:b] = np.where(obs, chunk["mu"], np.nan)
-            tgt_all[:, a:b] = chunk["targets"]
-            table = _to_table(chunk, dates[a:b], static, names, horizons, schema)
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))
-            n_rows += table.num_rows
-            buf.drop_before(b - LOOKBACK)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="snappy",
+                              use_dictionary=["Code", "Section", "sector33_code"]) as writer:
+            for a in range(0, cfg.days, cfg.chunk_days):
+                b = min(a + cfg.chunk_days, cfg.days)
+                need = min(b + h_max, cfg.days)  # forward targets look h_max days past the chunk
+                if buf.end < need:
+                    buf.append(sim.run(need - buf.end))
+                chunk = _build_chunk(buf, a, b, static, noise, horizons)
+                mu_all[a:b] = np.where(chunk["obs"], chunk["mu"], np.nan)
+                tgt_all[:, a:b] = chunk["targets"]
+                table = _to_table(chunk, dates[a:b], static, names, horizons, schema)
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                n_rows += table.num_rows
+                buf.drop_before(b - LOOKBACK)
+                del chunk, table  # free this chunk before the next is built: peak = one chunk
+        oracle = _oracle(cfg, names, dates, static, mu_all, tgt_all, horizons, n_rows)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written panel behind
+        raise
+    # Readers never see a half-written file, nor a new panel next to an old oracle for long.
+    oracle_path = Path(str(out) + ".oracle.json")
+    oracle_tmp = oracle_path.with_name(oracle_path.name + ".tmp")
+    oracle_tmp.write_text(json.dumps(oracle, indent=2))
     os.replace(tmp, out)
-    oracle = _oracle(cfg, names, dates, static, mu_all, tgt_all, horizons, n_rows)
-    Path(str(out) + ".oracle.json").write_text(json.dumps(oracle, indent=2))
+    os.replace(oracle_tmp, oracle_path)
     return oracle
 
 
@@ -185,10 +194,12 @@ def trading_days(start: str, days: int) -> np.ndarray:
     """The first `days` XTKS sessions on or after `start`, as datetime64[D]."""
     import exchange_calendars as xc  # imported lazily: it costs ~0.5 s and only generation needs it
 
-    cal = xc.get_calendar("XTKS")
+    with warnings.catch_warnings():  # a pandas deprecation inside exchange_calendars, not ours
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+        cal = xc.get_calendar("XTKS")
     first, last = cal.first_session, cal.last_session
     start_ts = np.datetime64(start, "D")
-    sessions = cal.sessions.values.astype("datetime64[D]")
+    sessions = cal.sessions.to_numpy().astype("datetime64[D]")
     if start_ts < sessions[0]:
         raise ValueError(f"demo start {start} is before the XTKS calendar's first session {first.date()}")
     picked = sessions[sessions >= start_ts][:days]
@@ -252,9 +263,10 @@ def _make_static(cfg: DemoConfig) -> _Static:
         late = rng.random(s) < p_late
         list_day[late] = rng.integers(1, d - MIN_LIFE, size=late.sum())
         early = rng.random(s) < EARLY_DELISTING_SHARE
+        # Delisting day uniform in [lo, d): not too early in the sample, never before MIN_LIFE days.
         lo = np.maximum(list_day + MIN_LIFE, d // 5)
         cut = rng.integers(0, 1 << 30, size=s) % np.maximum(d - lo, 1) + lo
-        early &= cut < d
+        early &= cut < d  # a listing too late to live MIN_LIFE days before the end stays listed
         delist_day[early] = cut[early]
     vol_level = np.array(SECTION_IDIO_VOL)[section] * np.exp(0.25 * rng.standard_normal(s))
     beta = np.where(section == 2, 1.2, 1.0) + 0.3 * rng.standard_normal(s)
@@ -273,7 +285,7 @@ def _make_static(cfg: DemoConfig) -> _Static:
 _T4, _T5 = np.sqrt(2.0 / 4.0), np.sqrt(3.0 / 5.0)
 _GARCH_MKT = (0.011, 0.08, 0.90)  # long-run vol, ARCH, GARCH
 _GARCH_SEC = (0.008, 0.06, 0.92)
-_GARCH_IDIO = (0.07, 0.90)
+_GARCH_IDIO = (0.07, 0.90)  # ARCH, GARCH; long-run vol per stock (_Static.idio_vol)
 
 
 class _Simulator:
@@ -297,8 +309,7 @@ class _Simulator:
         self.daily_ring = np.full((TEMPORAL_WINDOW, s), np.nan)
         self.mu = np.zeros(s)
         self.macro = 0.0
-        w = {k: np.sqrt(v) for k, v in SIGNAL_SHARES.items()}
-        self.w = w
+        self.w = {k: np.sqrt(v) for k, v in SIGNAL_SHARES.items()}
 
     def run(self, n: int) -> dict[str, np.ndarray]:
         s = self.cfg.stocks
@@ -320,7 +331,7 @@ class _Simulator:
         n = rng.standard_normal((7, s))
         n_sec = rng.standard_normal(len(SECTOR33))
         n_macro = rng.standard_normal()
-        halt = rng.random(s) < HALT_PROB
+        halt = (rng.random(s) < HALT_PROB) & (st.list_day != t)  # a new listing trades on day one
 
         # Today's return realises yesterday's expectation plus factor and idiosyncratic shocks.
         m = np.sqrt(self.h_mkt) * z_m
@@ -566,7 +577,8 @@ def _schema(names: list[str], horizons: tuple[int, ...]) -> pa.Schema:
 def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list[str],
               horizons: tuple[int, ...], schema: pa.Schema) -> pa.Table:
     # The stock axis is in Code order, so row-major nonzero() gives rows sorted by Date then Code.
-    di, si = np.nonzero(chunk["obs"])
+    flat = np.flatnonzero(chunk["obs"])
+    di, si = np.divmod(flat, chunk["obs"].shape[1])
     si32 = si.astype(np.int32)
 
     def categorical(values: np.ndarray | list[str], idx: np.ndarray) -> pa.Array:
@@ -579,9 +591,10 @@ def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list
         categorical(SECTIONS, st.section[si]),
         categorical(list(SECTOR33), st.sector[si]),
     ]
-    feats = chunk["features"]
-    cols += [pa.array(feats[j][di, si], from_pandas=True) for j in range(len(names))]
-    cols += [pa.array(chunk["targets"][k][di, si], from_pandas=True) for k in range(len(horizons))]
+    feats = chunk["features"].reshape(len(names), -1)
+    targets = chunk["targets"].reshape(len(horizons), -1)
+    cols += [pa.array(feats[j].take(flat), from_pandas=True) for j in range(len(names))]
+    cols += [pa.array(targets[k].take(flat), from_pandas=True) for k in range(len(horizons))]
     return pa.Table.from_arrays(cols, schema=schema)
 
 

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=5)
     p.add_argument("--study-name", default="atft")
     p.add_argument("--storage", default=None)
+
+    p = sub.add_parser("report", help="signal report of a predictions file (IC series, deciles, equity curve)")
+    p.add_argument("--predictions", required=True, help="val_predictions.parquet written by a dry run")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--horizon", type=int, default=1)
+    p.add_argument("--min-stocks", type=int, default=20)
     return parser
 
 
@@ -146,8 +152,16 @@ def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
     return 0 if result.get("ok") else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from atft_core.report import build_report, report_markdown
+    report = build_report(args.predictions, args.output_dir, horizon=args.horizon, min_stocks=args.min_stocks)
+    print(report_markdown(report))
+    print(f"wrote {', '.join(report['files'])} to {args.output_dir}")
+    return 0
+
+
 COMMANDS = {"demo-data": cmd_demo_data, "build-cache": cmd_build_cache,
-            "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline}
+            "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

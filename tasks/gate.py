@@ -34,17 +34,10 @@ def check_gate(stage: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
 
 def failed_criteria(gate: dict[str, Any]) -> str:
-    """`name value vs threshold` for each failed criterion, whatever shape the criteria list has."""
-    criteria = gate.get("criteria", [])
-    if isinstance(criteria, dict):
-        criteria = [{"name": k, **v} if isinstance(v, dict) else {"name": k, "passed": v} for k, v in criteria.items()]
+    """`name = value (needs > threshold)` for each failed criterion of `GateResult.to_dict()`."""
     out = []
-    for c in criteria:
+    for c in gate.get("criteria", []):
         if c.get("passed") is False:
-            detail = f"{c.get('name')}"
-            if "value" in c:
-                detail += f" = {c.get('value')}"
-            if "threshold" in c:
-                detail += f" (needs {c.get('op', '>')} {c.get('threshold')})"
-            out.append(detail)
+            needs = f" (needs > {c['threshold']})" if c.get("threshold") is not None else ""
+            out.append(f"{c['name']} = {c.get('value')}{needs}" + (f": {c['note']}" if c.get("note") else ""))
     return "; ".join(out)

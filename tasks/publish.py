@@ -34,7 +34,7 @@ def publish_report(run_dir: str, stage: dict[str, Any]) -> dict[str, str]:
     made = {
         "training": plot_training(history, plots / "training.png"),
         "gpu": plot_gpu(times, util, plots / "gpu_util.png", threshold=threshold,
-                        note=str((stage.get("gpu") or {}).get("note") or "")),
+                        note=str((stage.get("gpu") or {}).get("reason") or "")),
     }
     if history:
         create_table_artifact([_round_row(h) for h in history], key="epoch-metrics",
@@ -69,32 +69,9 @@ def mirror_run(run_dir: str, target: ArtifactTarget) -> list[str]:
 
 
 def gpu_series(gpu: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """(seconds, utilisation 0..1) from the GPU monitor's summary, whatever its sample layout.
-
-    Accepts `samples` as a list of {t|time|elapsed_s, util|gpu_util} dicts or [t, util] pairs, or
-    parallel `times` / `util` lists. Percentages (values > 1) are scaled to fractions.
-    """
-    times: list[float] = []
-    util: list[float] = []
-    samples = gpu.get("samples")
-    if isinstance(samples, dict):
-        times = list(samples.get("t") or samples.get("times") or samples.get("elapsed_s") or [])
-        util = list(samples.get("util") or samples.get("gpu_util") or [])
-    elif isinstance(samples, list):
-        for s in samples:
-            if isinstance(s, dict):
-                t = next((s[k] for k in ("t", "time", "elapsed_s", "seconds") if k in s), None)
-                u = next((s[k] for k in ("util", "gpu_util", "utilization") if k in s), None)
-            else:
-                t, u = (s[0], s[1]) if len(s) >= 2 else (None, None)
-            if t is not None and u is not None:
-                times.append(float(t))
-                util.append(float(u))
-    elif "times" in gpu:
-        times, util = list(gpu.get("times") or []), list(gpu.get("util") or [])
-    if util and max(util) > 1.0:
-        util = [u / 100.0 for u in util]
-    return times, util
+    """(seconds since start, utilisation 0..1) from `GpuMonitor.summary()["samples"]` pairs."""
+    pairs = [p for p in gpu.get("samples") or [] if len(p) == 2]
+    return [float(t) for t, _ in pairs], [float(u) for _, u in pairs]
 
 
 def _data_url(png: Path) -> str:

@@ -19,7 +19,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from atft_core.config import DryRunConfig
-from atft_core.dryrun import run_dryrun
+from atft_core.dryrun import json_safe, run_dryrun
 from atft_core.rundir import read_json, write_json
 
 STAGE_FILE = "stage.json"
@@ -46,6 +46,7 @@ def train_dryrun_task(cache_path: str, config: dict[str, Any], run_dir: str) -> 
         "host": platform.node(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    stage = json_safe(stage)  # NaN -> null, numpy scalars -> numbers: the file is plain JSON
     write_json(run_dir_p / STAGE_FILE, stage)
     logger.info("dry run finished in %.1fs: gate %s; %s", stage["seconds"],
                 "passed" if stage["passed"] else "FAILED",

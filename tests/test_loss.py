@@ -18,6 +18,15 @@ from atft_core.metrics import summarize
 H2 = (1, 5)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: on a shared 2-core machine intra-op threads only spin against other processes
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _batch(days: int = 3, per_day: int = 100, H: int = 2, noise: float = 0.5, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randn(days * per_day, H, generator=g)

@@ -188,3 +188,16 @@ def test_full_panel_size_runs():
     elapsed = time.perf_counter() - t0
     assert s.n_days == 2500 and 0.02 < s.rankic < 0.08
     print(f"summarize 2500x4000: {elapsed:.2f}s")
+
+
+def test_day_blocks_do_not_change_results(monkeypatch):
+    from atft_core import metrics
+
+    pred, target = _panel(seed=7, days=23, stocks=50)
+    whole = summarize(pred, target, min_stocks=20)
+    ic, rankic = daily_ic(pred, target, min_stocks=20)
+    monkeypatch.setattr(metrics, "BLOCK_DAYS", 4)
+    ic_b, rankic_b = daily_ic(pred, target, min_stocks=20)
+    np.testing.assert_array_equal(ic, ic_b)
+    np.testing.assert_array_equal(rankic, rankic_b)
+    assert summarize(pred, target, min_stocks=20) == whole

@@ -18,7 +18,7 @@ from atft_core.model.blocks import (
 )
 from atft_core.model.graph import GraphAttentionLayer, build_edges
 
-__all__ = ["ATFTGATFAN", "build_model", "resolve_return_feature", "RETURN_FEATURE_CANDIDATES"]
+__all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "build_model", "resolve_return_feature"]
 
 logger = logging.getLogger("atft_core.model")
 
@@ -65,10 +65,11 @@ class ATFTGATFAN(nn.Module):
     - ``pred [S, H]`` float32: the point forecast per horizon, from its own output unit
       (not the median quantile), so the trainer's Huber / RankIC / Sharpe terms act on a unit that
       the quantile (pinball) loss, if used, does not pull around.
-    - ``quantiles [S, H, Q]`` float32 in ``cfg.quantiles`` order sorted ascending, non-crossing, or
-      ``None`` when ``cfg.quantiles`` is empty.
-    - ``fan_loss`` scalar: FAN's reconstruction loss of the removed frequency components (an
-      optional auxiliary term for the trainer; the FAN predictor learns through ``pred`` anyway).
+    - ``quantiles [S, H, Q]`` float32 in ``cfg.quantiles`` order (the order the loss pairs them with
+      their levels), non-crossing across levels, or ``None`` when ``cfg.quantiles`` is empty.
+    - ``aux_loss`` scalar: ``cfg.fan_aux_weight`` x FAN's reconstruction loss of the removed
+      frequency components, already weighted so the trainer can add it as is (the FAN predictor
+      also learns through ``pred`` via its input stream).
 
     ``static`` holds (section id, sector id); -1 means unknown and ids beyond the tables fold into
     their last row. ``day_id`` says which rows share a trading day: graph edges never cross days.
@@ -99,7 +100,14 @@ class ATFTGATFAN(nn.Module):
         self.cfg = cfg
         self.n_features = int(n_features)
         self.horizons = tuple(int(h) for h in horizons)
-        self.quantiles = tuple(sorted(float(q) for q in cfg.quantiles))
+        self.quantiles = tuple(float(q) for q in cfg.quantiles)
+        if len(set(self.quantiles)) != len(self.quantiles):
+            raise ValueError(f"quantiles must be distinct, got {self.quantiles}")
+        # Heads emit quantiles in ascending order (that is how they stay non-crossing); this puts
+        # them back into the configured order.
+        rank = sorted(range(len(self.quantiles)), key=lambda i: self.quantiles[i])
+        self.register_buffer("_quantile_order", torch.tensor([rank.index(i) for i in range(len(rank))],
+                                                             dtype=torch.long), persistent=False)
         self.return_feature_idx = int(return_feature_idx)
         d = int(cfg.hidden)
 
@@ -126,13 +134,13 @@ class ATFTGATFAN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def encode(self, x: Tensor, static: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-stock encoder: ``x [S, L, F], static [S, 2] -> (h [S, D], fan_loss scalar)``."""
+        """Per-stock encoder: ``x [S, L, F], static [S, 2] -> (h [S, D], FAN aux loss scalar)``."""
         x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         fan = self.fan(x)
         ctx = self.static_encoder(static)
         selected, _ = self.vsn(fan.channels(), ctx.selection.unsqueeze(1))  # [S, L, D]
         h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
-        return h, fan.aux_loss()
+        return h, self.cfg.fan_aux_weight * fan.aux_loss()
 
     def edges(self, x: Tensor, static: Tensor, day_id: Tensor) -> Tensor:
         """The day graph for this batch (`build_edges` on the return feature's window)."""
@@ -147,15 +155,16 @@ class ATFTGATFAN(nn.Module):
         pred = torch.stack([p for p, _ in outs], dim=1)
         if not self.quantiles:
             return pred, None
-        return pred, torch.stack([q for _, q in outs], dim=1)  # type: ignore[misc]
+        ascending = torch.stack([q for _, q in outs], dim=1)  # type: ignore[misc]
+        return pred, ascending.index_select(2, self._quantile_order)
 
     def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> dict[str, Tensor | None]:
         if x.dim() != 3 or x.shape[2] != self.n_features:
             raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
-        h, fan_loss = self.encode(x, static)
+        h, aux_loss = self.encode(x, static)
         edge_index = self.edges(x, static, day_id)
         pred, quantiles = self.decode(h, edge_index)
-        return {"pred": pred, "quantiles": quantiles, "fan_loss": fan_loss}
+        return {"pred": pred, "quantiles": quantiles, "aux_loss": aux_loss}
 
 
 def resolve_return_feature(feature_names: Sequence[str], wanted: str = "") -> int:

@@ -1,0 +1,227 @@
+"""Reference points for the model's validation score: a ridge baseline and the demo oracle.
+
+- `ridge_baseline`: a linear model on the last day's features (``x[t]`` of each stock, not the
+  window), fit on the training days of the same walk-forward split, scored on the validation days
+  with the one metric definition (`atft_core.metrics.summarize`). A deep model that cannot beat it
+  has learnt nothing a linear regression would not.
+- `oracle_baseline`: on the demo data, the score of the planted expected return itself
+  (`PATH.oracle.json`, written by `atft_core.demo`): the best any model can reach.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atft_core.batches import Split
+from atft_core.cache import Cache
+from atft_core.metrics import summarize
+
+log = logging.getLogger("atft_core.baselines")
+
+_CHUNK_VALUES = 1 << 24  # feature values (days x stocks x features) read at once: ~130 MB as float64
+
+
+def chunk_days(cache: Cache) -> int:
+    """Days per chunk so that one chunk of features stays near `_CHUNK_VALUES` values.
+
+    The whole demo panel is one chunk; on the full panel (4,000 stocks x 400 features) it is 10 days.
+    """
+    _, S, F = cache.x.shape
+    return max(1, _CHUNK_VALUES // max(1, S * F))
+
+
+@dataclass
+class RidgeModel:
+    coef: np.ndarray  # [F] float64
+    intercept: float
+    feature_mean: np.ndarray  # [F]
+    n_rows: int
+
+    def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
+        """[len(days), S] predictions from each day's own features; NaN where the stock had no row."""
+        days = np.asarray(days, dtype=np.int64)
+        out = np.full((len(days), cache.x.shape[1]), np.nan, dtype=np.float64)
+        step = chunk_days(cache)
+        for a in range(0, len(days), step):
+            d = days[a:a + step]
+            x = np.asarray(cache.x[d], dtype=np.float64)  # [c, S, F]
+            p = (x - self.feature_mean) @ self.coef + self.intercept
+            out[a:a + len(d)] = np.where(cache.valid[d], p, np.nan)
+        return out
+
+
+@dataclass
+class Gram:
+    """Centred normal equations of ``y_z[t, s, h]`` on ``x[t, s, :]`` over a set of days."""
+
+    xx: np.ndarray  # [F, F] centred X'X
+    xy: np.ndarray  # [F] centred X'y
+    x_mean: np.ndarray  # [F]
+    y_mean: float
+    n: int
+
+
+def centred_gram(cache: Cache, days: np.ndarray, horizon_index: int = 0) -> Gram:
+    """X'X and X'y over the (day, stock) cells of `days` that are valid with a known target.
+
+    Accumulated over chunks of days (`chunk_days`), so memory is O(F^2 + chunk) whatever the panel size.
+    """
+    days = np.asarray(days, dtype=np.int64)
+    F = cache.x.shape[2]
+    sx = np.zeros(F)
+    sy = 0.0
+    sxx = np.zeros((F, F))
+    sxy = np.zeros(F)
+    n = 0
+    step = chunk_days(cache)
+    for a in range(0, len(days), step):
+        d = days[a:a + step]
+        yz = cache.y_z[d, :, horizon_index]
+        m = cache.valid[d] & np.isfinite(yz)
+        x = np.asarray(cache.x[d][m], dtype=np.float64)  # [rows, F]
+        y = yz[m].astype(np.float64)
+        n += len(y)
+        sx += x.sum(axis=0)
+        sy += y.sum()
+        sxx += x.T @ x
+        sxy += x.T @ y
+    if n < 2:
+        raise ValueError(f"ridge baseline: only {n} training rows with a known target")
+    mx, my = sx / n, sy / n
+    return Gram(xx=sxx - n * np.outer(mx, mx), xy=sxy - n * mx * my, x_mean=mx, y_mean=float(my), n=n)
+
+
+def fit_ridge(cache: Cache, days: np.ndarray, alpha: float = 1.0, horizon_index: int = 0) -> RidgeModel:
+    """Closed-form ridge of the standardised target ``y_z[t, s, h]`` on ``x[t, s, :]`` over `days`.
+
+    Rows are the (day, stock) cells that are valid with a known target. The intercept is not
+    penalised (features and target are centred first); the solve is one F x F system.
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    g = centred_gram(cache, days, horizon_index)
+    F = g.xx.shape[0]
+    coef = np.linalg.solve(g.xx + alpha * np.eye(F), g.xy) if F else np.zeros(0)
+    return RidgeModel(coef=coef, intercept=g.y_mean, feature_mean=g.x_mean, n_rows=g.n)
+
+
+def ridge_baseline(cache: Cache, split: Split, alpha: float = 1.0, horizon_index: int = 0,
+                   min_stocks: int = 20, quantile: float = 0.1, max_train_days: int | None = None) -> dict[str, Any]:
+    """Ridge on the last day's features, fit on ``split.train``, scored on ``split.val``.
+
+    Returns the validation metrics of `metrics.summarize` (ic, ic_ir, rankic, rankic_ir, ls_mean,
+    ls_sharpe, n_days; NaN as None) against the raw forward returns of horizon `horizon_index`, plus
+    what was fit (alpha, horizon, days, rows, the largest coefficients by magnitude).
+
+    `max_train_days` (None = all) fits on that many evenly spaced training days: on the full panel
+    250 days x 4,000 names are a million rows, plenty for a few hundred coefficients, at 1/8 the cost.
+    """
+    train = np.asarray(split.train)
+    if max_train_days is not None and len(train) > max_train_days:
+        train = train[np.unique(np.linspace(0, len(train) - 1, num=max_train_days).round().astype(int))]
+    model = fit_ridge(cache, train, alpha, horizon_index)
+    pred = model.predict(cache, split.val)
+    target = np.where(cache.valid[split.val], cache.y[split.val, :, horizon_index], np.nan)
+    out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
+    names = cache.feature_names
+    top = np.argsort(-np.abs(model.coef))[:5]
+    out.update({
+        "model": "ridge(last-day features)", "alpha": alpha, "horizon": int(cache.horizons[horizon_index]),
+        "train_days": len(train), "val_days": len(split.val), "train_rows": model.n_rows,
+        "top_coefficients": {names[j]: round(float(model.coef[j]), 6) for j in top} if len(names) else {},
+    })
+    return out
+
+
+def oracle_baseline(data_path_or_manifest: str | Path | dict[str, Any] | Cache,
+                    horizon: int | None = None) -> dict[str, Any] | None:
+    """The demo oracle (`PATH.oracle.json` next to the demo parquet), or None for other data.
+
+    Accepts the parquet path, a cache manifest (its ``source``) or an opened `Cache`. Returns
+    ``{"path", "horizon", "ic", "rankic", "ic_ir", "rankic_ir", "days", "per_horizon", "note"}`` for
+    `horizon` (default: the shortest in the oracle). The oracle is averaged over *all* days of the
+    panel, the model and ridge over the validation days only: compare them as levels, not to the
+    third decimal.
+    """
+    if isinstance(data_path_or_manifest, Cache):
+        source = data_path_or_manifest.manifest.get("source")
+    elif isinstance(data_path_or_manifest, dict):
+        source = data_path_or_manifest.get("source")
+    else:
+        source = data_path_or_manifest
+    if not source or str(source).startswith("s3://"):
+        return None
+    path = Path(str(source) + ".oracle.json")
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        per_h = {int(k.removeprefix("target_").removesuffix("d")): v for k, v in raw["oracle"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring unreadable oracle file %s: %s", path, exc)
+        return None
+    if not per_h:
+        return None
+    h = min(per_h) if horizon is None else int(horizon)
+    if h not in per_h:
+        log.warning("oracle file %s has no horizon %dd (has %s)", path, h, sorted(per_h))
+        return None
+    best = per_h[h]
+    return {"path": str(path), "horizon": h,
+            **{k: _num(best.get(k)) for k in ("ic", "rankic", "ic_ir", "rankic_ir")},
+            "days": best.get("days"),
+            "per_horizon": {f"{k}d": {m: _num(v) for m, v in per_h[k].items()} for k in sorted(per_h)},
+            "note": "planted expected return mu_t vs realised target, mean over all days of the panel"}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | None,
+                        oracle: dict[str, Any] | None, control: dict[str, Any] | None = None) -> str:
+    """Markdown table: model vs ridge vs oracle (IC, RankIC, RankIC IR, share of the oracle RankIC).
+
+    Each argument is a metrics dict with keys ic / rankic / rankic_ir (the gate's ``val_ic`` /
+    ``val_rankic`` / ``val_rankic_ir`` are read too) or None (shown as n/a). `control`, when given,
+    is the result of `atft_core.controls.control_verdict` and adds a shuffled-target row.
+    """
+    o_ric = _num((oracle or {}).get("rankic"))
+
+    def get(m: dict[str, Any], key: str) -> float | None:
+        return _num(m.get(key, m.get(f"val_{key}")))
+
+    def fmt(v: float | None, spec: str = "+.4f") -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    def share(v: float | None) -> str:
+        return "n/a" if v is None or not o_ric else f"{100.0 * v / o_ric:.0f} %"
+
+    lines = ["| predictor | IC | RankIC | RankIC IR | % of oracle RankIC |", "|---|---|---|---|---|"]
+    rows = [("model", model), ("ridge (last-day features)", ridge), ("oracle (demo, all days)", oracle)]
+    if control is not None:
+        rows.append(("model on shuffled targets (control)", control))
+    for name, m in rows:
+        if m is None:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a |")
+            continue
+        ric = get(m, "rankic")
+        lines.append(f"| {name} | {fmt(get(m, 'ic'))} | {fmt(ric)} | {fmt(get(m, 'rankic_ir'), '.3f')} | {share(ric)} |")
+    if control is not None:
+        band = _num(control.get("band"))
+        verdict = "inside" if control.get("inside") else "OUTSIDE"
+        lines.append("")
+        lines.append(f"Control RankIC {fmt(_num(control.get('rankic')))} is {verdict} the noise band "
+                     f"+-{fmt(band, '.4f')} (a model trained on shuffled targets must score ~0).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,176 @@
+"""Flow `atft`: build cache -> GPU dry run -> gate -> (mode "hpo") HPO study.
+
+```
+parquet panel ──► build cache ──► GPU stage (dry run) ──► gate ──► HPO study (mode "hpo")
+                                                            └──► report, plots, S3 mirror (always)
+```
+
+Everything the flow takes from the environment (the S3 mirror target, S3 read options) is read
+here, once, at the flow boundary, and passed down as typed values. Each run writes into its own
+new folder under `output_dir`; the gate's verdict is read from that folder.
+
+`run_pipeline(**params)` is the plain-function entry point for the CLI (`atft dryrun`,
+`atft pipeline`): with PREFECT_API_URL set the run shows up in that server's UI like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import prefect
+from prefect import flow, get_run_logger
+from prefect.runtime import deployment as current_deployment
+from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+import atft_core
+from atft_core.config import DryRunConfig
+from atft_core.publish import ArtifactTarget, redact, redact_url
+from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
+from atft_core.source import S3Options
+from flows import hpo_stage
+from flows.gpu_stage import GpuDispatch, gpu_deployment_for, run_gpu_stage
+from tasks.cache import cached_build
+from tasks.gate import GateFailed, check_gate
+from tasks.publish import mirror_run, publish_report
+from tasks.train import STAGE_FILE
+
+Mode = Literal["dryrun", "hpo"]
+DEFAULT_OUTPUT_DIR = "runs"
+DEFAULT_DATA_ROOT = "data"
+
+
+def demo_data_path(data_root: str | Path = DEFAULT_DATA_ROOT) -> Path:
+    return Path(data_root) / "demo" / "demo.parquet"
+
+
+def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DATA_ROOT) -> str:
+    """The given path, or the demo panel under `data_root` (generated once, on first use)."""
+    if data_path:
+        return data_path
+    demo = demo_data_path(data_root).resolve()
+    if not demo.exists():
+        from atft_core.demo import DemoConfig, generate_demo
+
+        generate_demo(demo, DemoConfig())
+    return str(demo)
+
+
+def build_config(config_path: str | None = None, *, max_epochs: int | None = None, device: str | None = None,
+                 min_gpu_util: float | None = None, min_rankic: float | None = None,
+                 require_gpu: bool | None = None) -> DryRunConfig:
+    """The YAML config (or defaults) with the flow's explicit overrides on top; None keeps the file's value."""
+    cfg = DryRunConfig.from_yaml(config_path) if config_path else DryRunConfig()
+    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device)) if v is not None}
+    gate = {k: v for k, v in (("min_gpu_util", min_gpu_util), ("min_rankic", min_rankic),
+                              ("require_gpu", require_gpu)) if v is not None}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
+                               gate=dataclasses.replace(cfg.gate, **gate))
+
+
+@flow(name="atft", description="Nightly ATFT-GAT-FAN pipeline: cache -> GPU dry run -> gate -> HPO study.")
+def atft_pipeline(
+    mode: Mode = "dryrun",
+    data_path: str | None = None,
+    max_epochs: int | None = None,
+    n_trials: int | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+    cache_dir: str | None = None,
+    min_gpu_util: float | None = None,
+    min_rankic: float | None = None,
+    require_gpu: bool | None = None,
+    device: str | None = None,
+    config_path: str | None = None,
+    gpu_stage: GpuDispatch = "auto",
+) -> dict[str, Any]:
+    """Parameters left as None keep the config file's (or the library's) defaults.
+
+    require_gpu=None means: required when training runs on the `gpu` pool, not applicable in-process.
+    gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"
+    or "local" (in-process subflow).
+    """
+    logger = get_run_logger()
+    # The environment is read here and nowhere below.
+    target = ArtifactTarget.from_env()
+    s3 = S3Options.from_env()
+
+    gpu_deployment = gpu_deployment_for(gpu_stage)
+    if require_gpu is None:
+        require_gpu = gpu_deployment is not None
+    cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
+                       min_rankic=min_rankic, require_gpu=require_gpu)
+    data = resolve_data_path(data_path)
+    run_dir = new_run_dir(output_dir, mode, current_flow_run.id or "local")
+    write_json(run_dir / "run.json", _provenance(dict(
+        mode=mode, data_path=data, max_epochs=max_epochs, n_trials=n_trials, study_name=study_name,
+        storage=storage, output_dir=output_dir, cache_dir=cache_dir, config_path=config_path,
+        gpu_stage=gpu_deployment or "in-process"), cfg=cfg, target=target))
+    logger.info("run folder %s", run_dir)
+
+    cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3)
+    stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir)
+    gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
+    publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter
+
+    hpo = None
+    if mode == "hpo" and gate.is_completed():
+        hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=cfg, n_trials=n_trials,
+                                      study_name=study_name, storage=storage)
+    if target is not None:
+        mirror_run(str(run_dir), target)
+    gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
+    return {"run_dir": str(run_dir), "mode": mode, "passed": stage["passed"], "gate": stage["gate"],
+            "metrics": stage["metrics"], "cache": {k: cache[k] for k in ("path", "hit", "fingerprint")},
+            "hpo": hpo}
+
+
+def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarget | None) -> dict[str, Any]:
+    """run.json: who/what/when of this run. URLs are redacted: an Optuna storage URL may hold a password."""
+    params = {k: (redact_url(v) if isinstance(v, str) and "://" in v else v) for k, v in params.items()}
+    return {
+        "flow_run_id": current_flow_run.id, "flow_run_name": current_flow_run.name,
+        "deployment_id": current_deployment.id,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "parameters": params, "config": cfg.to_dict(),
+        "artifact_target": target.where if target else None,
+        "versions": {"atft": atft_core.__version__, "prefect": prefect.__version__},
+    }
+
+
+def run_pipeline(**params: Any) -> dict[str, Any]:
+    """Run flow `atft` and summarise it for the CLI: state, run folder, gate.
+
+    Returns for Completed runs and for failed gates (`passed` False, `error` set): a failed gate is
+    an answer, not a crash. Any other failure (bad dataset, training crash, S3 mirror failure)
+    re-raises the original exception so the caller can map it to an exit code.
+    """
+    # Without PREFECT_API_URL Prefect starts a throwaway local server; on a busy 2-core machine it
+    # needs longer than the default 20 s to answer.
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:
+                             max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), 90)}):
+        state = atft_pipeline(**params, return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    run_dir = find_run_dir(params.get("output_dir") or DEFAULT_OUTPUT_DIR, run_id)
+    stage_file = run_dir / STAGE_FILE if run_dir else None
+    stage = read_json(stage_file) if stage_file and stage_file.exists() else {}
+    summary = {"state": state.name, "flow_run_id": run_id, "run_dir": str(run_dir) if run_dir else None,
+               "passed": stage.get("passed"), "gate": stage.get("gate"), "metrics": stage.get("metrics"),
+               "error": None}
+    if state.is_completed():
+        return summary
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, GateFailed):
+        summary["error"] = redact(str(exc))
+        return summary
+    if isinstance(exc, BaseException):
+        raise exc
+    raise RuntimeError(f"flow run {run_id} ended {state.name}: {redact(state.message or '')}")
+
+
+if __name__ == "__main__":  # `python -m flows.pipeline` runs the demo dry run once
+    print(run_pipeline())

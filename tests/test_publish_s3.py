@@ -1,0 +1,108 @@
+"""Mirroring a run folder to S3, against a real S3 HTTP server on loopback (moto's threaded server)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import boto3
+import pytest
+
+from atft_core.publish import ArtifactTarget, PublishError, redact, redact_url, upload_run_dir
+from tests.prefect_fixtures import FAKE_KEY_ID, FAKE_SECRET, flow_run_logs, free_port
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "20260101T020000Z-dryrun-abcd1234"
+    (run / "plots").mkdir(parents=True)
+    (run / "gate.json").write_text('{"passed": true}\n')
+    (run / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    (run / "plots" / "training.png").write_bytes(b"\x89PNG fake")
+    (run / ".stage.json.tmp").write_text("half-written")  # a temp file must not be mirrored
+    return run
+
+
+def _keys(endpoint: str, bucket: str) -> dict[str, bytes]:
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    objs = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in objs}
+
+
+def test_upload_lands_under_prefix(tmp_path, s3_endpoint, s3_bucket):
+    run = _run_dir(tmp_path)
+    target = ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": f"s3://{s3_bucket}/nightly/atft/",
+                                      "AWS_ENDPOINT_URL": s3_endpoint})
+    uris = upload_run_dir(run, target)
+
+    prefix = f"nightly/atft/{run.name}"
+    stored = _keys(s3_endpoint, s3_bucket)
+    assert set(stored) == {f"{prefix}/gate.json", f"{prefix}/metrics.csv", f"{prefix}/plots/training.png"}
+    assert stored[f"{prefix}/plots/training.png"] == b"\x89PNG fake"
+    assert sorted(uris) == sorted(f"s3://{s3_bucket}/{k}" for k in stored)
+
+
+def test_target_from_env():
+    assert ArtifactTarget.from_env({}) is None
+    t = ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": "s3://bkt", "AWS_REGION": "ap-northeast-1"})
+    assert (t.bucket, t.prefix, t.region, t.endpoint_url) == ("bkt", "", "ap-northeast-1", None)
+    assert t.uri == "s3://bkt"
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": "https://user:hunter22@example.com/x"})
+    try:
+        ArtifactTarget.parse("https://user:hunter22@example.com/x")
+    except ValueError as exc:
+        assert "hunter22" not in str(exc)
+
+
+def test_redaction():
+    assert redact_url("postgresql://optuna:pa55word@db:5432/study") == "postgresql://optuna:***@db:5432/study"
+    assert redact_url("http://minio:9000/b?X-Amz-Signature=abc&x=1") == "http://minio:9000/b?X-Amz-Signature=***&x=1"
+    text = redact(f"boom with {FAKE_SECRET} at http://u:p4ss@h/", env={"AWS_SECRET_ACCESS_KEY": FAKE_SECRET})
+    assert FAKE_SECRET not in text and "p4ss" not in text and "<AWS_SECRET_ACCESS_KEY>" in text
+
+
+def test_forced_failure_retries_then_fails_clearly(tmp_path, s3_bucket, caplog):
+    run = _run_dir(tmp_path)
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens here: every connection is refused
+    target = ArtifactTarget(bucket=s3_bucket, prefix="p", endpoint_url=closed, attempts=3, backoff_s=0.5,
+                            connect_timeout_s=1)
+    delays: list[float] = []
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    with caplog.at_level(logging.INFO), pytest.raises(PublishError) as err:
+        upload_run_dir(run, target, sleep=delays.append)
+
+    message = str(err.value)
+    assert closed in message and f"s3://{s3_bucket}/p" in message
+    assert "after 3 attempt(s)" in message and str(run) in message  # names the kept local copy
+    assert delays == [0.5, 1.0]  # two retries with doubling back-off, then the failure
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 2
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # local copy untouched
+    for text in (message, caplog.text):
+        assert FAKE_SECRET not in text and FAKE_KEY_ID not in text
+
+
+def test_mirror_task_fails_loudly_in_a_flow(prefect_harness, tmp_path, s3_bucket):
+    """Under Prefect: the mirror task ends Failed with the clear message; no secret reaches the logs."""
+    from prefect import flow
+
+    from tasks.publish import mirror_run
+
+    run = _run_dir(tmp_path)
+    closed = f"http://127.0.0.1:{free_port()}"
+
+    @flow(name="mirror-check")
+    def mirror_check(run_dir: str, target: ArtifactTarget):
+        return mirror_run(run_dir, target)
+
+    target = ArtifactTarget(bucket=s3_bucket, endpoint_url=closed, attempts=2, backoff_s=0.1, connect_timeout_s=1)
+    state = mirror_check(str(run), target, return_state=True)
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, PublishError) and closed in str(exc)
+    assert (run / "gate.json").exists()
+
+    text = flow_run_logs(state.state_details.flow_run_id)
+    assert "retrying" in text and "failed after 2 attempt(s)" in text
+    assert FAKE_SECRET not in text and FAKE_KEY_ID not in text

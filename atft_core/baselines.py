@@ -15,13 +15,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atft_core.batches import Split
 from atft_core.cache import Cache
 from atft_core.metrics import summarize
+
+if TYPE_CHECKING:
+    from atft_core.batches import Split
 
 log = logging.getLogger("atft_core.baselines")
 
@@ -225,3 +227,25 @@ def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | No
         lines.append(f"Control RankIC {fmt(_num(control.get('rankic')))} is {verdict} the noise band "
                      f"+-{fmt(band, '.4f')} (a model trained on shuffled targets must score ~0).")
     return "\n".join(lines) + "\n"
+
+
+def dryrun_baselines(cache: Cache, split: Split, model_metrics: dict[str, Any] | None, *,
+                     min_stocks: int = 20, max_train_days: int | None = None,
+                     control: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the dry run reports next to its model: ridge, oracle, optional control, markdown.
+
+    ``{"ridge": ridge_baseline(...) or None, "oracle": oracle_baseline(...) (None off the demo),
+    "control": control (as given), "markdown": comparison_markdown(...)}``, on the first horizon
+    (the gate's). A ridge that cannot be fit (too few rows) is None with a warning, never a crash:
+    the baseline must not fail the gate.
+    """
+    ridge: dict[str, Any] | None
+    try:
+        ridge = ridge_baseline(cache, split, min_stocks=min_stocks, max_train_days=max_train_days)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("ridge baseline skipped: %s", exc)
+        ridge = None
+    oracle = oracle_baseline(cache, horizon=cache.horizons[0])
+    return {"ridge": ridge, "oracle": oracle, "control": control,
+            "markdown": "### Model vs baselines (validation, "
+                        f"{cache.horizons[0]}d)\n\n" + comparison_markdown(model_metrics, ridge, oracle, control)}

@@ -24,7 +24,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
     warnings += grid.pop("warnings")
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_params": dataclasses.asdict(cfg), "warnings": warnings, **grid.pop("meta"),
     }
     cache_dir.mkdir(parents=True, exist_ok=True)

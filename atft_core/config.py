@@ -96,6 +96,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (measured in bench/)
     progress: bool = True
     seed: int = 0
+    control_shuffle_seed: int | None = None  # control run: train on targets shuffled within each day
 
 
 @dataclass

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from atft_core.cache import Cache
+
+if TYPE_CHECKING:
+    from atft_core.batches import Split
 
 
 def shuffled_target_cache(cache: Cache, seed: int = 0, days: np.ndarray | None = None) -> Cache:
@@ -149,3 +153,26 @@ def control_verdict(daily_rankic: np.ndarray, null: float | None = None) -> dict
 
     return {"rankic": safe(mean), "noise_band": safe(sampling), "null_band": safe(null),
             "band": band if band >= 0 else None, "n_days": int(x.size), "inside": ok}
+
+
+def control_result(cache: Cache, split: Split, val_pred: np.ndarray, val_days: np.ndarray, seed: int,
+                   horizon_index: int = 0, min_stocks: int = 20) -> dict[str, Any]:
+    """Verdict of a control run: its validation predictions scored on the *real* targets of `cache`.
+
+    `cache` is the original (unshuffled) cache, `val_pred` [len(val_days), S, H] (or [.., S]) what
+    the model trained on `shuffled_target_cache(cache, seed, days=split.train)` predicted. Returns
+    `control_verdict` (band = the wider of `noise_band` and `null_band`) plus ic and the seed.
+    """
+    from atft_core.metrics import daily_ic
+
+    val_days = np.asarray(val_days, dtype=np.int64)
+    pred = val_pred[:, :, horizon_index] if np.ndim(val_pred) == 3 else val_pred
+    target = np.where(cache.valid[val_days], cache.y[val_days, :, horizon_index], np.nan)
+    ic, ric = daily_ic(np.asarray(pred, dtype=np.float64), target, min_stocks=min_stocks)
+    band = null_band(cache, split.train, val_days, horizon_index, min_stocks=min_stocks, seed=seed)
+    out = control_verdict(ric, band)
+    fic = ic[np.isfinite(ic)]
+    out.update({"ic": float(fic.mean()) if fic.size else None, "seed": int(seed),
+                "horizon": int(cache.horizons[horizon_index]),
+                "kind": "trained on targets shuffled within each training day, scored on real validation targets"})
+    return out

@@ -19,13 +19,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from atft_core.baselines import dryrun_baselines
+from atft_core.batches import make_split
 from atft_core.cache import Cache, open_cache
 from atft_core.config import DryRunConfig
+from atft_core.controls import control_result, shuffled_target_cache
 from atft_core.errors import TrainingError
-from atft_core.gate import GateResult, evaluate_gate
+from atft_core.gate import Criterion, GateResult, evaluate_gate
 from atft_core.gpu_monitor import GpuMonitor
+from atft_core.report import build_report, report_markdown
 from atft_core.rundir import write_json
-from atft_core.trainer import TrainResult, Trainer
+from atft_core.trainer import Trainer, TrainResult
 
 log = logging.getLogger("atft_core.dryrun")
 
@@ -37,20 +41,30 @@ class DryRunResult:
     history: list[dict[str, Any]]
     gpu: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    report_markdown: str = ""
 
 
 def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path) -> DryRunResult:
-    """Train briefly, evaluate, gate. A crash or non-finite loss becomes a failed gate, not a pass."""
+    """Train briefly, evaluate, gate. A crash or non-finite loss becomes a failed gate, not a pass.
+
+    With `cfg.train.control_shuffle_seed` set this is a control run: training targets are shuffled
+    within each day, so the validation RankIC must sit in the noise band (a leak would show here).
+    """
+    control_seed = cfg.train.control_shuffle_seed
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cache = open_cache(cache_path)
+    split = make_split(cache, cfg.data)  # the Trainer's own split (same function, same config)
+    # control run: train on targets shuffled among each training day's names; validation stays real
+    train_cache = cache if control_seed is None else shuffled_target_cache(cache, control_seed, days=split.train)
     monitor = GpuMonitor()
     monitor.start()
     result: TrainResult | None = None
     error: str | None = None
     loss_finite = True
     try:
-        trainer = Trainer(cache, cfg, monitor=monitor)
+        trainer = Trainer(train_cache, cfg, monitor=monitor, split=split)
         result = trainer.fit(checkpoint_path=output_dir / "checkpoint.pt")
     except TrainingError as exc:
         error, loss_finite = str(exc), "non-finite" not in str(exc)
@@ -69,10 +83,29 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
                                                              output_dir / "val_predictions.parquet")
         if result.checkpoint is not None and result.checkpoint.exists():
             files["checkpoint.pt"] = result.checkpoint
+    rep_md = ""
+    if result is not None:
+        rep = build_report(files["val_predictions.parquet"], output_dir / "report", horizon=cache.horizons[0],
+                           min_stocks=cfg.data.min_stocks)
+        files.update({f"report/{name}": Path(p) for name, p in rep["files"].items()})
+        rep_md = report_markdown(rep)
+    control = None
+    if control_seed is not None and result is not None:
+        control = control_result(cache, split, result.val_pred, result.val_days, control_seed,
+                                 min_stocks=cfg.data.min_stocks)
+        band = control["band"]
+        gate.criteria.append(Criterion(
+            "control_rankic_in_noise_band", control["rankic"], None, control["inside"],
+            f"control run (targets shuffled within each training day): |val RankIC| must be <= "
+            f"{'n/a' if band is None else f'{band:.4f}'}"))
+        gate.passed = gate.passed and control["inside"]
+    baselines = dryrun_baselines(cache, split, metrics, min_stocks=cfg.data.min_stocks, control=control)
     report = {"passed": gate.passed, "criteria": gate.to_dict()["criteria"], "metrics": metrics, "error": error,
+              "baselines": {k: v for k, v in baselines.items() if k != "markdown"},
               "dataset": dataset_info(cache), "config": cfg.to_dict()}
     files["gate.json"] = write_json(output_dir / "gate.json", json_safe(report))
-    return DryRunResult(gate=gate, metrics=metrics, history=result.history if result else [], gpu=gpu, files=files)
+    return DryRunResult(gate=gate, metrics=metrics, history=result.history if result else [], gpu=gpu, files=files,
+                        baselines=baselines, report_markdown=rep_md)
 
 
 def _metrics(result: TrainResult | None, gpu: dict[str, Any]) -> dict[str, Any]:

@@ -228,7 +228,10 @@ def _check_value_type(default: Any, value: Any) -> None:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ValueError(f"choice {value!r} does not fit a field of type {type(default).__name__}")
+        hint = ""
+        if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9.]+[eE][0-9]+", value):
+            hint = f" (YAML reads {value} as text: write the exponent with a sign, e.g. 1.0e+6)"
+        raise ValueError(f"choice {value!r} does not fit a field of type {type(default).__name__}{hint}")
 
 
 def _joint_problems(params: Mapping[str, optuna.distributions.BaseDistribution]) -> list[str]:
@@ -389,7 +392,8 @@ class TrialContext:
             return  # no RankIC this epoch (too few stocks): nothing the pruner could compare
         with self.clock("report"):
             self.trial.report(float(value), epoch)
-            prune = self.trial.should_prune()
+            # After the last epoch there is nothing left to save: the trial is complete, not pruned.
+            prune = epoch < self.cfg.train.max_epochs - 1 and self.trial.should_prune()
         if prune:
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: validation RankIC {value:+.4f}")
 
@@ -401,7 +405,8 @@ def train_objective(ctx: TrialContext) -> float:
     """Train on the cache with this trial's config; the best epoch's validation RankIC is the value."""
     from atft_core.trainer import Trainer  # torch loads only where a trial really trains
 
-    trainer = Trainer(_open_cache(str(ctx.cache_path)), ctx.cfg, on_epoch=lambda r: ctx.report(r["epoch"], r["val_rankic"]))
+    trainer = Trainer(_open_cache(str(ctx.cache_path)), ctx.cfg,
+                      on_epoch=lambda rec: ctx.report(rec["epoch"], rec["val_rankic"]))
     result = trainer.fit()
     history = [{k: _round(r.get(k)) for k in ("epoch", "train_loss", "val_rankic", "val_ic", "seconds")}
                for r in result.history]
@@ -554,6 +559,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, fn: Objective, space: S
                 trial.set_user_attr("worker", worker)
             cfg = _trial_config(base_cfg, params, hpo)
             value = float(fn(TrialContext(trial, cfg, cache_path, output_dir, clock)))
+            if not math.isfinite(value):  # optuna's tell() refuses it; it is no score either
+                raise TrialFailed(f"the objective returned {value}")
         except optuna.TrialPruned as exc:
             state, reason = TrialState.PRUNED, str(exc)
         except BaseException as exc:  # KeyboardInterrupt too: a trial must not stay RUNNING
@@ -566,8 +573,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, fn: Objective, space: S
     objective_s = time.perf_counter() - t_run
     if state != TrialState.FAIL:
         with clock("tell"):
-            frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-        state = frozen.state  # tell turns a NaN value into FAIL
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     else:
         log.warning("trial %d failed (%s); the study goes on", trial.number, reason)
     storage_s = sum(v for k, v in clock.seconds.items() if k in ("claim", "attrs", "report", "tell"))
@@ -698,7 +704,8 @@ def run_study(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, ou
             reports = run_worker_processes(cache_path, base_cfg, hpo, output_dir, batch, objective)
         except WorkerError as exc:
             errors.append(str(exc))
-            reports = [WorkerReport(**json.loads(p.read_text())) for p in (output_dir / "workers").glob("worker-*.json")]
+            reports = [WorkerReport(**json.loads(p.read_text()))
+                       for p in (output_dir / "workers").glob("worker-*.json")]
     summary = finish_study(hpo, batch, output_dir, reports, seconds=time.perf_counter() - t0, errors=errors)
     if errors:
         raise WorkerError(f"{errors[0]}; the report is in {output_dir / 'hpo.json'}")
@@ -743,12 +750,14 @@ def _counts(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances over completed trials; {} until there are enough to say anything."""
+    """Optuna's default importances (PED-ANOVA in 5.0) over completed trials; {} until there are enough."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if len(complete) < 2:
         return {}
     try:
-        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "quantiles select the same trials": few trials
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
     except (ValueError, RuntimeError) as exc:  # e.g. every completed trial has the same parameters
         log.info("parameter importances not available: %s", exc)
         return {}

@@ -231,7 +231,7 @@ def plot_hpo_history(trials: Sequence[Mapping[str, Any]], path: str | Path) -> P
 
 
 def plot_param_importances(importances: Mapping[str, float], path: str | Path, *, note: str = "") -> Path:
-    """Horizontal bars of each hyperparameter's importance (fANOVA, sums to 1), largest on top."""
+    """Horizontal bars of each hyperparameter's importance (sums to 1), largest on top."""
     path = Path(path)
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(_SIZE[0], max(_SIZE[1], 0.3 * len(items) + 1.0)), dpi=_DPI)

@@ -85,7 +85,10 @@ def load_predictions(path: str | Path, horizon: int = 1) -> PredictionGrid:
     df = pl.read_parquet(path, columns=["Date", "Code", pcol, tcol])
     if df.height == 0:
         raise DatasetError(path, "zero rows")
-    dates_raw = df["Date"].cast(pl.String).to_numpy().astype(str)
+    date_col = df["Date"]
+    if date_col.dtype.is_temporal():
+        date_col = date_col.cast(pl.Date)  # a Datetime column: one trading day per calendar date
+    dates_raw = date_col.cast(pl.String).to_numpy().astype(str)
     codes_raw = df["Code"].cast(pl.String).to_numpy().astype(str)
     dates, d_idx = np.unique(dates_raw, return_inverse=True)
     codes, s_idx = np.unique(codes_raw, return_inverse=True)
@@ -250,7 +253,10 @@ def build_report(predictions_path: str | Path, output_dir: str | Path, horizon: 
     if plots:
         from atft_core import plots as P
 
-        dates = np.array(g.dates, dtype="datetime64[D]")
+        try:
+            dates = np.array(g.dates, dtype="datetime64[D]")
+        except ValueError:  # not ISO dates: plot against the day's position
+            dates = np.arange(len(g.dates))
         title = f"{horizon}d"
         files["ic_series.png"] = str(P.plot_ic_series(dates, ic, rankic, rolling_mean(ic), rolling_mean(rankic),
                                                       output_dir / "ic_series.png", title=title))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ def new_run_dir(output_dir: str | Path, mode: str, run_id: str, now: datetime | 
     """Create and return a fresh folder for one run; never returns an existing folder."""
     root = Path(output_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime(STAMP_FORMAT)
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(STAMP_FORMAT)
     base = f"{stamp}-{_SAFE.sub('-', mode).strip('-') or 'run'}-{short_id(run_id)}"
     for n in range(1000):
         path = root / (base if n == 0 else f"{base}-{n}")

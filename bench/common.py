@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-VERDICTS = ("PASS", "FAIL", "INFO", "SKIP")
+VERDICTS = ("PASS", "FAIL", "INFO", "SKIP", "ERROR")
 
 
 def bench_dir() -> Path:
@@ -40,9 +40,12 @@ class Row:
     ratio is always "how many times better than the baseline" for speed rows (baseline time /
     measured time, or measured rate / baseline rate); rows without a natural baseline say what
     their ratio is in `ratio_meaning` (e.g. measured / target budget, 10x-size / 1x-size).
-    verdict: PASS / FAIL against `target`, INFO where there is no target, SKIP with a `note`.
+    verdict: PASS / FAIL against `target`, INFO where there is no target (or, in quick mode, where the
+    target is an absolute time for the full size), SKIP with the reason in `note`, ERROR when the
+    benchmark itself raised.
     """
 
+    key: str  # stable identifier (the row's name carries sizes, which change with --quick)
     name: str
     measured: float
     unit: str
@@ -256,3 +259,47 @@ def tiny_config(device: str = "cpu", *, hidden: int = 8, max_epochs: int = 1, ma
     cfg.train.progress = False
     cfg.train.patience = 10**6
     return cfg
+
+
+# -- child processes ------------------------------------------------------------------------------
+@dataclass
+class ChildResult:
+    ok: bool  # exited 0 and wrote its JSON
+    timed_out: bool
+    seconds: float
+    result: dict[str, Any] | None
+    log_tail: str
+
+
+def run_child(module: str, args: list[str], timeout_s: float) -> ChildResult:
+    """Run ``python -m module --child-out FILE *args`` with a wall-clock limit (killed past it).
+
+    Slow benchmarks (the dry run, torch.compile) run in their own process: a time limit can stop
+    them cleanly, and their memory does not stay in the suite's process.
+    """
+    import json
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="atft-bench-child-") as tmp:
+        out = Path(tmp) / "result.json"
+        log = Path(tmp) / "log.txt"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        t0 = time.perf_counter()
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", module, "--child-out", str(out), *args], cwd=REPO,
+                                    stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and anything it started (compiler workers)
+                proc.wait()
+                rc, timed_out = -9, True
+        seconds = time.perf_counter() - t0
+        text = log.read_text(errors="replace")
+        result = json.loads(out.read_text()) if out.exists() else None
+    return ChildResult(ok=rc == 0 and result is not None, timed_out=timed_out, seconds=seconds, result=result,
+                       log_tail=text[-3000:])

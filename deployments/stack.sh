@@ -31,24 +31,61 @@ healthy() { curl -fsS --max-time 2 "$API/health" >/dev/null 2>&1; }
 # Start a command in its own session (process group) so `down` can signal it and its children.
 start_bg() {
   local name=$1; shift
-  setsid "$@" >"$PIDS/$name.log" 2>&1 < /dev/null &
+  if command -v setsid >/dev/null; then
+    setsid "$@" >"$PIDS/$name.log" 2>&1 </dev/null &
+  else  # macOS has no setsid: the process is then signalled by pid only
+    "$@" >"$PIDS/$name.log" 2>&1 </dev/null &
+  fi
   echo $! >"$PIDS/$name.pid"
 }
 
-# SIGINT the process group, wait, then SIGTERM if it is still there.
-stop() {
-  local name=$1 wait_s=${2:-30}
-  alive "$name" || { rm -f "$PIDS/$name.pid"; return 0; }
-  local pid; pid=$(cat "$PIDS/$name.pid")
-  kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null || true
-  for _ in $(seq $((wait_s * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "  $name did not stop on SIGINT within ${wait_s}s: SIGTERM"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    sleep 1
-  fi
-  rm -f "$PIDS/$name.pid"
-  echo "  stopped $name"
+pid_of() { cat "$PIDS/$1.pid" 2>/dev/null; }
+
+# Wait until none of the named processes is alive, at most $1 seconds.
+wait_gone() {
+  local limit=$1; shift
+  for _ in $(seq $((limit * 5))); do
+    local any=0
+    for name in "$@"; do alive "$name" && any=1; done
+    [[ $any == 0 ]] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# Workers: SIGINT first (stop polling). Prefect 3.8.8's worker logs "Received SIGINT" but keeps
+# running (its websocket channel task survives the cancellation; a second SIGINT is ignored too), so
+# after a grace period SIGTERM makes Prefect's own handler end it. Flow runs it started share its
+# process group (setsid): any still running get SIGTERM, which the engine records as a crash.
+stop_workers() {
+  local names=("$@") name pid
+  for name in "${names[@]}"; do alive "$name" && kill -INT "$(pid_of "$name")" 2>/dev/null || true; done
+  wait_gone 5 "${names[@]}" || for name in "${names[@]}"; do
+    alive "$name" && kill -TERM "$(pid_of "$name")" 2>/dev/null || true
+  done
+  wait_gone 10 "${names[@]}" || true
+  for name in "${names[@]}"; do
+    pid=$(pid_of "$name") || continue
+    if alive "$name" || pgrep -g "$pid" >/dev/null 2>&1; then
+      echo "  $name: flow runs still running in its process group: SIGTERM"
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      sleep 3
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$PIDS/$name.pid"
+    echo "  stopped $name"
+  done
+}
+
+# Server: SIGINT (the CLI forwards SIGTERM to its uvicorn process), SIGTERM to the group as a fallback.
+stop_server() {
+  alive server || { rm -f "$PIDS/server.pid"; return 0; }
+  local pid; pid=$(pid_of server)
+  kill -INT "$pid" 2>/dev/null || true
+  wait_gone 30 server || { echo "  server still up after SIGINT: SIGTERM"; kill -TERM -- "-$pid" 2>/dev/null || true; sleep 2; }
+  pgrep -g "$pid" >/dev/null 2>&1 && kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$PIDS/server.pid"
+  echo "  stopped server"
 }
 
 up() {
@@ -67,7 +104,7 @@ up() {
   "$ROOT/deployments/setup_pools.sh"
   "$PREFECT_BIN" --no-prompt deploy --all --prefect-file deployments/prefect.yaml >"$PIDS/deploy.log" 2>&1 \
     || { tail -30 "$PIDS/deploy.log"; exit 1; }
-  echo "deployed: atft/dryrun, atft/nightly-hpo (02:00 Asia/Tokyo), atft-gpu-stage/gpu"
+  echo "deployed: atft/dryrun, atft/nightly-hpo (02:00 Asia/Tokyo), atft-gpu-stage/gpu, atft-hpo-worker/gpu"
 
   for pool in "${WORKERS[@]}"; do
     if alive "worker-$pool"; then
@@ -95,9 +132,9 @@ EOF
 }
 
 down() {
-  # Workers first: a worker that loses its server mid-run marks nothing and logs errors.
-  for pool in "${WORKERS[@]}"; do stop "worker-$pool" 30; done
-  stop server 30
+  # Workers first: a worker that loses its server mid-run cannot report its runs' states.
+  stop_workers "${WORKERS[@]/#/worker-}"
+  stop_server
 }
 
 status() {

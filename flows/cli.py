@@ -74,7 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--horizon", type=int, default=1)
     p.add_argument("--min-stocks", type=int, default=20)
+
+    _add_hpo_parser(sub)
     return parser
+
+
+def _add_hpo_parser(sub: Any) -> None:
+    p = sub.add_parser("hpo", help="short Optuna study: N trials on K workers sharing one storage")
+    p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
+    p.add_argument("--n-trials", type=int, default=5, help="trials this run adds to the study (all workers together)")
+    p.add_argument("--max-epochs", type=int, default=2)
+    p.add_argument("--study-name", default="atft")
+    p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT / "hpo"), help="hpo.json, trials.csv, plots/")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL or journal:PATH (default: OUTPUT_DIR/optuna.db); "
+                   "${VAR} is filled from the environment")
+    p.add_argument("--parallel", type=int, default=1, help="worker processes pulling trials from the study")
+    p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
+    p.add_argument("--config", default=None, help="base config YAML (sections data/cache/model/loss/train)")
+    p.add_argument("--search-space", default=None, help="search space YAML (default: the packaged one)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=None, help="seconds after which workers take no new trial")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
 
 
 def _config(path: str | None):
@@ -160,7 +181,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo-data": cmd_demo_data, "build-cache": cmd_build_cache,
+def cmd_hpo(args: argparse.Namespace) -> int:
+    from flows.hpo_stage import run_hpo
+    summary = run_hpo(data_path=args.data_path or str(demo_data_path()), output_dir=args.output_dir,
+                      n_trials=args.n_trials, max_epochs=args.max_epochs, study_name=args.study_name,
+                      storage=args.storage, parallel=args.parallel, cache_dir=args.cache_dir, config_path=args.config,
+                      search_space=args.search_space, pruner=args.pruner, seed=args.seed, timeout_s=args.timeout,
+                      device=args.device)
+    c, best = summary["counts"], summary["best_value"]
+    print(f"study {summary['study_name']} on {summary['storage']}: this run {c['complete']} complete, "
+          f"{c['pruned']} pruned, {c['failed']} failed; study total {summary['study_counts']['total']}")
+    print(f"best validation RankIC: {'n/a' if best is None else f'{best:+.4f}'} (trial {summary['best_trial']})")
+    for name, value in summary["best_params"].items():
+        print(f"  {name} = {value}")
+    print(f"wrote {args.output_dir}/hpo.json, trials.csv, plots/")
+    return 0 if c["complete"] > 0 else 1
+
+
+COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build_cache,
             "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report}
 
 

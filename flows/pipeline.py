@@ -16,7 +16,8 @@ new folder under `output_dir`; the gate's verdict is read from that folder.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,14 +49,22 @@ def demo_data_path(data_root: str | Path = DEFAULT_DATA_ROOT) -> Path:
 
 
 def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DATA_ROOT) -> str:
-    """The given path, or the demo panel under `data_root` (generated once, on first use)."""
+    """The given path, or the demo panel under `data_root`, generated on first use.
+
+    Written to a temporary name and renamed, so a run interrupted mid-generation (or two runs at
+    once) never leaves a half-written panel that later runs would take for the real one.
+    """
     if data_path:
         return data_path
     demo = demo_data_path(data_root).resolve()
     if not demo.exists():
         from atft_core.demo import DemoConfig, generate_demo
 
-        generate_demo(demo, DemoConfig())
+        demo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = demo.with_name(f".{demo.name}.{os.getpid()}.tmp")
+        generate_demo(tmp, DemoConfig())
+        Path(f"{tmp}.oracle.json").replace(f"{demo}.oracle.json")
+        tmp.replace(demo)
     return str(demo)
 
 
@@ -87,8 +96,11 @@ def atft_pipeline(
     device: str | None = None,
     config_path: str | None = None,
     gpu_stage: GpuDispatch = "auto",
+    hpo_workers: int = 1,
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
+
+    hpo_workers: HPO workers sharing the study (runs of `atft-hpo-worker/gpu`, or processes in-process).
 
     require_gpu=None means: required when training runs on the `gpu` pool, not applicable in-process.
     gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"
@@ -119,8 +131,10 @@ def atft_pipeline(
 
     hpo = None
     if mode == "hpo" and gate.is_completed():
+        # The default SQLite study lives in output_dir, not in this run's folder: nightly runs continue it.
         hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=cfg, n_trials=n_trials,
-                                      study_name=study_name, storage=storage)
+                                      study_name=study_name, storage=storage, workers=hpo_workers,
+                                      study_dir=Path(output_dir), dispatch=gpu_stage)
     if target is not None:
         mirror_run(str(run_dir), target)
     gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
@@ -135,7 +149,7 @@ def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarge
     return {
         "flow_run_id": current_flow_run.id, "flow_run_name": current_flow_run.name,
         "deployment_id": current_deployment.id,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": params, "config": cfg.to_dict(),
         "artifact_target": target.where if target else None,
         "versions": {"atft": atft_core.__version__, "prefect": prefect.__version__},
@@ -145,8 +159,8 @@ def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarge
 def run_pipeline(**params: Any) -> dict[str, Any]:
     """Run flow `atft` and summarise it for the CLI: state, run folder, gate.
 
-    Returns for Completed runs and for failed gates (`passed` False, `error` set): a failed gate is
-    an answer, not a crash. Any other failure (bad dataset, training crash, S3 mirror failure)
+    Returns for Completed runs (`ok` True) and for failed gates (`ok` and `passed` False, `error`
+    set): a failed gate is an answer, not a crash. Any other failure (bad dataset, training crash, S3 mirror failure)
     re-raises the original exception so the caller can map it to an exit code.
     """
     # Without PREFECT_API_URL Prefect starts a throwaway local server; on a busy 2-core machine it
@@ -158,7 +172,8 @@ def run_pipeline(**params: Any) -> dict[str, Any]:
     run_dir = find_run_dir(params.get("output_dir") or DEFAULT_OUTPUT_DIR, run_id)
     stage_file = run_dir / STAGE_FILE if run_dir else None
     stage = read_json(stage_file) if stage_file and stage_file.exists() else {}
-    summary = {"state": state.name, "flow_run_id": run_id, "run_dir": str(run_dir) if run_dir else None,
+    summary = {"ok": bool(state.is_completed()), "state": state.name, "flow_run_id": run_id,
+               "run_dir": str(run_dir) if run_dir else None,
                "passed": stage.get("passed"), "gate": stage.get("gate"), "metrics": stage.get("metrics"),
                "error": None}
     if state.is_completed():

@@ -72,7 +72,9 @@ def hpo_worker_task(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
     else:
         report = run_worker(cache_path, base, cfg, out, storage_url=cfg.storage, worker_index=worker_index,
                             sampler_seed=sampler_seed).to_dict()
-        write_json(worker_file(out, worker_index, "json"), report)
+        path = worker_file(out, worker_index, "json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, report)
     states = [t["state"] for t in report["trials"]]
     logger.info("worker %s ran %d trial(s): %s", report["worker"], len(states),
                 {s: states.count(s) for s in sorted(set(states))})
@@ -115,9 +117,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"Best validation RankIC: **{best:+.4f}** (trial {summary.get('best_trial')})" if best is not None
              else "No completed trial yet.", "",
              "| | complete | pruned | failed | running | waiting | total |", "|---|---:|---:|---:|---:|---:|---:|"]
+    columns = ("complete", "pruned", "failed", "running", "waiting", "total")
     for label, counts in (("this run", summary["counts"]), ("whole study", summary["study_counts"])):
-        lines.append(f"| {label} | " + " | ".join(str(counts.get(k, 0)) for k in
-                                                  ("complete", "pruned", "failed", "running", "waiting", "total")) + " |")
+        lines.append(f"| {label} | " + " | ".join(str(counts.get(k, 0)) for k in columns) + " |")
     if summary.get("best_params"):
         lines += ["", "| parameter | best value |", "|---|---|"]
         lines += [f"| `{k}` | {v:.6g} |" if isinstance(v, float) else f"| `{k}` | {v} |"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -210,3 +211,27 @@ def test_ridge_on_shuffled_targets_scores_inside_the_band_on_real_targets(tmp_pa
     ric = _val_rankic(flat, fit_ridge(ctl, split.train).predict(flat, split.val), split.val)
     v = control_verdict(ric, null_band(flat, split.train, split.val, n_draws=48))
     assert v["inside"] and 0.6 < v["null_band"] / v["noise_band"] < 1.6
+
+
+def test_dryrun_helpers_ridge_oracle_control_and_markdown(tmp_path):
+    """The two calls the dry run makes: `control_result` and `dryrun_baselines`."""
+    from atft_core.baselines import dryrun_baselines
+    from atft_core.controls import control_result
+
+    cache = synthetic_cache(tmp_path, signal=0.3, features=10, seed=3)
+    Path(cache.manifest["source"] + ".oracle.json").write_text(json.dumps(
+        {"oracle": {"target_1d": {"ic": 0.3, "rankic": 0.32, "ic_ir": 3.0, "rankic_ir": 3.2, "days": 200}}}))
+    split = make_split(cache, DATA)
+    ctl = shuffled_target_cache(cache, seed=1, days=split.train)
+    pred = fit_ridge(ctl, split.train).predict(cache, split.val)[:, :, None]  # [days, S, H] as the trainer's
+    control = control_result(cache, split, pred, split.val, seed=1, min_stocks=20)
+    assert control["inside"] and control["seed"] == 1 and control["n_days"] == len(split.val)
+    assert control["band"] == max(control["noise_band"], control["null_band"])
+    out = dryrun_baselines(cache, split, {"val_ic": 0.2, "val_rankic": 0.25, "val_rankic_ir": 2.0}, control=control)
+    assert out["ridge"]["rankic"] > 0.2 and out["oracle"]["rankic"] == 0.32 and out["control"] is control
+    assert "| model | +0.2000 | +0.2500 | 2.000 | 78 % |" in out["markdown"]
+    assert "ridge (last-day features)" in out["markdown"] and "inside the noise band" in out["markdown"]
+    json.dumps({k: v for k, v in out.items()})  # gate.json-ready
+    empty = dataclasses.replace(split, train=split.train[:0])
+    few = dryrun_baselines(cache, empty, None)
+    assert few["ridge"] is None and "n/a" in few["markdown"]  # a failed baseline never crashes the dry run

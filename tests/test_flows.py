@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -59,7 +59,8 @@ def test_pipeline_completes_and_publishes(prefect_harness, tiny_demo, tiny_confi
     result = run_pipeline(data_path=str(tiny_demo), max_epochs=1, output_dir=str(out), cache_dir=str(shared_cache),
                           config_path=str(tiny_config), min_rankic=-1.0)
 
-    assert result["state"] == "Completed" and result["passed"] is True and result["error"] is None
+    assert result["ok"] is True and result["state"] == "Completed"
+    assert result["passed"] is True and result["error"] is None
     run = Path(result["run_dir"])
     assert run.parent == out.resolve() and run.name.endswith(result["flow_run_id"][:8])
     for name in ("run.json", "stage.json", "gate.json", "metrics.csv", "val_predictions.parquet",
@@ -104,7 +105,7 @@ def test_failing_gate_fails_run_and_skips_hpo(prefect_harness, tiny_demo, tiny_c
     result = run_pipeline(mode="hpo", data_path=str(tiny_demo), max_epochs=1, output_dir=str(tmp_path / "runs"),
                           cache_dir=str(shared_cache), config_path=str(tiny_config), min_rankic=1.0)
 
-    assert result["state"] == "Failed" and result["passed"] is False
+    assert result["ok"] is False and result["state"] == "Failed" and result["passed"] is False
     assert "dry-run gate failed" in result["error"] and "val_rankic" in result["error"]
     assert hpo_calls == []  # stopped before the HPO study
     tasks = _task_runs(result["flow_run_id"])
@@ -149,7 +150,7 @@ def test_bad_dataset_reraises(prefect_harness, tmp_path):
 
 
 def test_run_dirs_are_never_reused(tmp_path):
-    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     a = new_run_dir(tmp_path, "dryrun", "abcdef12-3456", now=now)
     b = new_run_dir(tmp_path, "dryrun", "abcdef12-3456", now=now)
     assert a.name == "20260102T030405Z-dryrun-abcdef12" and b.name == a.name + "-1"

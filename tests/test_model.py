@@ -385,6 +385,16 @@ def test_model_deterministic_given_seed() -> None:
     assert torch.equal(run(), run())
 
 
+def test_model_odd_sizes_and_no_gat() -> None:
+    # Sizes an HPO study may sample: hidden not divisible by the heads, fewer head entries than
+    # layers, no GAT at all.
+    cfg = ModelConfig(hidden=20, attn_heads=3, gat_layers=3, gat_heads=(3,), fan_k=50)
+    x, static, day_id = _day_batch(2, 10, 8, 5)
+    assert ATFTGATFAN(5, (1,), cfg)(x, static, day_id)["pred"].shape == (20, 1)
+    out = ATFTGATFAN(5, (1, 5), ModelConfig(gat_layers=0))(x, static, day_id)
+    assert out["pred"].shape == (20, 2) and torch.isfinite(out["pred"]).all()
+
+
 def test_model_runs_under_bf16_autocast() -> None:
     # CUDA is where bf16 runs in production; CPU autocast exercises the same casts.
     model = ATFTGATFAN(8, (1, 5), ModelConfig(quantiles=(0.25, 0.5, 0.75)))

@@ -77,7 +77,10 @@ class ATFTGATFAN(nn.Module):
 
     ``torch.compile``: `encode` (FAN + TFT) and `decode` (GAT + heads) have no data-dependent Python
     control flow; edge building (`build_edges`, topk / unique with data-dependent sizes) is between
-    them and runs eagerly.
+    them and runs eagerly. Compiling the whole model works (checked on CPU) with graph breaks at the
+    LSTM (Dynamo does not trace RNNs by default; it runs as its cuDNN kernel) and at the edges;
+    `decode` compiles with ``fullgraph=True``; inductor leaves FAN's complex FFT to eager kernels.
+    On CUDA ``index_add_`` (graph aggregation) is not bitwise deterministic run to run.
     """
 
     def __init__(
@@ -155,14 +158,17 @@ class ATFTGATFAN(nn.Module):
         pred = torch.stack([p for p, _ in outs], dim=1)
         if not self.quantiles:
             return pred, None
-        ascending = torch.stack([q for _, q in outs], dim=1)  # type: ignore[misc]
+        ascending = torch.stack([q for _, q in outs if q is not None], dim=1)
         return pred, ascending.index_select(2, self._quantile_order)
 
     def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> dict[str, Tensor | None]:
         if x.dim() != 3 or x.shape[2] != self.n_features:
             raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
         h, aux_loss = self.encode(x, static)
-        edge_index = self.edges(x, static, day_id)
+        if len(self.gat):
+            edge_index = self.edges(x, static, day_id)
+        else:  # gat_layers = 0 (an ablation): no graph to build
+            edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
         pred, quantiles = self.decode(h, edge_index)
         return {"pred": pred, "quantiles": quantiles, "aux_loss": aux_loss}
 

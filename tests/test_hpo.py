@@ -1,0 +1,417 @@
+"""HPO study: search space, planted optimum, pruning, shared storage across processes, a killed worker,
+a diverging trial, a study continued across runs, and the `atft hpo` command through Prefect.
+
+Most tests use cheap synthetic objectives through the real `run_study` machinery (queue, workers,
+storage, pruner, reports); the objectives are module-level so worker processes can import them.
+Two tests train the real model on a tiny panel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from atft_core.config import DryRunConfig
+from atft_core.hpo import (
+    FAIL_REASON_ATTR,
+    HpoConfig,
+    SearchSpace,
+    TrialContext,
+    apply_params,
+    build_storage,
+    default_storage_url,
+    display_url,
+    prepare_study,
+    run_study,
+    run_worker,
+    spawn_worker,
+    worker_seed,
+)
+
+PLANTED_LR, PLANTED_W = 3e-3, 0.7
+SPACE = ("params:\n"
+         "  train.lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n"
+         "  loss.rankic_weight: {type: float, low: 0.0, high: 1.0}\n"
+         "  model.dropout: {type: float, low: 0.0, high: 0.5}\n")
+
+
+# -- objectives (module level: worker processes import them by name) ---------------------------------
+def planted_value(cfg: DryRunConfig) -> float:
+    """1 at lr = 3e-3 and rankic_weight = 0.7, falling away from there; dropout does not matter."""
+    lr_miss = (math.log10(cfg.train.lr) - math.log10(PLANTED_LR)) / 4
+    return 1.0 - lr_miss ** 2 - (cfg.loss.rankic_weight - PLANTED_W) ** 2
+
+
+def planted(ctx: TrialContext) -> float:
+    value = planted_value(ctx.cfg)
+    for epoch in range(ctx.cfg.train.max_epochs):
+        ctx.report(epoch, value)
+    return value
+
+
+def slow_planted(ctx: TrialContext) -> float:
+    """Long enough per epoch for a second worker to start, or for a test to kill the worker mid-trial."""
+    value = planted_value(ctx.cfg)
+    for epoch in range(ctx.cfg.train.max_epochs):
+        time.sleep(float(os.environ.get("ATFT_TEST_EPOCH_S", "0.3")))
+        ctx.report(epoch, value)
+    return value
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def space(tmp_path) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_demo, tmp_path_factory) -> Path:
+    from atft_core.cache import build_cache
+
+    return build_cache(tiny_demo, tmp_path_factory.mktemp("cache"), progress=False).path
+
+
+@pytest.fixture(scope="module")
+def tiny_train_cfg(tiny_config) -> DryRunConfig:
+    """Tiny model, 6 training days per epoch, 20 validation days: a few seconds per epoch on a CPU."""
+    cfg = DryRunConfig.from_yaml(tiny_config)
+    cfg.data.split.val_days = 20
+    cfg.train.max_train_days = 6
+    cfg.train.device = "cpu"
+    return cfg
+
+
+def hpo(space: str, **kw) -> HpoConfig:
+    base = {"search_space": space, "n_startup_trials": 6, "max_epochs": 3, "heartbeat_interval_s": 1,
+            "grace_period_s": 3}
+    return HpoConfig(**{**base, **kw})
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def load(url: str, name: str = "atft") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=build_storage(url, HpoConfig()))
+
+
+# -- search space -----------------------------------------------------------------------------------
+def test_packaged_search_space_names_real_config_fields_and_applies():
+    sp = SearchSpace.load()
+    expected = {"train.lr", "train.weight_decay", "model.hidden", "model.attn_heads", "model.dropout", "data.window",
+                "model.graph_topk", "data.days_per_batch", "model.fan_k", "loss.rankic_weight", "loss.cs_ic_weight",
+                "loss.sharpe_weight"}
+    assert set(sp.params) == expected
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    base = DryRunConfig()
+    for _ in range(5):
+        params = sp.suggest(study.ask())
+        cfg = apply_params(base, params)
+        assert cfg.model.hidden % cfg.model.attn_heads == 0
+        assert cfg.train.lr == params["train.lr"] and cfg.loss.sharpe_weight == params["loss.sharpe_weight"]
+        assert cfg.data.window == params["data.window"] and isinstance(cfg.data.window, int)
+    assert base.train.lr == DryRunConfig().train.lr  # the base config is never modified
+
+
+def test_search_space_rejects_typos_wrong_types_and_incompatible_sizes():
+    with pytest.raises(ValueError, match=r"'lrr' is not a field of train.*known"):
+        SearchSpace.from_dict({"params": {"train.lrr": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    with pytest.raises(ValueError, match="float range for a field of type int"):
+        SearchSpace.from_dict({"params": {"model.hidden": {"type": "float", "low": 8, "high": 64}}})
+    with pytest.raises(ValueError, match=r"YAML reads 1.0e6 as text"):
+        SearchSpace.from_dict(yaml.safe_load("params:\n  train.lr: {type: categorical, choices: [1.0e6]}"))
+    with pytest.raises(ValueError, match="hidden 48 is not divisible by model.attn_heads 5"):
+        SearchSpace.from_dict({"params": {"model.hidden": {"type": "categorical", "choices": [32, 48]},
+                                          "model.attn_heads": {"type": "categorical", "choices": [1, 5]}}})
+
+
+def test_storage_urls_sqlite_default_journal_and_env_placeholders(tmp_path, monkeypatch):
+    assert default_storage_url(tmp_path) == f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    assert display_url(default_storage_url(tmp_path)) == default_storage_url(tmp_path)  # no slash lost
+    assert display_url("postgresql://optuna:s3cret@db:5432/optuna") == "postgresql://optuna:***@db:5432/optuna"
+    journal = build_storage(f"journal:{tmp_path}/j/optuna.log", HpoConfig())
+    assert type(journal).__name__ == "JournalStorage"
+    monkeypatch.delenv("ATFT_TEST_DB_DIR", raising=False)
+    with pytest.raises(ValueError, match=r"\$\{ATFT_TEST_DB_DIR\}, which is not set"):
+        build_storage("sqlite:///${ATFT_TEST_DB_DIR}/x.db", HpoConfig())
+    monkeypatch.setenv("ATFT_TEST_DB_DIR", str(tmp_path))
+    assert build_storage("sqlite:///${ATFT_TEST_DB_DIR}/x.db", HpoConfig()).url == f"sqlite:///{tmp_path}/x.db"
+
+
+# -- search ----------------------------------------------------------------------------------------
+def test_study_finds_the_planted_good_region(tmp_path, space):
+    s = run_study("unused", DryRunConfig(), hpo(space, n_trials=24, pruner="none", max_epochs=1), tmp_path,
+                  objective=planted)
+    assert s.counts["complete"] == 24 and s.study_counts["total"] == 24
+    assert s.best_value > 0.97, s.best_params
+    assert 1e-3 < s.best_params["train.lr"] < 1e-2 and abs(s.best_params["loss.rankic_weight"] - PLANTED_W) < 0.15
+    values = [t.value for t in load(default_storage_url(tmp_path)).trials]
+    # TPE's modelled trials beat its random start-up trials on average: it learned where the region is.
+    assert sum(values[12:]) / 12 > sum(values[:6]) / 6
+    report = json.loads((tmp_path / "hpo.json").read_text())
+    assert report["best_params"] == s.best_params and report["counts"]["complete"] == 24
+    assert set(report["importances"]) == {"train.lr", "loss.rankic_weight", "model.dropout"}
+    assert (tmp_path / "trials.csv").read_text().count("\n") == 25
+    for png in ("optimization_history.png", "param_importances.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruner_stops_bad_trials_early(tmp_path, space, pruner):
+    s = run_study("unused", DryRunConfig(), hpo(space, n_trials=10, pruner=pruner, max_epochs=4, n_startup_trials=10,
+                                                pruner_startup_trials=3), tmp_path, objective=planted)
+    study = load(default_storage_url(tmp_path))
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert s.counts["pruned"] == len(pruned) >= 2, states(study)
+    assert all(len(t.intermediate_values) < 4 for t in pruned)  # stopped before the last epoch
+    assert all(len(t.intermediate_values) == 4 for t in complete)
+    best_complete = max(t.value for t in complete)
+    assert all(t.value < best_complete for t in pruned)  # the best configuration is never the one pruned
+
+
+# -- shared storage, workers ---------------------------------------------------------------------------
+def test_two_worker_processes_share_one_sqlite_study(tmp_path, space, monkeypatch):
+    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.15")
+    s = run_study("unused", DryRunConfig(), hpo(space, n_trials=7, parallel=2, max_epochs=2, pruner="none"), tmp_path,
+                  objective=slow_planted)
+    study = load(default_storage_url(tmp_path))
+    assert sorted(t.number for t in study.trials) == list(range(7))  # exactly the total asked for, unique numbers
+    assert states(study) == {"COMPLETE": 7}
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "workers").glob("worker-*.json"))]
+    ran = [t["number"] for r in reports for t in r["trials"]]
+    assert sorted(ran) == list(range(7))  # every trial ran once, on one worker
+    assert len(reports) == 2 and all(r["trials"] for r in reports)  # both workers took part
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert s.overhead["trials"] == 7
+
+
+def test_killed_worker_keeps_finished_trials_and_its_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
+    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.5")
+    cfg = hpo(space, n_trials=4, max_epochs=3, pruner="none")
+    url = default_storage_url(tmp_path)
+    batch = prepare_study(cfg, url)
+    proc = spawn_worker("unused", DryRunConfig(), cfg, tmp_path, storage_url=url, worker_index=0,
+                        sampler_seed=worker_seed(0, 0, 0), spec_dir=tmp_path, objective=slow_planted)
+    try:
+        victim = _wait_for_mid_trial(url, proc, min_complete=2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {t.number: (t.state, t.value, t.params, t.datetime_complete) for t in load(url).trials
+              if t.state == TrialState.COMPLETE}
+    assert len(before) >= 2 and load(url).trials[victim].state == TrialState.RUNNING
+    time.sleep(cfg.grace_period_s + 1)  # the dead worker's heartbeat is now older than the grace period
+
+    # A restarted worker (same study) fails the stale trial, retries it and drains the rest of the queue.
+    report = run_worker("unused", DryRunConfig(), cfg, tmp_path, storage_url=url, worker_index=1,
+                        sampler_seed=worker_seed(0, batch.first_number, 1), objective=slow_planted)
+    study = load(url)
+    after = {t.number: (t.state, t.value, t.params, t.datetime_complete) for t in study.trials if t.number in before}
+    assert after == before  # every finished trial intact
+    stale = study.trials[victim]
+    assert stale.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == stale.params
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert states(study) == {"COMPLETE": 4, "FAIL": 1}  # 4 queued trials done, plus the killed attempt
+    assert report.trials  # the restarted worker did the remaining work
+
+
+def _wait_for_mid_trial(url: str, proc, min_complete: int, timeout: float = 90) -> int:
+    """Number of a RUNNING trial that has reported an epoch, once `min_complete` trials are COMPLETE."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker exited before it could be killed"
+        trials = load(url).trials
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= min_complete and running:
+            return running[0].number
+        time.sleep(0.1)
+    raise AssertionError("the worker never got mid-trial")
+
+
+def test_same_study_continued_across_two_runs_accumulates_trials(tmp_path, space):
+    storage = f"journal:{tmp_path}/study/optuna.log"  # the journal file works like the SQL storages here
+    cfg = hpo(space, n_trials=3, max_epochs=1, pruner="none", storage=storage, study_name="nightly")
+    first = run_study("unused", DryRunConfig(), cfg, tmp_path / "run1", objective=planted)
+    second = run_study("unused", DryRunConfig(), cfg, tmp_path / "run2", objective=planted)
+    assert first.counts["total"] == 3 and second.counts["total"] == 3
+    assert second.study_counts["total"] == 6 and second.study_counts["complete"] == 6
+    study = optuna.load_study(study_name="nightly", storage=build_storage(storage, cfg))
+    assert [t.number for t in study.trials] == list(range(6))
+    # The second run's sampler is seeded differently: it does not repeat the first run's trials.
+    assert {t.params["train.lr"] for t in study.trials[:3]}.isdisjoint(t.params["train.lr"] for t in study.trials[3:])
+    assert second.best_value == max(t.value for t in study.trials)
+
+
+def oom(ctx: TrialContext) -> float:
+    raise MemoryError("cannot allocate 80 GiB")
+
+
+def nan(ctx: TrialContext) -> float:
+    return float("nan")
+
+
+def bug(ctx: TrialContext) -> float:
+    return {}["missing"]
+
+
+def test_out_of_memory_and_non_finite_values_fail_the_trial_but_a_bug_stops_the_study(tmp_path, space):
+    cfg = hpo(space, n_trials=2, max_epochs=1)
+    for objective, kind in ((oom, "out_of_memory"), (nan, "failed")):
+        s = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name=kind), tmp_path,
+                      objective=objective)
+        assert s.counts["failed"] == 2 and s.best_value is None
+        reasons = {t.user_attrs["fail_kind"] for t in load(default_storage_url(tmp_path), kind).trials}
+        assert reasons == {kind}
+    with pytest.raises(KeyError):
+        run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name="bug"), tmp_path, objective=bug)
+    crashed = load(default_storage_url(tmp_path), "bug").trials
+    assert crashed[0].state == TrialState.FAIL and "KeyError" in crashed[0].user_attrs[FAIL_REASON_ATTR]
+    assert crashed[1].state == TrialState.WAITING  # left queued for the next run once the bug is fixed
+
+
+# -- the real training objective ----------------------------------------------------------------------
+def test_diverging_trial_fails_with_reason_and_the_study_completes(tmp_path, tiny_cache, tiny_train_cfg):
+    space = tmp_path / "space.yaml"  # lr 1e6 diverges within two batches; 1e-3 trains normally
+    space.write_text("params:\n  train.lr: {type: categorical, choices: [1.0e+6, 1.0e-3]}\n")
+    # seed 5 samples lr 1e6, 1e-3, 1e6: a completed trial after a diverged one, then another divergence
+    cfg = HpoConfig(n_trials=3, max_epochs=2, search_space=str(space), pruner="none", seed=5)
+    s = run_study(tiny_cache, tiny_train_cfg, cfg, tmp_path / "out")
+    study = load(default_storage_url(tmp_path / "out"))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert failed and complete and len(failed) + len(complete) == 3, states(study)
+    for t in failed:
+        assert t.params["train.lr"] == 1e6 and t.value is None  # a FAIL, never a made-up score
+        assert "non-finite loss" in t.user_attrs[FAIL_REASON_ATTR] and t.user_attrs["fail_kind"] == "diverged"
+    for t in complete:
+        history = t.user_attrs["history"]
+        assert [h["epoch"] for h in history] == [0, 1]
+        # reported every epoch (the history attribute is rounded to 6 digits)
+        assert t.intermediate_values == {h["epoch"]: pytest.approx(h["val_rankic"], abs=1e-6) for h in history}
+        assert t.value == max(t.intermediate_values.values())
+    assert s.counts["failed"] == len(failed) and s.best_value == max(t.value for t in complete)
+    assert "fail_reason" in (tmp_path / "out" / "trials.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_atft_hpo_command_runs_through_prefect_with_two_workers(tmp_path, tiny_demo, prefect_harness, capsys):
+    from prefect.artifacts import Artifact
+
+    from flows.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                     "  model.dropout: {type: float, low: 0.0, high: 0.3}\n")
+    config = tmp_path / "cfg.yaml"
+    config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20}}\n"
+                      "model: {hidden: 16, attn_heads: 2, gat_heads: [2]}\n"
+                      "train: {progress: false, max_train_days: 6, device: cpu}\n")
+    out = tmp_path / "hpo"
+    argv = ["hpo", "--data-path", str(tiny_demo), "--n-trials", "2", "--max-epochs", "1", "--study-name", "cli",
+            "--output-dir", str(out), "--parallel", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--config", str(config), "--search-space", str(space)]
+    assert main(argv) == 0, capsys.readouterr()
+    report = json.loads((out / "hpo.json").read_text())
+    assert report["counts"]["complete"] == 2 and report["study_counts"]["total"] == 2
+    assert report["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
+    assert set(report["best_params"]) == {"train.lr", "model.dropout"}
+    assert len(list((out / "workers").glob("worker-*.json"))) == 2  # two worker processes took part
+    assert "best validation RankIC" in capsys.readouterr().out
+    summary = Artifact.get("hpo-summary")
+    assert summary is not None and "Best validation RankIC" in summary.data
+    trials = Artifact.get("hpo-trials")
+    assert trials is not None and len(json.loads(trials.data)) == 2
+
+
+@pytest.mark.slow
+def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefect_harness):
+    """Flow `atft` in mode hpo, twice (as the nightly deployment runs it): one study in output_dir grows."""
+    from flows.pipeline import run_pipeline
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20}}\n"
+                      "model: {hidden: 16, attn_heads: 2, gat_heads: [2]}\n"
+                      "train: {progress: false, max_train_days: 4, device: cpu}\n")
+    out = tmp_path / "runs"
+    params = dict(mode="hpo", data_path=str(tiny_demo), output_dir=str(out), cache_dir=str(tmp_path / "cache"),
+                  config_path=str(config), max_epochs=1, n_trials=1, study_name="nightly", min_rankic=-1.0,
+                  gpu_stage="local")
+    first, second = run_pipeline(**params), run_pipeline(**params)
+    assert first["state"] == second["state"] == "Completed"
+    reports = [json.loads((Path(r["run_dir"]) / "hpo.json").read_text()) for r in (first, second)]
+    assert [r["study_counts"]["total"] for r in reports] == [1, 2]
+    assert reports[1]["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
+    assert [t.number for t in load(default_storage_url(out), "nightly").trials] == [0, 1]
+
+
+@pytest.mark.slow
+def test_hpo_stage_fans_out_worker_runs_on_the_gpu_pool(tmp_path, tiny_cache, tiny_train_cfg, prefect_harness):
+    """Under a deployment the stage starts K runs of atft-hpo-worker/gpu; a real process worker on pool
+    `gpu` runs them; together they run exactly the trials queued."""
+    import subprocess
+    import sys
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.hpo_stage import HPO_WORKER_DEPLOYMENT, hpo_worker_flow, run_hpo_stage
+
+    repo = Path(__file__).resolve().parents[1]
+    prefect_bin = str(Path(sys.executable).with_name("prefect"))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    subprocess.run([prefect_bin, "--no-prompt", "work-pool", "create", "gpu", "--type", "process", "--overwrite"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    hpo_worker_flow.from_source(source=str(repo), entrypoint="flows/hpo_stage.py:hpo_worker_flow").deploy(
+        name=HPO_WORKER_DEPLOYMENT.split("/")[1], work_pool_name="gpu", print_next_steps=False)
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    cfg = dataclasses.replace(tiny_train_cfg, train=dataclasses.replace(tiny_train_cfg.train, max_epochs=1,
+                                                                         max_train_days=4))
+    out = tmp_path / "run"
+
+    @flow(name="hpo-fan-out-test")
+    def parent() -> dict:
+        return run_hpo_stage(cache={"path": str(tiny_cache)}, run_dir=out, config=cfg, n_trials=3, study_name="pool",
+                             storage=None, workers=2, search_space=str(space), dispatch="deployment")
+
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([prefect_bin, "worker", "start", "--pool", "gpu", "--limit", "2"], env=env, cwd=repo,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            summary = parent()
+        finally:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(timeout=60)
+    assert summary["counts"]["complete"] == 3 and summary["study_counts"]["total"] == 3
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.name.startswith(f"hpo-{out.name}-w")]
+    assert sorted(r.name for r in runs) == [f"hpo-{out.name}-w0", f"hpo-{out.name}-w1"]
+    assert all(r.work_pool_name == "gpu" and r.state.is_completed() for r in runs)
+    reports = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in (0, 1)]
+    assert sorted(t["number"] for r in reports for t in r["trials"]) == [0, 1, 2]

@@ -1,0 +1,105 @@
+"""HPO on PostgreSQL, the storage for workers on several hosts: a private server started from the
+machine's PostgreSQL binaries (initdb + pg_ctl on a free loopback port, password authentication),
+two worker processes on one study, and the password kept out of every file the run writes.
+
+Without the binaries the test is skipped on a developer machine and fails under CI (`CI` set):
+`.ci/run` installs them (Debian/Ubuntu package `postgresql`, e.g. `postgresql-15`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from atft_core.config import DryRunConfig
+from atft_core.hpo import HpoConfig, build_storage, run_study
+from tests.prefect_fixtures import free_port
+from tests.test_hpo import SPACE, slow_planted
+
+PASSWORD_ENV = "ATFT_TEST_PG_PASSWORD"
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)  # newest version first
+    if found:
+        return Path(found[0]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root: run them as the `postgres` system user then.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[tuple[str, str]]:
+    """(URL with a ${VAR} password placeholder, the password) of a throwaway PostgreSQL server."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        message = "PostgreSQL binaries not found (install the `postgresql` package)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": CI must run this test")
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="atft-pg-"))
+    password = "pw-" + secrets.token_hex(12)
+    (root / "pw").write_text(password + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(root / "pw", "postgres", "postgres")
+    port = free_port()
+    data, log = root / "data", root / "server.log"
+    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+                                 f"--pwfile={root / 'pw'}", "--no-sync"]),
+                   check=True, capture_output=True, timeout=120)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60",
+                                 "start"]), check=True, capture_output=True, timeout=90)
+    try:
+        yield f"postgresql+psycopg2://postgres:${{{PASSWORD_ENV}}}@127.0.0.1:{port}/postgres", password
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgres_study_and_the_password_stays_out_of_files(postgres_url, tmp_path, monkeypatch):
+    url, password = postgres_url
+    monkeypatch.setenv(PASSWORD_ENV, password)  # each worker fills the placeholder from its environment
+    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.15")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    cfg = HpoConfig(n_trials=6, parallel=2, max_epochs=2, pruner="none", study_name="pg", storage=url,
+                    search_space=str(space),
+                    heartbeat_interval_s=1, grace_period_s=3)
+    out = tmp_path / "out"
+    s = run_study("unused", DryRunConfig(), cfg, out, objective=slow_planted)
+
+    study = optuna.load_study(study_name="pg", storage=build_storage(url, cfg))
+    assert sorted(t.number for t in study.trials) == list(range(6))  # exactly the total, unique numbers
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    reports = [json.loads(p.read_text()) for p in sorted((out / "workers").glob("worker-*.json"))]
+    assert sorted(t["number"] for r in reports for t in r["trials"]) == list(range(6))  # each ran exactly once
+    assert len(reports) == 2 and all(r["trials"] for r in reports)
+    assert s.counts["complete"] == 6 and s.best_value == max(t.value for t in study.trials)
+
+    # A rerun continues the study on the server.
+    again = run_study("unused", DryRunConfig(), HpoConfig(**{**cfg.to_dict(), "n_trials": 2, "parallel": 1}), out,
+                      objective=slow_planted)
+    assert again.study_counts["total"] == 8 and again.counts["total"] == 2
+
+    report = json.loads((out / "hpo.json").read_text())
+    assert report["storage"] == f"postgresql+psycopg2://postgres:***@127.0.0.1:{url.rsplit(':', 1)[1]}"
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), f"{path} contains the database password"

@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from atft_core.config import CacheConfig
+from atft_core.config import CacheConfig, DataConfig
 from atft_core.contract import Contract, check_rows, check_schema, date_expr, read_schema
 from atft_core.errors import DatasetError, Problem
 from atft_core.source import S3Options, fingerprint_files, resolve_input
@@ -129,11 +129,13 @@ def params_key(cfg: CacheConfig) -> str:
 
 
 def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig | None = None, *,
-                s3: S3Options | None = None, progress: bool = True) -> CacheBuild:
+                s3: S3Options | None = None, progress: bool = True,
+                require: DataConfig | None = None) -> CacheBuild:
     """Validate the panel and build (or find) its cache under ``cache_dir``.
 
     Raises `DatasetError` naming the file, column and problem; in that case nothing is created in
-    ``cache_dir`` and an existing cache is untouched.
+    ``cache_dir`` and an existing cache is untouched. ``require`` (the training data settings) adds
+    the check that the history is long enough for its window, embargo and validation split.
     """
     cfg = cfg or CacheConfig()
     cache_dir = Path(cache_dir)
@@ -149,6 +151,8 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
                               manifest.get("warnings", []))
         lf = pl.scan_parquet(list(inp.files))
         warnings, _ = check_rows(lf, contract, inp.display)
+        if require is not None:
+            _check_history(lf, contract, require, inp.display)
         grid = _build_grid(lf, contract, cfg, inp.display, progress)
     warnings += grid.pop("warnings")
     manifest = {
@@ -173,6 +177,17 @@ def _summary(manifest: dict[str, Any], hit: bool, seconds: float) -> dict[str, A
             "market_features": manifest["market_features"], "warnings": len(manifest.get("warnings", [])),
             "leak_suspects": [s["feature"] for s in manifest.get("leak_suspects", [])],
             "seconds": round(seconds, 3)}
+
+
+def _check_history(lf: pl.LazyFrame, contract: Contract, require: DataConfig, source: str) -> None:
+    n_days = lf.select(date_expr(contract).n_unique()).collect().item()
+    need = require.min_history(contract.horizons)
+    if n_days < need:
+        embargo = need - require.window - require.split.val_days - 1
+        raise DatasetError(source, Problem("Date", f"only {n_days} trading days; training needs at least {need} "
+                                                   f"(window {require.window} + embargo {embargo} + validation "
+                                                   f"{require.split.val_days} + 1). Provide a longer history or "
+                                                   "lower data.window / data.split.val_days in --config"))
 
 
 def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: str,

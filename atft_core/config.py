@@ -42,6 +42,16 @@ class DataConfig:
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
 
+    def min_history(self, horizons: tuple[int, ...]) -> int:
+        """Trading days a panel needs for one window, one training day, the embargo(s) and validation.
+
+        Checked at cache build so that a too-short file fails before anything is written; the
+        split itself checks again exactly (it also knows which days have too few stocks).
+        """
+        embargo = max(horizons) if self.split.embargo_days is None else self.split.embargo_days
+        test = self.split.test_days + embargo if self.split.test_days else 0
+        return self.window + embargo + self.split.val_days + test + 1
+
 
 @dataclass
 class ModelConfig:

@@ -67,7 +67,8 @@ def check_schema(schema: dict[str, pl.DataType], source: str) -> Contract:
             date_is_string = True  # parsed and checked against one format in check_rows
         elif not (dt == pl.Date or isinstance(dt, pl.Datetime)):
             problems.append(Problem("Date", f"has type {dt}; expected a date (or datetime, or ISO 'YYYY-MM-DD' text)"))
-    if "Code" in schema and not (schema["Code"] == pl.String or schema["Code"].is_integer()):
+    if "Code" in schema and not (schema["Code"] in (pl.String, pl.Categorical) or isinstance(schema["Code"], pl.Enum)
+                                 or schema["Code"].is_integer()):
         problems.append(Problem("Code", f"has type {schema['Code']}; expected a string stock code like '13010'"))
 
     targets: list[tuple[int, str]] = []

@@ -19,7 +19,9 @@ What ends a trial, and how it is recorded:
 - its worker is killed (SIGKILL, preempted host): its heartbeat stops, the next worker to look marks
   it FAIL and queues a retry with the same parameters (`RetryHeartbeatStaleTrialCallback`; SQL
   storages only, the journal file has no heartbeat).
-Any other exception is a bug: the trial is marked FAIL (with the reason) and the exception propagates.
+An objective may also raise `TrialFailed` (a configuration it cannot score): FAIL with the reason.
+Any other exception is a bug: the trial is marked FAIL (with the reason) and the exception propagates;
+the trials still queued stay queued for the next run.
 
 Pure library: no Prefect here. `run_study` is the whole thing in one call; `prepare_study`,
 `run_worker` / `spawn_worker` and `finish_study` are its parts, for orchestrators that run workers
@@ -267,6 +269,13 @@ def display_url(url: str) -> str:
     return redact_url(url) if "@" in url or "?" in url else url
 
 
+def dashboard_command(url: str) -> str:
+    """How to watch the study live (a journal file is passed to optuna-dashboard as a plain path)."""
+    if url.startswith(JOURNAL_PREFIX):
+        return f"optuna-dashboard {url[len(JOURNAL_PREFIX):]}"
+    return f"optuna-dashboard '{display_url(url)}'"
+
+
 def default_storage_url(study_dir: str | Path) -> str:
     return f"sqlite:///{(Path(study_dir) / 'optuna.db').resolve()}"
 
@@ -410,8 +419,9 @@ def train_objective(ctx: TrialContext) -> float:
     result = trainer.fit()
     history = [{k: _round(r.get(k)) for k in ("epoch", "train_loss", "val_rankic", "val_ic", "seconds")}
                for r in result.history]
-    ctx.trial.set_user_attr("history", history)
-    ctx.trial.set_user_attr("best_epoch", int(result.best_epoch))
+    with ctx.clock("attrs"):
+        ctx.trial.set_user_attr("history", history)
+        ctx.trial.set_user_attr("best_epoch", int(result.best_epoch))
     if not math.isfinite(result.best_rankic):
         raise TrialFailed("no validation RankIC on any epoch: every validation day had fewer than "
                           f"data.min_stocks={ctx.cfg.data.min_stocks} names with a known target")
@@ -457,10 +467,18 @@ def failure(exc: BaseException) -> tuple[str, str] | None:
         return "failed", str(exc)
     torch = sys.modules.get("torch")  # never import torch just to classify an error
     if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)):
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give the next trial the memory this one held
         return "out_of_memory", f"{type(exc).__name__}: {exc}".strip()
     return None
+
+
+def _free_memory() -> None:
+    """After an out-of-memory trial (its exception and frames gone): give the next trial that memory."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,7 +567,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, fn: Objective, space: S
                hpo: HpoConfig, cache_path: Path, output_dir: Path, worker: str, clock: _Clock) -> dict[str, Any]:
     from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses for the same job
 
-    state, value, reason = TrialState.COMPLETE, None, None
+    state, value, reason, kind = TrialState.COMPLETE, None, None, None
     t_run = time.perf_counter()
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
@@ -576,6 +594,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, fn: Objective, space: S
             study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     else:
         log.warning("trial %d failed (%s); the study goes on", trial.number, reason)
+        if kind == "out_of_memory":
+            _free_memory()
     storage_s = sum(v for k, v in clock.seconds.items() if k in ("claim", "attrs", "report", "tell"))
     train_s = objective_s - sum(v for k, v in clock.seconds.items() if k in ("sample", "attrs", "report"))
     return {"number": trial.number, "state": state.name, "value": value if state == TrialState.COMPLETE else None,
@@ -616,6 +636,7 @@ def spawn_worker(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig,
     spec = {"cache_path": str(cache_path), "config": base_cfg.to_dict(), "hpo": {**hpo.to_dict(), "storage": None},
             "output_dir": str(output_dir), "worker_index": worker_index, "sampler_seed": sampler_seed,
             "objective": objective_path(objective), "result": str(worker_file(output_dir, worker_index, "json"))}
+    worker_file(output_dir, worker_index, "json").unlink(missing_ok=True)  # never read a previous run's report
     spec_path = Path(spec_dir) / f"worker-{worker_index}.json"
     spec_path.write_text(json.dumps(spec, default=str))
     env = {**os.environ, STORAGE_ENV: storage_url,
@@ -639,25 +660,27 @@ class WorkerError(RuntimeError):
 
 
 def run_worker_processes(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, output_dir: str | Path,
-                         batch: StudyBatch, objective: Objective | str | None = None) -> list[WorkerReport]:
-    """K worker processes on one queue; wait for all, then raise if any failed (after the others finish)."""
+                         batch: StudyBatch, objective: Objective | str | None = None
+                         ) -> tuple[list[WorkerReport], list[str]]:
+    """K worker processes on one queue; wait for all. Returns their reports and one error per failed worker."""
     k = max(1, min(hpo.parallel, batch.n_trials))
+    output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="atft-hpo-spec-") as spec_dir:
         procs = [spawn_worker(cache_path, base_cfg, hpo, output_dir, storage_url=batch.storage_url,
                               worker_index=i, sampler_seed=worker_seed(hpo.seed, batch.first_number, i),
                               spec_dir=spec_dir, objective=objective, threads=max(1, (os.cpu_count() or 1) // k))
                  for i in range(k)]
-        codes = [p.wait() for p in procs]
-    reports = []
-    for i in range(k):
-        path = worker_file(Path(output_dir), i, "json")
-        if path.exists():
-            reports.append(WorkerReport(**json.loads(path.read_text())))
-    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if bad:
-        raise WorkerError("; ".join(f"worker {i} exited with code {c} (log: {worker_file(Path(output_dir), i, 'log')})"
-                                    for i, c in bad))
-    return reports
+        try:
+            codes = [p.wait() for p in procs]
+        except BaseException:  # interrupted while waiting: no orphan keeps training
+            for p in procs:
+                p.terminate()
+            raise
+    reports = [WorkerReport(**json.loads(worker_file(output_dir, i, "json").read_text()))
+               for i in range(k) if worker_file(output_dir, i, "json").exists()]
+    errors = [f"worker {i} exited with code {c} (log: {worker_file(output_dir, i, 'log')})"
+              for i, c in enumerate(codes) if c != 0]
+    return reports, errors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -678,6 +701,8 @@ class HpoSummary:
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    objective: str = "validation RankIC of the best epoch (maximised)"
+    dashboard: str = ""  # the command that opens this study in optuna-dashboard
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -694,21 +719,18 @@ def run_study(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, ou
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     SearchSpace.load(hpo.search_space)  # a bad file fails here, before anything is queued
+    if hpo.parallel > 1:
+        objective_path(objective)  # likewise an objective worker processes could not import
     batch = prepare_study(hpo, hpo.storage or default_storage_url(output_dir))
     errors: list[str] = []
     if hpo.parallel <= 1 or batch.n_trials <= 1:
         reports = [run_worker(cache_path, base_cfg, hpo, output_dir, storage_url=batch.storage_url,
                               sampler_seed=worker_seed(hpo.seed, batch.first_number, 0), objective=objective)]
     else:
-        try:
-            reports = run_worker_processes(cache_path, base_cfg, hpo, output_dir, batch, objective)
-        except WorkerError as exc:
-            errors.append(str(exc))
-            reports = [WorkerReport(**json.loads(p.read_text()))
-                       for p in (output_dir / "workers").glob("worker-*.json")]
+        reports, errors = run_worker_processes(cache_path, base_cfg, hpo, output_dir, batch, objective)
     summary = finish_study(hpo, batch, output_dir, reports, seconds=time.perf_counter() - t0, errors=errors)
     if errors:
-        raise WorkerError(f"{errors[0]}; the report is in {output_dir / 'hpo.json'}")
+        raise WorkerError(f"{'; '.join(errors)}; the report is in {output_dir / 'hpo.json'}")
     return summary
 
 
@@ -725,7 +747,8 @@ def finish_study(hpo: HpoConfig, batch: StudyBatch, output_dir: str | Path, repo
         requested=batch.n_trials, counts=_counts(mine), study_counts=_counts(trials),
         best_value=best.value if best else None, best_params=dict(best.params) if best else {},
         best_trial=best.number if best else None, importances=_importances(study),
-        overhead=_overhead(reports), seconds=round(seconds, 3), errors=list(errors or []))
+        overhead=_overhead(reports), seconds=round(seconds, 3), errors=list(errors or []),
+        dashboard=dashboard_command(batch.storage_url))
     summary.files = {k: str(v) for k, v in write_reports(study, summary, output_dir).items()}
     write_json(output_dir / "hpo.json", _json_safe(summary.to_dict()))
     summary.files["hpo.json"] = str(output_dir / "hpo.json")
@@ -790,12 +813,17 @@ def write_reports(study: optuna.Study, summary: HpoSummary, output_dir: Path) ->
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One plain row per trial (for tables in an orchestrator's UI): number, state, value, params, reason."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
+        reason = t.user_attrs.get(FAIL_REASON_ATTR, "")
+        if t.state == TrialState.FAIL and not reason and t.number in retried:
+            # A stale trial is failed by another worker, which can no longer write attributes on it.
+            reason = f"its worker stopped (no heartbeat); retried as trial {retried[t.number]}"
         rows.append({"number": t.number, "state": t.state.name, "value": _round(t.value),
                      "epochs": len(t.intermediate_values), **{k: _round(v) for k, v in t.params.items()},
-                     "fail_reason": t.user_attrs.get(FAIL_REASON_ATTR, ""),
-                     "retry_of": t.system_attrs.get("failed_trial", "")})
+                     "fail_reason": reason, "retry_of": t.system_attrs.get("failed_trial", "")})
     return rows
 
 

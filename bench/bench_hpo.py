@@ -2,13 +2,14 @@
 
     python -m bench.bench_hpo [--storage URL] [--trials 3] [--epochs 2] [--train-days 40] [--device cpu]
 
-Runs a real study (`run_study`, in-process worker, real training on a small demo panel) and prints,
-per trial, the time in storage calls (claim a queued trial + stale check, user attributes, report +
-should_prune every epoch, tell), in the sampler (TPE: suggest, which also writes the parameters), and
-in training; then the ratio storage / training. Then the same machinery with a no-op objective, which
-isolates the fixed storage cost of one trial from the load of the machine.
+Runs a real study (queue + one in-process worker of `atft_core.hpo`, real training on a small demo
+panel) and prints, per trial, the time in storage calls (claim a queued trial + stale check, user
+attributes, report + should_prune every epoch, tell), in the sampler (TPE: suggest, which also writes
+the parameters), and in training; then the ratio storage / training. Then the same machinery with a
+no-op objective, which isolates the fixed storage cost of one trial from the load of the machine.
 
 The default storage is a SQLite file in a temporary folder; pass a PostgreSQL URL to measure a server.
+`run(quick)` gives the same measurement as one row for `python -m bench.run_all`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,52 @@ def _print(title: str, report: WorkerReport) -> None:
               f"{c.get('tell', 0):.3f}")
 
 
+def measure(*, trials: int, epochs: int, train_days: int, stocks: int, days: int, val_days: int = 40,
+            device: str = "cpu", storage: str | None = None, echo: bool = True) -> dict:
+    """Real-training trials, then no-op trials, on one storage; per-trial timings of both."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="atft-bench-hpo-") as tmp:
+        work = Path(tmp)
+        data = work / "demo.parquet"
+        generate_demo(data, DemoConfig(stocks=stocks, days=days, features=16))
+        cache = build_cache(data, work / "cache", progress=False).path
+        (work / "space.yaml").write_text(SPACE)
+        base = DryRunConfig.from_dict({
+            "data": {"window": 10, "min_stocks": 10, "split": {"val_days": val_days}},
+            "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2]},
+            "train": {"device": device, "max_train_days": train_days or None}})
+        hpo = HpoConfig(n_trials=trials, max_epochs=epochs, pruner="none", storage=storage,
+                        search_space=str(work / "space.yaml"), study_name=f"bench-{int(time.time())}")
+        where = display_url(hpo.storage or default_storage_url(work))
+        if echo:
+            print(f"storage: {where}; {trials} trial(s) x {epochs} epoch(s), {stocks} stocks x {days} days, "
+                  f"{train_days or 'all'} training days per epoch, device {device}")
+        real = _study(work, base, hpo, cache)
+        noop_cfg = HpoConfig(**{**hpo.to_dict(), "study_name": hpo.study_name + "-noop", "n_trials": max(5, trials)})
+        fixed = _study(work, base, noop_cfg, cache, noop)
+    storage_s = sum(t["storage_s"] for t in real.trials)
+    train_s = sum(t["train_s"] for t in real.trials)
+    return {"storage": where, "real": real, "noop": fixed, "storage_s": storage_s, "train_s": train_s,
+            "fixed_per_trial_s": statistics.median(t["storage_s"] + t["sample_s"] for t in fixed.trials)}
+
+
+def run(quick: bool) -> list:
+    """One row for `bench.run_all`: storage seconds per trial against training seconds per trial."""
+    from bench.common import Row, verdict
+
+    trials, epochs, train_days, val_days = (2, 1, 4, 10) if quick else (3, 2, 40, 40)
+    m = measure(trials=trials, epochs=epochs, train_days=train_days, stocks=60, days=260, val_days=val_days,
+                echo=False)
+    n = len(m["real"].trials)
+    storage, train = m["storage_s"] / n, m["train_s"] / n
+    return [Row("hpo_storage", f"HPO storage calls per trial, {trials} trials x {epochs} epoch(s), SQLite",
+                storage, "s", train, "s", train / storage, "training time / storage time per trial",
+                "storage < 1 % of training (ratio >= 100)", "INFO" if quick else verdict(train / storage >= 100),
+                note=f"claim + attributes + report/prune every epoch + tell, per trial, against that trial's "
+                     f"training ({train_days} days per epoch, demo panel 60 x 260, CPU). Fixed cost of a trial "
+                     f"with no training (storage + TPE sampling): {m['fixed_per_trial_s']:.3f} s.")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--storage", default=None, help="SQLAlchemy URL or journal:PATH (default: SQLite in a temp dir)")
@@ -76,34 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stocks", type=int, default=60)
     p.add_argument("--days", type=int, default=260)
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    with tempfile.TemporaryDirectory(prefix="atft-bench-hpo-") as tmp:
-        work = Path(tmp)
-        data = work / "demo.parquet"
-        generate_demo(data, DemoConfig(stocks=args.stocks, days=args.days, features=16))
-        cache = build_cache(data, work / "cache", progress=False).path
-        (work / "space.yaml").write_text(SPACE)
-        base = DryRunConfig.from_dict({
-            "data": {"window": 10, "min_stocks": 10, "split": {"val_days": 40}},
-            "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2]},
-            "train": {"device": args.device, "max_train_days": args.train_days or None}})
-        hpo = HpoConfig(n_trials=args.trials, max_epochs=args.epochs, pruner="none", storage=args.storage,
-                        search_space=str(work / "space.yaml"), study_name=f"bench-{int(time.time())}")
-        print(f"storage: {display_url(hpo.storage or default_storage_url(work))}; {args.trials} trial(s) x "
-              f"{args.epochs} epoch(s), {args.stocks} stocks x {args.days} days, device {args.device}")
-
-        real = _study(work / "real", base, hpo, cache)
-        _print("real training", real)
-        fixed = _study(work / "noop", base, HpoConfig(**{**hpo.to_dict(), "study_name": hpo.study_name + "-noop",
-                                                          "n_trials": max(5, args.trials)}), cache, noop)
-        _print("no-op objective (storage + sampler only)", fixed)
-
-    storage = sum(t["storage_s"] for t in real.trials)
-    train = sum(t["train_s"] for t in real.trials)
-    per_trial = statistics.median(t["storage_s"] + t["sample_s"] for t in fixed.trials)
-    print(f"\nstorage / training, real trials: {storage:.3f}s / {train:.3f}s = {storage / train:.4f}")
+    a = p.parse_args(argv)
+    m = measure(trials=a.trials, epochs=a.epochs, train_days=a.train_days, stocks=a.stocks, days=a.days,
+                device=a.device, storage=a.storage)
+    _print("real training", m["real"])
+    _print("no-op objective (storage + sampler only)", m["noop"])
+    print(f"\nstorage / training, real trials: {m['storage_s']:.3f}s / {m['train_s']:.3f}s = "
+          f"{m['storage_s'] / m['train_s']:.4f}")
+    per_trial = m["fixed_per_trial_s"]
     print(f"fixed cost per trial (no-op, median storage + sampler): {per_trial:.3f}s; a trial must train "
           f"{per_trial / 0.01:.0f}s for it to stay under 1 %")
     return 0

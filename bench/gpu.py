@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda | cpu | auto (cpu only checks the script)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (60 stocks x 120 days x 16 features, tiny model)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: 60 stocks x 120 days x 16 features, tiny model, "
+                   "1 epoch of 3 days")
     p.add_argument("--stocks", type=int, default=None)
     p.add_argument("--days", type=int, default=None)
     p.add_argument("--features", type=int, default=None)
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="grid: direct synthetic grid writer (default, seconds); demo: demo generator + build_cache")
     p.add_argument("--model", choices=["tiny", "demo", "reference"], default=None,
                    help="model sizes (default: demo; tiny with --quick)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per variant (default 2; 1 with --quick)")
     p.add_argument("--max-train-days", type=int, default=None, help="cap per epoch (default 300; 4 with --quick)")
     p.add_argument("--val-days", type=int, default=None, help="validation days (default 60; 5 with --quick)")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     days = a.days or (120 if a.quick else 2500)
     features = a.features or (16 if a.quick else 64)
     model = a.model or ("tiny" if a.quick else "demo")
+    epochs = a.epochs or (1 if a.quick else 2)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -360,17 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     from atft_core.config import DryRunConfig, ModelConfig
 
     if model == "tiny":
-        cfg = tiny_config(a.device, max_epochs=a.epochs, window=20)
+        cfg = tiny_config(a.device, max_epochs=epochs, window=20)
     else:
         cfg = DryRunConfig()
         if model == "reference":
             cfg.model = ModelConfig.reference()
     cfg.train.device = a.device
-    cfg.train.max_epochs = a.epochs
+    cfg.train.max_epochs = epochs
     cfg.train.progress = False
     cfg.train.patience = 10**6
     cfg.train.compile = a.compile
-    cfg.train.max_train_days = a.max_train_days or (4 if a.quick else 300)
+    cfg.train.max_train_days = a.max_train_days or (3 if a.quick else 300)
     cfg.data.split.val_days = a.val_days or (5 if a.quick else 60)
 
     runs_dir = work / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -386,14 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     report = {"machine": machine, "cache": {"path": str(cache_path), "stocks": stocks, "days": days,
                                             "features": features, "source": a.source, "seconds": round(t_cache, 1)},
-              "config": {"model": model, "epochs": a.epochs, "max_train_days": cfg.train.max_train_days,
+              "config": {"model": model, "epochs": epochs, "max_train_days": cfg.train.max_train_days,
                          "val_days": cfg.data.split.val_days, "window": cfg.data.window,
                          "days_per_batch": cfg.data.days_per_batch, "compile": a.compile, "device": a.device},
               "util_target": UTIL_TARGET, "results": results, "table": table}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"\n{stocks} stocks x {days} days x {features} features ({a.source} source, cache ready in {t_cache:.1f} s), "
-          f"model {model}, {a.epochs} epochs of <= {cfg.train.max_train_days} training days, device {a.device}, "
+          f"model {model}, {epochs} epochs of <= {cfg.train.max_train_days} training days, device {a.device}, "
           f"{machine.get('gpu', machine['cpu'])}")
     print(table)
     if any(r.get("gpu_available") is False for r in results) and a.device != "cpu":

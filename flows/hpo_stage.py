@@ -49,7 +49,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto") -> dict[str, Any]:
-    """Run the study's share of this run; return the summary (also written to `run_dir/hpo.json`).
+    """Queue `n_trials` trials, run them on `workers` workers, publish; the summary (also `run_dir/hpo.json`).
 
     `study_dir` holds the default SQLite storage (`optuna.db`): the pipeline passes its output dir so
     that each nightly run continues the same study; None means `run_dir`.
@@ -168,7 +168,8 @@ def atft_hpo(data_path: str | None = None, output_dir: str = "runs/hpo", n_trial
 
     cfg = build_config(config_path, max_epochs=max_epochs, device=device)
     data = resolve_data_path(data_path)
-    cache = cached_build(data, cache_dir or str(Path(DEFAULT_DATA_ROOT) / "cache"), cfg.cache, S3Options.from_env())
+    cache = cached_build(data, cache_dir or str(Path(DEFAULT_DATA_ROOT) / "cache"), cfg.cache, S3Options.from_env(),
+                         require=cfg.data)
     return run_hpo_stage(cache=cache, run_dir=Path(output_dir).resolve(), config=cfg, n_trials=n_trials,
                          study_name=study_name, storage=storage, workers=parallel, pruner=pruner, seed=seed,
                          timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage)

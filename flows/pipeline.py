@@ -124,7 +124,7 @@ def atft_pipeline(
         gpu_stage=gpu_deployment or "in-process"), cfg=cfg, target=target))
     logger.info("run folder %s", run_dir)
 
-    cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3)
+    cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3, require=cfg.data)
     stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir)
     gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
     publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter

@@ -22,7 +22,7 @@ from prefect.context import TaskRunContext
 
 from atft_core import __version__ as core_version
 from atft_core.cache import FORMAT_VERSION, build_cache, params_key
-from atft_core.config import CacheConfig
+from atft_core.config import CacheConfig, DataConfig
 from atft_core.source import S3Options, fingerprint_files, resolve_input
 
 _REMOTE_RETRY_DELAYS = [10, 60]  # seconds: a network blip, then a longer outage
@@ -67,9 +67,10 @@ def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @task(name="build-cache", cache_key_fn=cache_key, result_serializer="json",
       description="Validate the panel and build (or find) its memory-mapped Arrow cache.")
-def build_cache_task(data_path: str, cache_dir: str, cfg: CacheConfig, s3: S3Options | None = None) -> dict[str, Any]:
+def build_cache_task(data_path: str, cache_dir: str, cfg: CacheConfig, s3: S3Options | None = None,
+                     require: DataConfig | None = None) -> dict[str, Any]:
     logger = get_run_logger()
-    build = build_cache(data_path, cache_dir, cfg, s3=s3, progress=False)
+    build = build_cache(data_path, cache_dir, cfg, s3=s3, progress=False, require=require)
     s = build.summary
     logger.info("cache %s %s: %s stocks x %s days x %s features, horizons %s, %s..%s, %.1f MB",
                 "hit" if build.hit else "built", build.path, s.get("stocks"), s.get("days"), s.get("features"),
@@ -88,7 +89,8 @@ def build_cache_task(data_path: str, cache_dir: str, cfg: CacheConfig, s3: S3Opt
             "summary": s, "warnings": list(build.warnings), "params": dataclasses.asdict(cfg)}
 
 
-def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3Options | None) -> dict[str, Any]:
+def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3Options | None,
+                 require: DataConfig | None = None) -> dict[str, Any]:
     """Run the cache task: retries only for s3:// inputs, and a rebuild when a cached result is stale.
 
     A local file that fails validation will fail the same way again, so it gets no retries; a remote
@@ -98,7 +100,7 @@ def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3
     run = build_cache_task
     if str(data_path).startswith("s3://"):
         run = run.with_options(retries=len(_REMOTE_RETRY_DELAYS), retry_delay_seconds=_REMOTE_RETRY_DELAYS)
-    args = dict(data_path=str(data_path), cache_dir=str(cache_dir), cfg=cfg, s3=s3)
+    args = dict(data_path=str(data_path), cache_dir=str(cache_dir), cfg=cfg, s3=s3, require=require)
     result = run(**args)
     if not Path(result["path"]).is_dir():
         get_run_logger().warning("cached result points at %s, which no longer exists: rebuilding", result["path"])

@@ -124,7 +124,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "| parameter | best value |", "|---|---|"]
         lines += [f"| `{k}` | {v:.6g} |" if isinstance(v, float) else f"| `{k}` | {v} |"
                   for k, v in summary["best_params"].items()]
-    lines += ["", f"Storage: `{summary['storage']}`. Watch it live: `optuna-dashboard '{summary['storage']}'`"]
+    lines += ["", f"Storage: `{summary['storage']}`. Watch it live: `{summary['dashboard']}`"]
     if summary.get("errors"):
         lines += ["", "**Worker errors:**"] + [f"- {e}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"

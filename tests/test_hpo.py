@@ -35,6 +35,7 @@ from atft_core.hpo import (
     run_study,
     run_worker,
     spawn_worker,
+    trial_rows,
     worker_seed,
 )
 
@@ -170,6 +171,7 @@ def test_study_finds_the_planted_good_region(tmp_path, space):
     assert sum(values[12:]) / 12 > sum(values[:6]) / 6
     report = json.loads((tmp_path / "hpo.json").read_text())
     assert report["best_params"] == s.best_params and report["counts"]["complete"] == 24
+    assert report["dashboard"] == f"optuna-dashboard '{default_storage_url(tmp_path)}'"
     assert set(report["importances"]) == {"train.lr", "loss.rankic_weight", "model.dropout"}
     assert (tmp_path / "trials.csv").read_text().count("\n") == 25
     for png in ("optimization_history.png", "param_importances.png"):
@@ -238,6 +240,8 @@ def test_killed_worker_keeps_finished_trials_and_its_stale_trial_is_failed_and_r
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert states(study) == {"COMPLETE": 4, "FAIL": 1}  # 4 queued trials done, plus the killed attempt
     assert report.trials  # the restarted worker did the remaining work
+    row = next(r for r in trial_rows(study) if r["number"] == victim)
+    assert "no heartbeat" in row["fail_reason"] and f"trial {retries[0].number}" in row["fail_reason"]
 
 
 def _wait_for_mid_trial(url: str, proc, min_complete: int, timeout: float = 90) -> int:

@@ -127,7 +127,7 @@ class Trainer:
                 batch = self.grid.gather(days)
                 loss, parts = self._loss(batch)
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite loss ({float(loss)}) at epoch {epoch}, batch {b} "
+                    raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, batch {b} "
                                         f"(days {[self.cache.dates[int(d)] for d in days]}); parts={parts}. "
                                         "Lower the learning rate or check the input features for extreme values")
                 self.opt.zero_grad(set_to_none=True)

@@ -286,7 +286,8 @@ def run_child(module: str, args: list[str], timeout_s: float) -> ChildResult:
     with tempfile.TemporaryDirectory(prefix="atft-bench-child-") as tmp:
         out = Path(tmp) / "result.json"
         log = Path(tmp) / "log.txt"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env = {**os.environ, "PYTHONPATH": pythonpath}
         t0 = time.perf_counter()
         with open(log, "wb") as fh:
             proc = subprocess.Popen([sys.executable, "-m", module, "--child-out", str(out), *args], cwd=REPO,

@@ -171,8 +171,8 @@ def bench_cache(quick: bool) -> list[Row]:
         t_pd = best_of(pandas_rw, repeat=1 if not quick else 2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows.append(Row("cache_build", "cache build throughput", n_rows / t_build, "rows/s", n_rows / t_pd, "rows/s", t_pd / t_build,
-                    "build rate / pandas read+write rate", "info", "INFO",
+    rows.append(Row("cache_build", "cache build throughput", n_rows / t_build, "rows/s", n_rows / t_pd, "rows/s",
+                    t_pd / t_build, "build rate / pandas read+write rate", "info", "INFO",
                     note=f"build_cache (validate, dense grid, per-day robust z-score, targets, leak check, Arrow IPC "
                          f"write) of {n_rows:,} rows x {big[2]} features vs pandas read_parquet + to_feather of the "
                          "same file (which does none of the checks or normalisation)."))

@@ -34,7 +34,7 @@ import logging
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, r
     fingerprint = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": f"synthetic:{key}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_params": dataclasses.asdict(CacheConfig()), "warnings": [],
         "shape": {"days": days, "stocks": stocks, "features": features, "horizons": len(horizons)},
         "features": names, "horizons": list(horizons), "targets": [f"target_{h}d" for h in horizons],
@@ -169,7 +169,7 @@ class FeedGrid:
         self._it = None
 
     def begin_epoch(self, day_batches: list[np.ndarray]) -> None:
-        from atft_core.prefetch import Prefetcher, batch_to
+        from atft_core.prefetch import Prefetcher
 
         self._expected = collections.deque(np.asarray(d) for d in day_batches)
         if self.kind == "prefetch":

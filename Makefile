@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dryrun test bench lint up down clean
+.PHONY: install dryrun test bench lint up down clean postgres
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -22,7 +22,15 @@ install: $(STAMP)
 dryrun: $(STAMP)
 	$(BIN)/atft dryrun --output-dir runs
 
-test: $(STAMP)
+# The PostgreSQL storage test starts a private server from these binaries (Debian: postgresql-15).
+PG_BIN ?= /usr/lib/postgresql/15/bin
+postgres:
+	@test -x $(PG_BIN)/initdb || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q postgresql-15 >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q postgresql-15 >/dev/null)); } || \
+	  echo "note: $(PG_BIN)/initdb not found; the PostgreSQL storage test needs package postgresql-15"
+
+test: $(STAMP) postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -264,9 +264,7 @@ def apply_params(cfg: DryRunConfig, params: Mapping[str, Any]) -> DryRunConfig:
 # Storage and study
 def display_url(url: str) -> str:
     """The storage URL as shown in files, logs and artifacts: any password replaced by ***."""
-    # Only URLs that can carry credentials go through redact_url (it would also drop the empty
-    # host of sqlite:////abs/path, turning it into a relative path).
-    return redact_url(url) if "@" in url or "?" in url else url
+    return redact_url(url)
 
 
 def dashboard_command(url: str) -> str:

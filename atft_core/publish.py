@@ -48,6 +48,8 @@ def redact_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*")
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret: return it untouched (urlunsplit would drop sqlite:////'s empty host)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -120,7 +120,9 @@ class Trainer:
         batches = self.sampler
         if self.cfg.train.progress:
             from tqdm.auto import tqdm
-            batches = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}", leave=False, mininterval=1.0)
+            # disable=None: a bar on a terminal, nothing in log files (the epoch log line says it all)
+            batches = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}", leave=False, mininterval=1.0,
+                           disable=None)
         active = self.monitor.active() if self.monitor is not None else nullcontext()
         with active:
             for b, days in enumerate(batches):

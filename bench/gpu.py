@@ -193,6 +193,10 @@ class FeedGrid:
         if self._expected and np.array_equal(self._expected[0], days):
             self._expected.popleft()
             batch = next(self._it)
+            if not self._expected:  # run the source to its end: threads and workers stop now, not at gc
+                for _ in self._it:
+                    raise RuntimeError("the batch source yielded more batches than the sampler announced")
+                self._it = None
             if self.kind == "dataloader" and not np.array_equal(np.sort(days), batch.days.cpu().numpy()):
                 raise RuntimeError("DataLoader batch out of order")
             return batch

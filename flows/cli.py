@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,24 +129,16 @@ def _print_cache_summary(build: Any) -> None:
         print(f"  warning: {w}")
 
 
-def demo_data_path(data_root: Path = DEFAULT_DATA_ROOT) -> Path:
-    """The demo panel, generated on first use and reused after (its content fingerprint keys the cache)."""
-    from atft_core.demo import DemoConfig, generate_demo
-    path = data_root / "demo" / "demo.parquet"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        log.info("generating the demo dataset at %s (once)", path)
-        generate_demo(tmp, DemoConfig())
-        Path(f"{tmp}.oracle.json").replace(f"{path}.oracle.json")
-        tmp.replace(path)
-    return path
+def demo_data_path() -> Path:
+    """The demo panel (generated on first use, then reused: its content fingerprint keys the cache)."""
+    from flows.pipeline import resolve_data_path
+    return Path(resolve_data_path(None))
 
 
 def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "mode": mode,
-        "data_path": args.data_path or str(demo_data_path()),
+        "data_path": args.data_path,  # None: the flow uses (and if needed generates) the demo panel
         "cache_dir": args.cache_dir,
         "output_dir": args.output_dir,
         "config_path": args.config,

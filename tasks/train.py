@@ -36,7 +36,10 @@ def train_dryrun_task(cache_path: str, config: dict[str, Any], run_dir: str) -> 
     stage = {
         "passed": bool(result.gate.passed),
         "gate": result.gate.to_dict(),
-        "gate_markdown": result.gate.to_markdown(),
+        # model vs ridge vs oracle, then the signal report: a RankIC means little without them
+        "gate_markdown": "\n\n".join(part for part in (result.gate.to_markdown(),
+                                                         result.baselines.get("markdown", ""),
+                                                         result.report_markdown) if part),
         "metrics": result.metrics,
         "history": result.history,
         "gpu": result.gpu,

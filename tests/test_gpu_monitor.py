@@ -114,19 +114,3 @@ def test_active_without_samples_says_why():
 def test_rejects_bad_interval():
     with pytest.raises(ValueError):
         GpuMonitor(interval_s=0)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-def test_real_gpu_is_sampled_while_busy():
-    mon = GpuMonitor(interval_s=0.05).start()
-    a = torch.randn(4096, 4096, device="cuda")
-    with mon.active():
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.5:
-            a = (a @ a).clamp_(-1, 1)
-        torch.cuda.synchronize()
-    mon.stop()
-    s = mon.summary()
-    assert s["available"] is True, s["reason"]
-    assert s["n_samples"] >= 10 and s["util_mean"] > 0.5
-    assert s["mem_peak_mb"] > 0 and s["torch_max_allocated_mb"] > 0

@@ -194,7 +194,8 @@ def test_pruner_stops_bad_trials_early(tmp_path, space, pruner):
 
 # -- shared storage, workers ---------------------------------------------------------------------------
 def test_two_worker_processes_share_one_sqlite_study(tmp_path, space, monkeypatch):
-    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.15")
+    # 0.8 s per trial: long enough that the second worker's start-up (imports) cannot miss all the work
+    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.4")
     s = run_study("unused", DryRunConfig(), hpo(space, n_trials=7, parallel=2, max_epochs=2, pruner="none"), tmp_path,
                   objective=slow_planted)
     study = load(default_storage_url(tmp_path))

@@ -76,7 +76,7 @@ def postgres_url() -> Iterator[tuple[str, str]]:
 def test_two_workers_share_a_postgres_study_and_the_password_stays_out_of_files(postgres_url, tmp_path, monkeypatch):
     url, password = postgres_url
     monkeypatch.setenv(PASSWORD_ENV, password)  # each worker fills the placeholder from its environment
-    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.15")
+    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.4")  # 0.8 s per trial: both workers are up before the queue is empty
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     cfg = HpoConfig(n_trials=6, parallel=2, max_epochs=2, pruner="none", study_name="pg", storage=url,

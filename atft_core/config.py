@@ -104,6 +104,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model (measured in bench/)
+    # Intra-op threads on CPU (0 = torch's default, one per core). The demo-sized model's ops are
+    # too small to gain from a second thread, and on a shared box spinning threads made steps 5x
+    # slower (measured): one thread is the robust default. Ignored on CUDA.
+    cpu_threads: int = 1
     progress: bool = True
     seed: int = 0
     control_shuffle_seed: int | None = None  # control run: train on targets shuffled within each day

@@ -81,6 +81,8 @@ class Trainer:
         self.cache = cache
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu" and cfg.train.cpu_threads > 0:
+            torch.set_num_threads(cfg.train.cpu_threads)  # process-wide: torch has no per-model setting
         seed_everything(cfg.train.seed)
         self.split = split or make_split(cache, cfg.data)
         self.grid = GridTensors(cache, cfg.data.window, self.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,34 @@ def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
     gate = result.get("gate") or {}
     for c in gate.get("criteria", []):
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.get("passed")]
-        print(f"  {verdict:4s} {c['name']}: value={c.get('value')} threshold={c.get('threshold')} {c.get('note', '')}")
+        threshold = "" if c.get("threshold") is None else f" (threshold {_num(c['threshold'])})"
+        print(f"  {verdict:4s} {c['name']}: {_num(c.get('value'))}{threshold} {c.get('note', '')}".rstrip())
+    _print_comparison(result.get("run_dir"))
     print(f"gate: {'PASSED' if gate.get('passed') else 'FAILED'}  (state: {result.get('state')})")
     return 0 if result.get("ok") else 1
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "no", None: "n/a"}[v]
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_comparison(run_dir: str | None) -> None:
+    """Validation RankIC of the model next to the ridge baseline and (demo data) the oracle."""
+    path = Path(run_dir or "") / "gate.json"
+    if not run_dir or not path.exists():
+        return
+    report = json.loads(path.read_text())
+    model = report.get("metrics", {}).get("val_rankic")
+    ridge = (report.get("baselines", {}).get("ridge") or {}).get("rankic")
+    oracle = (report.get("baselines", {}).get("oracle") or {}).get("rankic")
+    line = f"  val RankIC (1d): model {_num(model)} | ridge {_num(ridge)}"
+    if oracle:
+        line += f" | oracle {_num(oracle)}"
+        if model is not None:
+            line += f" (model reaches {model / oracle:.0%} of the oracle)"
+    print(line)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -194,6 +220,9 @@ COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before Prefect is imported: no usage telemetry from a local run (its heartbeat also races the
+    # throwaway server's SQLite migrations and logs "database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -39,8 +39,12 @@ EXPECTED_KEYS: tuple[str, ...] = tuple(k for keys in SUITES.values() for k in ke
 
 
 def run_suites(quick: bool, only: list[str] | None = None, echo: bool = True) -> list[Row]:
+    import torch
+
+    threads = torch.get_num_threads()
     rows: list[Row] = []
     for mod in (only or list(SUITES)):
+        torch.set_num_threads(threads)  # a Trainer sets the process-wide count (cpu_threads): reset per suite
         t0 = time.perf_counter()
         if echo:
             print(f"[bench] {mod} ...", file=sys.stderr, flush=True)

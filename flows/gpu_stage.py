@@ -32,8 +32,8 @@ def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str) -> dict[str
     return train_dryrun_task(cache_path, config, run_dir)
 
 
-def gpu_deployment_for(dispatch: GpuDispatch) -> str | None:
-    """The deployment to run the GPU stage on, or None to run it in-process.
+def gpu_deployment_for(dispatch: GpuDispatch, name: str = GPU_DEPLOYMENT) -> str | None:
+    """The deployment `name` to run a GPU stage on, or None to run it in-process.
 
     `auto` uses the deployment only when this pipeline itself runs from a deployment (a worker is
     serving the pools) and the GPU deployment exists; a CLI run against a server stays in-process
@@ -43,12 +43,12 @@ def gpu_deployment_for(dispatch: GpuDispatch) -> str | None:
         return None
     if dispatch == "auto" and current_deployment.id is None:
         return None
-    if _deployment_exists(GPU_DEPLOYMENT):
-        return GPU_DEPLOYMENT
+    if deployment_exists(name):
+        return name
     if dispatch == "deployment":
-        raise GpuStageFailed(f"deployment {GPU_DEPLOYMENT} does not exist: run `make up` (or "
+        raise GpuStageFailed(f"deployment {name} does not exist: run `make up` (or "
                              "`prefect deploy --all --prefect-file deployments/prefect.yaml`) first")
-    get_run_logger().warning("deployment %s not found: running the GPU stage in-process", GPU_DEPLOYMENT)
+    get_run_logger().warning("deployment %s not found: running the GPU stage in-process", name)
     return None
 
 
@@ -74,7 +74,7 @@ def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any
     return read_stage(run_dir)
 
 
-def _deployment_exists(name: str) -> bool:
+def deployment_exists(name: str) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.config import DryRunConfig
 from atft_core.hpo import HpoConfig, default_storage_url, display_url, worker_file, worker_seed
 from atft_core.source import S3Options
-from flows.gpu_stage import GpuDispatch
+from flows.gpu_stage import GpuDispatch, gpu_deployment_for
 from tasks.hpo import finish_hpo_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
@@ -64,7 +63,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
                     search_space=search_space)
     batch = prepare_hpo_task(hpo.to_dict())
     k = max(1, min(hpo.parallel, hpo.n_trials))
-    deployment = hpo_deployment_for(dispatch)
+    deployment = gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)
     args = {"cache_path": str(cache["path"]), "config": config.to_dict(), "hpo": hpo.to_dict(),
             "output_dir": str(run_dir)}
     seeds = [worker_seed(seed, batch["first_number"], i) for i in range(k)]
@@ -80,30 +79,6 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
         raise HpoStageFailed(f"{len(errors)} of {k} HPO worker(s) failed: {'; '.join(errors)}. "
                              f"Finished trials are kept in {display_url(hpo.storage or '')}")
     return {key: value for key, value in summary.items() if key != "trials"}  # the table is an artifact
-
-
-def hpo_deployment_for(dispatch: GpuDispatch) -> str | None:
-    """The worker deployment to fan out to, or None for in-process workers (same rules as the GPU stage)."""
-    if dispatch == "local" or (dispatch == "auto" and current_deployment.id is None):
-        return None
-    if _deployment_exists(HPO_WORKER_DEPLOYMENT):
-        return HPO_WORKER_DEPLOYMENT
-    if dispatch == "deployment":
-        raise HpoStageFailed(f"deployment {HPO_WORKER_DEPLOYMENT} does not exist: deploy deployments/prefect.yaml")
-    get_run_logger().warning("deployment %s not found: running HPO workers in-process", HPO_WORKER_DEPLOYMENT)
-    return None
-
-
-def _deployment_exists(name: str) -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            return False
-    return True
 
 
 def _run_in_process(args: dict[str, Any], seeds: list[int]) -> tuple[list[dict[str, Any]], list[str]]:

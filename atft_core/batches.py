@@ -19,6 +19,7 @@ import torch
 from atft_core.cache import Cache
 from atft_core.config import DataConfig, SplitConfig
 from atft_core.errors import DatasetError
+from atft_core.indexing import day_index  # noqa: F401  (re-exported: part of the batch API)
 
 
 @dataclass
@@ -41,16 +42,6 @@ def eligible_days(cache: Cache, window: int, min_stocks: int) -> np.ndarray:
     counts = (cache.valid & np.isfinite(cache.y[:, :, 0])).sum(axis=1)
     days = np.arange(cache.valid.shape[0])
     return days[(days >= window - 1) & (counts >= min_stocks)]
-
-
-def day_index(dates: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Map raw rows to (day, stock) grid coordinates: sorted calendars plus inverse indices.
-
-    This is the operation the replaced system ran as a Python loop over 10M rows.
-    """
-    cal, day = np.unique(dates, return_inverse=True)
-    names, stock = np.unique(codes, return_inverse=True)
-    return cal, names, day, stock
 
 
 @dataclass

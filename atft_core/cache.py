@@ -36,6 +36,7 @@ import pyarrow.ipc as ipc
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.contract import Contract, check_rows, check_schema, date_expr, read_schema
 from atft_core.errors import DatasetError, Problem
+from atft_core.indexing import day_index
 from atft_core.source import S3Options, fingerprint_files, resolve_input
 
 log = logging.getLogger("atft_core.cache")
@@ -194,9 +195,7 @@ def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: 
                 progress: bool) -> dict[str, Any]:
     keys = lf.select(date_expr(contract).alias("Date"), pl.col("Code").cast(pl.String),
                      *[pl.col(c).cast(pl.String) for c in contract.static]).collect()
-    dates_np = keys["Date"].to_numpy()
-    dates, day_idx = np.unique(dates_np, return_inverse=True)
-    codes, stock_idx = np.unique(keys["Code"].to_numpy().astype(str), return_inverse=True)
+    dates, codes, day_idx, stock_idx = day_index(keys["Date"].to_numpy(), keys["Code"].to_numpy().astype(str))
     n_days, n_stocks = len(dates), len(codes)
     if n_stocks < 2:
         raise DatasetError(source, Problem("Code", f"only {n_stocks} stock(s): the model ranks stocks against each "
@@ -288,9 +287,11 @@ def _market_level_mask(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if v.shape[0] < 2:
             continue
         finite = np.isfinite(v).sum(axis=0) >= 2
-        rng = np.nanmax(np.where(np.isfinite(v), v, -np.inf), axis=0) - np.nanmin(np.where(np.isfinite(v), v, np.inf), axis=0)
+        fin = np.isfinite(v)
+        rng = np.max(np.where(fin, v, -np.inf), axis=0) - np.min(np.where(fin, v, np.inf), axis=0)
         days_with_data += finite
-        spread += finite & (rng > 1e-9 * (1 + np.abs(np.nanmean(v, axis=0))))
+        with _quiet_nan_warnings():  # a feature with no value on this day: its mean is NaN, fine
+            spread += finite & (rng > 1e-9 * (1 + np.abs(np.nanmean(v, axis=0))))
     with np.errstate(invalid="ignore", divide="ignore"):
         frac_spread = spread / days_with_data
     return (days_with_data > 0) & (frac_spread < 0.05)

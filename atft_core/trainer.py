@@ -31,6 +31,7 @@ from atft_core.errors import TrainingError
 from atft_core.loss import compute_loss
 from atft_core.metrics import summarize_horizons
 from atft_core.model import build_model
+from atft_core.prefetch import Prefetcher, batch_to, fits_on_device
 
 log = logging.getLogger("atft_core.trainer")
 
@@ -85,7 +86,12 @@ class Trainer:
             torch.set_num_threads(cfg.train.cpu_threads)  # process-wide: torch has no per-model setting
         seed_everything(cfg.train.seed)
         self.split = split or make_split(cache, cfg.data)
-        self.grid = GridTensors(cache, cfg.data.window, self.device)
+        # the whole grid on the device when it fits (a batch is then a device-side slice); otherwise it
+        # stays a CPU memory map and a prefetch thread feeds pinned, non_blocking copies. On CPU the same
+        # thread gathers the next batch over the memory map while the current step runs.
+        self.resident = fits_on_device(cache, self.device)
+        self.grid = GridTensors(cache, cfg.data.window, self.device if self.resident else "cpu")
+        self.prefetch = self.device.type == "cpu" or not self.resident
         self.horizons = cache.horizons
         self.model = (model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)).to(self.device)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
@@ -119,18 +125,19 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         total, n_batches, n_days = 0.0, 0, 0
         parts_sum: dict[str, float] = {}
-        batches = self.sampler
+        source = Prefetcher(self.grid.gather, self.sampler, device=self.device) if self.prefetch else None
+        batches = source if source is not None else (self.grid.gather(days) for days in self.sampler)
         if self.cfg.train.progress:
             from tqdm.auto import tqdm
             # disable=None: a bar on a terminal, nothing in log files (the epoch log line says it all)
             batches = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}", leave=False, mininterval=1.0,
                            disable=None)
         active = self.monitor.active() if self.monitor is not None else nullcontext()
-        with active:
-            for b, days in enumerate(batches):
-                batch = self.grid.gather(days)
+        with active, (source if source is not None else nullcontext()):  # the thread stops on any exit
+            for b, batch in enumerate(batches):
                 loss, parts = self._loss(batch)
                 if not torch.isfinite(loss):
+                    days = batch.days.tolist()
                     raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, batch {b} "
                                         f"(days {[self.cache.dates[int(d)] for d in days]}); parts={parts}. "
                                         "Lower the learning rate or check the input features for extreme values")
@@ -143,7 +150,7 @@ class Trainer:
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v
                 n_batches += 1
-                n_days += len(days)
+                n_days += batch.days.numel()  # shape only: no device sync
         return {"train_loss": total / max(1, n_batches), "train_days": n_days,
                 **{f"train_{k}": v / max(1, n_batches) for k, v in parts_sum.items() if k != "total"}}
 
@@ -157,6 +164,8 @@ class Trainer:
         for i in range(0, len(days), days_per_batch):
             chunk = days[i:i + days_per_batch]
             batch = self.grid.gather(chunk)
+            if not self.resident:
+                batch = batch_to(batch, self.device, non_blocking=True)
             with self.amp:
                 pred = self.forward(batch.x, batch.static, batch.day_id)["pred"]
             # one device->host copy per batch, already detached (no_grad) and in float32

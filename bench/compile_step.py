@@ -95,7 +95,8 @@ def run(quick: bool) -> list[Row]:
                     note=f"{label}; steady state: best of {r['n_steps']} single steps each, eager and compiled "
                          f"interleaved on the same days. Compiled warm-up {sum(warm):.0f} s over the first "
                          f"{len(warm)} steps ({', '.join(f'{w:.1f}' for w in warm)} s: compile, then recompiles as "
-                         "the number of stocks per day changes); "
+                         "the number of stocks per day changes; inductor reuses its on-disk cache across runs, "
+                         "so a cold first run on a machine takes longer: ~200 s measured here); "
                          + (f"it pays back after ~{sum(warm) / (eager - compiled):,.0f} steps."
                             if compiled < eager else "compiled is not faster here, so it never pays back."))]
     if r.get("error"):

@@ -28,13 +28,15 @@ HERE = Path(__file__).resolve().parent
 
 # module -> the row keys it produces, in table order
 SUITES: dict[str, tuple[str, ...]] = {
-    "data": ("day_index", "day_index_candidate", "cache_open", "cache_build", "gather"),
+    "data": ("day_index", "day_index_unique", "cache_open", "cache_build", "gather"),
     "metrics_ic": ("ic",),
     "training": ("delivery", "delivery_prefetch", "validation", "memory"),
     "dryrun_e2e": ("dryrun",),
     "compile_step": ("compile",),
+    "bench_hpo": ("hpo_storage",),
 }
-ALIASES = {"metrics": "metrics_ic", "ic": "metrics_ic", "dryrun": "dryrun_e2e", "compile": "compile_step"}
+ALIASES = {"metrics": "metrics_ic", "ic": "metrics_ic", "dryrun": "dryrun_e2e", "compile": "compile_step",
+           "hpo": "bench_hpo"}
 EXPECTED_KEYS: tuple[str, ...] = tuple(k for keys in SUITES.values() for k in keys)
 
 

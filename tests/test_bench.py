@@ -14,7 +14,7 @@ import pytest
 
 from bench import run_all
 from bench.common import Row, fmt_num
-from bench.data import candidate_day_index, index_rows, loop_day_index
+from bench.data import index_rows, loop_day_index, unique_day_index
 
 
 @pytest.fixture()
@@ -83,20 +83,20 @@ def test_synthetic_grid_cache_opens_and_trains(tmp_path):
     assert batch.x.shape[1:] == (10, 6) and int(batch.y_mask.sum()) > 0
 
 
-def test_candidate_day_index_equals_reference_and_loop():
+def test_day_index_equals_np_unique_and_the_loop():
     from atft_core.batches import day_index
 
     dates, codes = index_rows(20_000, stocks=300)
     perm = np.random.default_rng(0).permutation(len(dates))
     dates, codes = dates[perm], codes[perm]
-    got, ref, loop = candidate_day_index(dates, codes), day_index(dates, codes), loop_day_index(dates, codes)
+    got, ref, loop = day_index(dates, codes), unique_day_index(dates, codes), loop_day_index(dates, codes)
     for a, b in zip(got, ref):
         assert np.array_equal(a, b)
     assert got[0].tolist() == loop[0] and got[1].tolist() == loop[1]
-    # codes of different lengths and non-ASCII names take the fallback paths, same answers
-    odd = np.array(["9984", "13010", "7203", "13010", "株式"])
-    assert all(np.array_equal(a, b) for a, b in zip(candidate_day_index(np.arange(5) * 1000, odd),
-                                                        day_index(np.arange(5) * 1000, odd)))
+    # codes of different lengths sort as strings ("13010" < "7203" < "9984"); non-ASCII takes the fallback
+    for odd in (np.array(["9984", "13010", "7203", "13010", "1"]), np.array(["9984", "13010", "株式"])):
+        days = np.arange(len(odd)) * 1000
+        assert all(np.array_equal(a, b) for a, b in zip(day_index(days, odd), unique_day_index(days, odd)))
 
 
 def test_row_and_formatting():

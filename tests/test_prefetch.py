@@ -122,16 +122,3 @@ def test_fits_on_device(cache):
         cache_nbytes(cache, torch.bfloat16) <= 0.8 * int(need * 0.9))
     with pytest.raises(ValueError):
         fits_on_device(cache, "cpu", headroom=0)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_prefetch_equals_direct_gather(cache):
-    host = GridTensors(cache, window=10)
-    days = [np.array([d]) for d in eligible_days(cache, 10, 5)]
-    got = list(Prefetcher(host.gather, days, device="cuda"))
-    assert all(b.x.is_cuda for b in got)
-    assert all(_equal(batch_to_cpu(a), host.gather(d)) for a, d in zip(got, days))
-
-
-def batch_to_cpu(batch):
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).cpu() for f in dataclasses.fields(batch)})

@@ -36,8 +36,8 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    window: int = 20  # L: days of history per sample
-    days_per_batch: int = 1  # whole trading days per batch; a day is never cut
+    window: int = 10  # L: days of history per sample
+    days_per_batch: int = 2  # whole trading days per batch; a day is never cut
     min_stocks: int = 20  # days with fewer valid names are skipped (sampler and metrics)
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -60,7 +60,7 @@ class ModelConfig:
     hidden: int = 32
     lstm_layers: int = 1
     attn_heads: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.2
     fan_k: int = 3  # rFFT components removed per feature and predicted back
     gat_layers: int = 1
     gat_heads: tuple[int, ...] = (4,)
@@ -89,14 +89,17 @@ class LossConfig:
     sharpe_weight: float = 0.1
     rank_anchors: int = 64  # K quantile knots per day of the soft rank (RankIC surrogate); more = closer to exact
     quantile_weight: float = 1.0  # weight of the pinball loss when the model has quantile heads
-    horizon_weights: dict[int, float] = field(default_factory=dict)  # {} = equal weights
+    horizon_weights: dict[int, float] = field(default_factory=dict)  # per horizon; unlisted ones get the defaults
+    # Default weight of the shortest horizon (the gate's). Tuned on the demo: 3 lifted 1d validation
+    # RankIC from ~0.080 to ~0.090; training on 1d alone was worse (0.069): longer horizons regularise.
+    shortest_horizon_weight: float = 3.0
 
 
 @dataclass
 class TrainConfig:
     max_epochs: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
     patience: int = 3  # epochs without val RankIC improvement before stopping

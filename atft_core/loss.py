@@ -154,8 +154,10 @@ def _horizon_weights(cfg: LossConfig, horizons: Sequence[int], device: torch.dev
     unknown = sorted(set(cfg.horizon_weights) - set(horizons))
     if unknown:
         raise ValueError(f"loss.horizon_weights names horizon(s) {unknown} not among {tuple(horizons)}")
-    # an unlisted horizon keeps the default weight 1 rather than silently dropping out
-    w = [float(cfg.horizon_weights.get(h, 1.0)) for h in horizons]
+    # an unlisted horizon keeps its default weight rather than silently dropping out: 1, except the
+    # shortest (the one the gate judges), whose default is cfg.shortest_horizon_weight
+    shortest = min(horizons)
+    w = [float(cfg.horizon_weights.get(h, cfg.shortest_horizon_weight if h == shortest else 1.0)) for h in horizons]
     if any(x < 0 for x in w) or sum(w) <= 0:
         raise ValueError(f"loss.horizon_weights must be >= 0 with a positive sum, got {w}")
     return torch.tensor(w, device=device)

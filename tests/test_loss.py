@@ -71,7 +71,8 @@ def test_perfect_predictor_beats_reversed():
 
 def test_zero_weights_give_pure_per_day_huber():
     pred, y, mask, day_id = _batch(days=2)
-    cfg = LossConfig(rankic_weight=0.0, cs_ic_weight=0.0, sharpe_weight=0.0, huber_delta=0.3)
+    cfg = LossConfig(rankic_weight=0.0, cs_ic_weight=0.0, sharpe_weight=0.0, huber_delta=0.3,
+                     shortest_horizon_weight=1.0)
     loss, _ = _loss(pred, y, mask, day_id, cfg)
     per_h = []
     for h in range(2):

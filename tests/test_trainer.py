@@ -57,7 +57,8 @@ def test_every_training_day_every_epoch_reshuffled(demo):
     e0 = [d for b in seen for d in b]
     assert sorted(e0) == sorted(tr.split.train.tolist())  # no cap unless asked for
     assert stats["train_days"] == len(tr.split.train)
-    assert all(len(b) == 1 for b in seen)  # whole days: one day per batch by default
+    per_batch = tr.cfg.data.days_per_batch
+    assert all(len(b) == per_batch for b in seen[:-1]) and 1 <= len(seen[-1]) <= per_batch  # whole days
     tr.sampler.set_epoch(1)  # what train_epoch(1) iterates
     e1 = np.concatenate(list(tr.sampler)).tolist()
     assert sorted(e1) == sorted(e0) and e1 != e0  # days reshuffled each epoch
@@ -105,7 +106,7 @@ def test_forced_nan_stops_with_epoch_and_batch_named(demo):
         return output * float("nan") if calls["n"] >= 4 else output
 
     head.register_forward_hook(poison)
-    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 0, batch 3 \(days \['\d{4}-\d{2}-\d{2}'\]\)"):
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 0, batch 3 \(days \['\d{4}-\d{2}-\d{2}'(, '\d{4}-\d{2}-\d{2}')*\]\)"):
         tr.train_epoch(0)
 
 

@@ -128,7 +128,7 @@ class Trainer:
         source = Prefetcher(self.grid.gather, self.sampler, device=self.device) if self.prefetch else None
         batches = source if source is not None else (self.grid.gather(days) for days in self.sampler)
         if self.cfg.train.progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
             # disable=None: a bar on a terminal, nothing in log files (the epoch log line says it all)
             batches = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}", leave=False, mininterval=1.0,
                            disable=None)

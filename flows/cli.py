@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=None)
     p.add_argument("--features", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--start", default=None, help="first trading day (e.g. 2016-01-04 for 2,500 days)")
 
     p = sub.add_parser("build-cache", help="validate a panel and build its Arrow cache")
     p.add_argument("--data-path", required=True)
@@ -105,7 +106,8 @@ def _config(path: str | None):
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from atft_core.demo import DemoConfig, generate_demo
-    overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
+                 if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))
     print(f"wrote {args.out} and {args.out}.oracle.json")
     print(json.dumps(oracle.get("oracle", oracle), indent=1, default=str)[:2000])

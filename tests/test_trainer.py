@@ -49,7 +49,7 @@ def _one_thread():
 
 def test_every_training_day_every_epoch_reshuffled(demo):
     cache = open_cache(demo[1])
-    tr = Trainer(cache, small_config(max_epochs=2))
+    tr = Trainer(cache, small_config(max_epochs=2, progress=True))  # the CLI's path: progress bar on
     seen = []
     real_gather = tr.grid.gather
     tr.grid.gather = lambda days: (seen.append(np.asarray(days).tolist()), real_gather(days))[1]

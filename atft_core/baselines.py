@@ -219,7 +219,8 @@ def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | No
             lines.append(f"| {name} | n/a | n/a | n/a | n/a |")
             continue
         ric = get(m, "rankic")
-        lines.append(f"| {name} | {fmt(get(m, 'ic'))} | {fmt(ric)} | {fmt(get(m, 'rankic_ir'), '.3f')} | {share(ric)} |")
+        ir = fmt(get(m, "rankic_ir"), ".3f")
+        lines.append(f"| {name} | {fmt(get(m, 'ic'))} | {fmt(ric)} | {ir} | {share(ric)} |")
     if control is not None:
         band = _num(control.get("band"))
         verdict = "inside" if control.get("inside") else "OUTSIDE"

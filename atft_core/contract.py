@@ -44,8 +44,9 @@ def read_schema(inp: LocalInput) -> dict[str, pl.DataType]:
         try:
             this = dict(pl.read_parquet_schema(f))
         except Exception as exc:  # polars raises several types for a corrupt footer
-            raise DatasetError(str(f), f"is not a readable parquet file ({type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0][:200]}); re-export it from the upstream job")
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            raise DatasetError(str(f), f"is not a readable parquet file ({reason}); "
+                                       "re-export it from the upstream job") from None
         if schema is None:
             schema = this
         elif this != schema:

@@ -113,7 +113,8 @@ def _rankic_criterion(metrics: dict[str, Any], cfg: GateConfig) -> Criterion:
     name = "val_rankic"
     key = "val_rankic" if "val_rankic" in metrics else "rankic"
     if key not in metrics:
-        return Criterion(name, None, cfg.min_rankic, False, f"missing: metrics have no 'val_rankic' ({sorted(metrics)})")
+        return Criterion(name, None, cfg.min_rankic, False,
+                         f"missing: metrics have no 'val_rankic' ({sorted(metrics)})")
     raw = metrics[key]
     value = _finite(raw)
     if value is None:

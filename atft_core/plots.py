@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
 
 _DPI = 80
 _SIZE = (7.0, 3.2)
@@ -97,7 +98,6 @@ def plot_gpu(times_s: Sequence[float], util: Sequence[float], path: str | Path, 
 # Signal report (atft_core.report): daily IC series, IC histogram, decile means, equity curve.
 # Inputs are numpy arrays (NaN = undefined day); dates are datetime64[D].
 
-import numpy as np
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -134,7 +134,8 @@ def plot_ic_histogram(ic: Any, rankic: Any, path: str | Path, *, title: str = ""
         v = np.asarray(values, dtype=float)
         v = v[np.isfinite(v)]
         if v.size:
-            ax.hist(v, bins=min(40, max(5, v.size // 4)), alpha=0.5, color=color, label=f"{label} (mean {v.mean():+.4f})")
+            ax.hist(v, bins=min(40, max(5, v.size // 4)), alpha=0.5, color=color,
+                    label=f"{label} (mean {v.mean():+.4f})")
             ax.axvline(float(v.mean()), color=color, linestyle="--", linewidth=1)
     ax.axvline(0.0, color="grey", linewidth=0.8)
     ax.set_title(f"distribution of daily IC / RankIC {title}".strip())

@@ -93,7 +93,8 @@ class Trainer:
         self.grid = GridTensors(cache, cfg.data.window, self.device if self.resident else "cpu")
         self.prefetch = self.device.type == "cpu" or not self.resident
         self.horizons = cache.horizons
-        self.model = (model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)).to(self.device)
+        model = model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)
+        self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.monitor = monitor
         self.on_epoch = on_epoch

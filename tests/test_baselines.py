@@ -129,7 +129,8 @@ def test_oracle_baseline_reads_the_demo_oracle_file(tmp_path):
 
 def test_comparison_markdown_shows_model_ridge_oracle_and_control():
     md = comparison_markdown({"val_ic": 0.05, "val_rankic": 0.12, "val_rankic_ir": 1.5},
-                             {"ic": 0.04, "rankic": 0.06, "rankic_ir": 0.9}, {"ic": 0.12, "rankic": 0.15, "rankic_ir": 2.3},
+                             {"ic": 0.04, "rankic": 0.06, "rankic_ir": 0.9},
+                             {"ic": 0.12, "rankic": 0.15, "rankic_ir": 2.3},
                              control={"rankic": 0.004, "band": 0.02, "inside": True})
     assert "| model | +0.0500 | +0.1200 | 1.500 | 80 % |" in md
     assert "| ridge (last-day features) | +0.0400 | +0.0600 | 0.900 | 40 % |" in md

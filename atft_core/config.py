@@ -141,16 +141,21 @@ class DryRunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DryRunConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {path} must hold a mapping of sections (data, model, ...)")
-        return _build(cls, raw, str(path))
+        return _build(cls, read_yaml_mapping(path, "config file", "sections (data, model, ...)"), str(path))
+
+
+def read_yaml_mapping(path: str | Path, what: str, of: str = "keys") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is a ValueError saying which file and why."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} {path} must hold a mapping of {of}")
+    return raw
 
 
 def _build(cls: type, raw: dict[str, Any], where: str):

@@ -53,10 +53,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from atft_core.config import DryRunConfig
+from atft_core.config import DryRunConfig, read_yaml_mapping
 from atft_core.errors import TrainingError
 from atft_core.publish import redact_url
 from atft_core.rundir import write_json
@@ -128,13 +127,7 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path | None = None) -> SearchSpace:
         path = Path(path) if path else DEFAULT_SEARCH_SPACE
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ValueError(f"search space {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"search space {path} is not valid YAML: {exc}") from None
-        return cls.from_dict(raw, str(path))
+        return cls.from_dict(read_yaml_mapping(path, "search space", "parameter paths"), str(path))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "<dict>") -> SearchSpace:

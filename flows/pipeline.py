@@ -16,6 +16,7 @@ new folder under `output_dir`; the gate's verdict is read from that folder.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,7 @@ def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DAT
 
         demo.parent.mkdir(parents=True, exist_ok=True)
         tmp = demo.with_name(f".{demo.name}.{os.getpid()}.tmp")
+        logging.getLogger("atft").info("generating the demo market at %s (once; later runs reuse it)", demo)
         generate_demo(tmp, DemoConfig())
         Path(f"{tmp}.oracle.json").replace(f"{demo}.oracle.json")
         tmp.replace(demo)

@@ -23,7 +23,9 @@ the only ones here):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -198,13 +200,22 @@ def _daily(
     p, t, m = _pair(pred, target)
     D = p.shape[0]
     ic, rankic, ls = (np.full(D, np.nan) for _ in range(3))
-    for a in range(0, D, BLOCK_DAYS):
+
+    def block(a: int) -> None:  # writes disjoint slices of the outputs
         b = slice(a, min(a + BLOCK_DAYS, D))
         sp = _sort_runs(p[b], m[b])  # one sort of the predictions serves ranks, constancy and deciles
         if want_ic:
             ic[b], rankic[b] = _ic_from_sorted(p[b], t[b], m[b], sp, min_stocks)
         if quantile is not None:
             ls[b] = _long_short_from_sorted(t[b], m[b], sp, quantile, min_stocks)
+
+    starts = range(0, D, BLOCK_DAYS)
+    if len(starts) == 1:
+        block(0)
+    else:
+        # numpy's sorts and reductions release the GIL: blocks on threads use every core
+        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+            list(pool.map(block, starts))
     return ic, rankic, ls
 
 

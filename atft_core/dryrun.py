@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from atft_core.baselines import dryrun_baselines
-from atft_core.batches import make_split
-from atft_core.cache import Cache, open_cache
 from atft_core.config import DryRunConfig
-from atft_core.controls import control_result, shuffled_target_cache
+from atft_core.data.batches import make_split
+from atft_core.data.cache import Cache, open_cache
 from atft_core.errors import TrainingError
-from atft_core.gate import Criterion, GateResult, evaluate_gate
-from atft_core.gpu_monitor import GpuMonitor
-from atft_core.report import build_report, report_markdown
+from atft_core.evaluate.baselines import dryrun_baselines
+from atft_core.evaluate.controls import control_result, shuffled_target_cache
+from atft_core.evaluate.gate import Criterion, GateResult, evaluate_gate
+from atft_core.evaluate.report import build_report, report_markdown
 from atft_core.rundir import write_json
-from atft_core.trainer import Trainer, TrainResult
+from atft_core.train.gpu_monitor import GpuMonitor
+from atft_core.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger("atft_core.dryrun")
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import optuna
 
-from atft_core.cache import build_cache
 from atft_core.config import DryRunConfig
-from atft_core.demo import DemoConfig, generate_demo
-from atft_core.hpo import (
+from atft_core.data.cache import build_cache
+from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.hpo.study import (
     HpoConfig,
     TrialContext,
     WorkerReport,

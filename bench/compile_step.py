@@ -26,7 +26,7 @@ RUN_IN_QUICK = False  # run_all --compile-in-quick
 def _child(out: Path, quick: bool, dynamic: bool, n_steps: int, warmup_steps: int) -> None:
     import torch
 
-    from atft_core.trainer import Trainer
+    from atft_core.train.trainer import Trainer
     from bench.training import _demo_setup
 
     warnings.simplefilter("ignore")

@@ -13,7 +13,7 @@
    days (time-bounded) plus validation on `--val-days` days:
    - resident:   `run_dryrun` as is: the whole grid moved to the device once, a batch is a device-side
                  slice (no workers);
-   - prefetch:   the grid stays a CPU memory map and `atft_core.prefetch.Prefetcher` gathers the next
+   - prefetch:   the grid stays a CPU memory map and `atft_core.train.prefetch.Prefetcher` gathers the next
                  batch on a thread (pinned memory, non_blocking copy) while the step runs: the path for
                  a cache that does not fit;
    - dataloader: the replaced system's path: a CPU `torch.utils.data.DataLoader` (one worker) over a
@@ -60,8 +60,8 @@ def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, r
     0.1 * feat_0 + 0.1 * (mean of feat_1 over the last 5 days), so a model can find something;
     longer horizons add noise. Missing cells (2 %) are marked invalid, as halts would be.
     """
-    from atft_core.cache import FORMAT_VERSION, MANIFEST_FILE, _publish, _standardise_targets
     from atft_core.config import CacheConfig
+    from atft_core.data.cache import FORMAT_VERSION, MANIFEST_FILE, _publish, _standardise_targets
 
     root = root or bench_dir() / "gpu"
     key = f"synthetic-s{stocks}-d{days}-f{features}-seed{seed}"
@@ -111,7 +111,7 @@ def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, r
 
 
 def demo_source_cache(stocks: int, days: int, features: int, seed: int = 0) -> Path:
-    from atft_core.cache import build_cache
+    from atft_core.data.cache import build_cache
 
     return build_cache(demo_panel(stocks, days, features, seed), bench_dir() / "gpu" / "demo-caches",
                        progress=True).path
@@ -131,7 +131,7 @@ def _collate_day_batch(samples: list[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 def _to_batch(b: dict[str, torch.Tensor], device: torch.device):
-    from atft_core.batches import Batch
+    from atft_core.data.batches import Batch
 
     b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
     return Batch(x=b["x"].float(), static=b["static"], y=b["y"], y_z=b["y_z"], y_mask=b["y_mask"],
@@ -161,7 +161,7 @@ class FeedGrid:
     """
 
     def __init__(self, cache, window: int, device: torch.device, kind: str, workers: int = 1):
-        from atft_core.batches import GridTensors
+        from atft_core.data.batches import GridTensors
 
         self.host = GridTensors(cache, window, "cpu")
         self.cache, self.window, self.device, self.kind, self.workers = cache, window, device, kind, workers
@@ -169,7 +169,7 @@ class FeedGrid:
         self._it = None
 
     def begin_epoch(self, day_batches: list[np.ndarray]) -> None:
-        from atft_core.prefetch import Prefetcher
+        from atft_core.train.prefetch import Prefetcher
 
         self._expected = collections.deque(np.asarray(d) for d in day_batches)
         if self.kind == "prefetch":
@@ -187,7 +187,7 @@ class FeedGrid:
             raise ValueError(self.kind)
 
     def gather(self, days):
-        from atft_core.prefetch import batch_to
+        from atft_core.train.prefetch import batch_to
 
         days = np.asarray(days)
         if self._expected and np.array_equal(self._expected[0], days):
@@ -231,9 +231,9 @@ def _sync(device: torch.device) -> None:
 
 
 def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, Any]:
-    from atft_core.cache import open_cache
-    from atft_core.gpu_monitor import GpuMonitor
-    from atft_core.trainer import Trainer, resolve_device
+    from atft_core.data.cache import open_cache
+    from atft_core.train.gpu_monitor import GpuMonitor
+    from atft_core.train.trainer import Trainer, resolve_device
 
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
@@ -267,7 +267,7 @@ def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, An
         res["val_rankic"] = fit.val_metrics[min(fit.val_metrics)]["rankic"] if fit.val_metrics else None
     _sync(device)
     res["wall_s"] = time.perf_counter() - t0
-    from atft_core.batches import make_split
+    from atft_core.data.batches import make_split
 
     split = make_split(cache, cfg.data)
     stocks_per_day = float(cache.valid[split.train].sum(axis=1).mean())
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=None, help="caches and run folders (default .atft/bench/gpu)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("atft_core.trainer", "atft_core.model", "atft_core.model.atft_gat_fan"):
+    for noisy in ("atft_core.train.trainer", "atft_core.model", "atft_core.model.atft_gat_fan"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     stocks = a.stocks or (60 if a.quick else 4000)

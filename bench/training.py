@@ -15,8 +15,8 @@ from bench.common import Row, best_of, built_cache, demo_panel, rss_now_mb, synt
 
 def _demo_setup(quick: bool):
     """(cache, cfg, label): the default demo data and model on CPU; a small demo + tiny model in quick mode."""
-    from atft_core.cache import open_cache
     from atft_core.config import DryRunConfig
+    from atft_core.data.cache import open_cache
 
     if quick:
         cache = open_cache(built_cache(demo_panel(stocks=80, days=160, features=16), "demo"))
@@ -34,9 +34,9 @@ def _demo_setup(quick: bool):
 
 
 def bench_delivery(quick: bool, trainer=None, label: str = "") -> list[Row]:
-    from atft_core.batches import DayBatchSampler
-    from atft_core.prefetch import Prefetcher
-    from atft_core.trainer import Trainer
+    from atft_core.data.batches import DayBatchSampler
+    from atft_core.train.prefetch import Prefetcher
+    from atft_core.train.trainer import Trainer
 
     if trainer is None:
         cache, cfg, label = _demo_setup(quick)
@@ -83,7 +83,7 @@ def bench_delivery(quick: bool, trainer=None, label: str = "") -> list[Row]:
             note="GridTensors.gather over the memory map. " + common),
         Row("delivery_prefetch", "batch delivery via Prefetcher vs train step", r_pref, "batches/s", step_rate,
             "steps/s", r_pref / step_rate, "delivery rate / step rate", ">= 10x", verdict(r_pref / step_rate >= 10),
-            note=f"atft_core.prefetch.Prefetcher (background thread, depth 2) over the same gather: "
+            note=f"atft_core.train.prefetch.Prefetcher (background thread, depth 2) over the same gather: "
                  f"{r_pref / r_direct:.2f}x the direct gather rate when nothing else runs. Direct gather on the "
                  "main thread: " + ", ".join(f"{t * 1e3:.2f} ms/batch with {n} intra-op thread{'s' if n > 1 else ''}"
                                              for n, t in per_threads.items())
@@ -187,8 +187,8 @@ def _epochs_rss(trainer, epochs: int, leaky: bool) -> list[float]:
 
 
 def bench_memory(quick: bool) -> list[Row]:
-    from atft_core.cache import open_cache
-    from atft_core.trainer import Trainer
+    from atft_core.data.cache import open_cache
+    from atft_core.train.trainer import Trainer
 
     cache = open_cache(built_cache(synthetic_panel(120, 60, 8, horizons=(1, 5)), "tiny"))
     cfg = tiny_config(val_days=4 if quick else 10, window=10, max_train_days=2 if quick else 8)
@@ -212,7 +212,7 @@ def bench_memory(quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    from atft_core.trainer import Trainer
+    from atft_core.train.trainer import Trainer
 
     cache, cfg, label = _demo_setup(quick)
     trainer = Trainer(cache, cfg)

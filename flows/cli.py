@@ -105,7 +105,7 @@ def _config(path: str | None):
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from atft_core.demo import DemoConfig, generate_demo
+    from atft_core.data.demo import DemoConfig, generate_demo
     overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
                  if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))
@@ -115,8 +115,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
-    from atft_core.cache import build_cache
-    from atft_core.source import S3Options
+    from atft_core.data.cache import build_cache
+    from atft_core.data.source import S3Options
     cfg = _config(args.config)
     build = build_cache(args.data_path, args.cache_dir, cfg.cache, s3=S3Options.from_env())
     _print_cache_summary(build)
@@ -193,7 +193,7 @@ def _print_comparison(run_dir: str | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from atft_core.report import build_report, report_markdown
+    from atft_core.evaluate.report import build_report, report_markdown
     report = build_report(args.predictions, args.output_dir, horizon=args.horizon, min_stocks=args.min_stocks)
     print(report_markdown(report))
     print(f"wrote {', '.join(report['files'])} to {args.output_dir}")

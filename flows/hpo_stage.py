@@ -24,8 +24,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.config import DryRunConfig
-from atft_core.hpo import HpoConfig, default_storage_url, display_url, worker_file, worker_seed
-from atft_core.source import S3Options
+from atft_core.data.source import S3Options
+from atft_core.hpo.study import HpoConfig, default_storage_url, display_url, worker_file, worker_seed
 from flows.gpu_stage import GpuDispatch, gpu_deployment_for
 from tasks.hpo import finish_hpo_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 

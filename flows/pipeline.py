@@ -30,9 +30,9 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, t
 
 import atft_core
 from atft_core.config import DryRunConfig
+from atft_core.data.source import S3Options
 from atft_core.publish import ArtifactTarget, redact, redact_url
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
-from atft_core.source import S3Options
 from flows import hpo_stage
 from flows.gpu_stage import GpuDispatch, gpu_deployment_for, run_gpu_stage
 from tasks.cache import cached_build
@@ -59,7 +59,7 @@ def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DAT
         return data_path
     demo = demo_data_path(data_root).resolve()
     if not demo.exists():
-        from atft_core.demo import DemoConfig, generate_demo
+        from atft_core.data.demo import DemoConfig, generate_demo
 
         demo.parent.mkdir(parents=True, exist_ok=True)
         tmp = demo.with_name(f".{demo.name}.{os.getpid()}.tmp")

@@ -19,7 +19,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 from atft_core.config import DryRunConfig
-from atft_core.hpo import (
+from atft_core.hpo.study import (
     HpoConfig,
     StudyBatch,
     WorkerReport,

@@ -20,7 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from atft_core.plots import plot_gpu, plot_training
+from atft_core.evaluate.plots import plot_gpu, plot_training
 from atft_core.publish import ArtifactTarget, redact, run_files, upload_run_dir
 
 # Run files worth a link of their own on the run page (the rest are listed in `run-files`).

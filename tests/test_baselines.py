@@ -1,4 +1,4 @@
-"""Ridge baseline, demo oracle and the shuffled-target control (atft_core.baselines / controls)."""
+"""Ridge baseline, demo oracle and the shuffled-target control (atft_core.evaluate.baselines / controls)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atft_core.baselines import comparison_markdown, fit_ridge, oracle_baseline, ridge_baseline
-from atft_core.batches import make_split
-from atft_core.cache import Cache, _standardise_targets
 from atft_core.config import DataConfig, SplitConfig
-from atft_core.controls import control_verdict, noise_band, null_band, shuffled_target_cache
-from atft_core.metrics import daily_ic
+from atft_core.data.batches import make_split
+from atft_core.data.cache import Cache, _standardise_targets
+from atft_core.evaluate.baselines import comparison_markdown, fit_ridge, oracle_baseline, ridge_baseline
+from atft_core.evaluate.controls import control_verdict, noise_band, null_band, shuffled_target_cache
+from atft_core.evaluate.metrics import daily_ic
 
 DATA = DataConfig(window=1, min_stocks=20, split=SplitConfig(val_days=60))
 
@@ -216,8 +216,8 @@ def test_ridge_on_shuffled_targets_scores_inside_the_band_on_real_targets(tmp_pa
 
 def test_dryrun_helpers_ridge_oracle_control_and_markdown(tmp_path):
     """The two calls the dry run makes: `control_result` and `dryrun_baselines`."""
-    from atft_core.baselines import dryrun_baselines
-    from atft_core.controls import control_result
+    from atft_core.evaluate.baselines import dryrun_baselines
+    from atft_core.evaluate.controls import control_result
 
     cache = synthetic_cache(tmp_path, signal=0.3, features=10, seed=3)
     Path(cache.manifest["source"] + ".oracle.json").write_text(json.dumps(

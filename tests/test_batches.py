@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atft_core.batches import DayBatchSampler, GridTensors, day_index, eligible_days, walk_forward_split
-from atft_core.cache import build_cache, open_cache
 from atft_core.config import SplitConfig
+from atft_core.data.batches import DayBatchSampler, GridTensors, day_index, eligible_days, walk_forward_split
+from atft_core.data.cache import build_cache, open_cache
 from atft_core.errors import DatasetError
 from tests.panels import make_panel, write
 

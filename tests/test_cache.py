@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from atft_core.cache import MANIFEST_FILE, build_cache, open_cache, past_only_zscore
 from atft_core.config import CacheConfig
+from atft_core.data.cache import MANIFEST_FILE, build_cache, open_cache, past_only_zscore
 from atft_core.errors import DatasetError
 from tests.panels import make_panel, write
 
@@ -173,7 +173,7 @@ def test_planted_lookahead_column_is_flagged(tmp_path):
 
 _BUILD_SCRIPT = textwrap.dedent("""
     import sys
-    from atft_core.cache import build_cache
+    from atft_core.data.cache import build_cache
     build_cache(sys.argv[1], sys.argv[2], progress=False)
 """)
 

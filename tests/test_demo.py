@@ -1,7 +1,7 @@
 """The demo market: real calendar, sane keys, honest targets, seed-reproducible, chunk-invariant,
 and a planted signal that is really there (and mostly out of reach of a last-day linear model).
 
-Signal checks use scipy's spearmanr per day, independently of atft_core.metrics.
+Signal checks use scipy's spearmanr per day, independently of atft_core.evaluate.metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from atft_core.demo import (
+from atft_core.data.demo import (
     MARKET_FEATURES,
     SECTIONS,
     SECTOR33,

@@ -1,4 +1,4 @@
-"""atft_core.gate: every way to pass and fail the dry-run gate."""
+"""atft_core.evaluate.gate: every way to pass and fail the dry-run gate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from atft_core.config import GateConfig
-from atft_core.gate import GateResult, evaluate_gate
+from atft_core.evaluate.gate import GateResult, evaluate_gate
 
 GPU_OK = {"available": True, "reason": "", "util_mean": 0.75, "n_samples": 40, "device": "H100"}
 NO_GPU = {"available": False, "reason": "NVML unavailable: NVML Shared Library Not Found", "util_mean": None}

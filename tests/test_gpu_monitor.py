@@ -1,4 +1,4 @@
-"""atft_core.gpu_monitor: graceful without a GPU; sampling only while active (fake sampler)."""
+"""atft_core.train.gpu_monitor: graceful without a GPU; sampling only while active (fake sampler)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from atft_core.gpu_monitor import GpuMonitor
+from atft_core.train.gpu_monitor import GpuMonitor
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 

@@ -22,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from atft_core.config import DryRunConfig
-from atft_core.hpo import (
+from atft_core.hpo.study import (
     FAIL_REASON_ATTR,
     HpoConfig,
     SearchSpace,
@@ -84,7 +84,7 @@ def space(tmp_path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_demo, tmp_path_factory) -> Path:
-    from atft_core.cache import build_cache
+    from atft_core.data.cache import build_cache
 
     return build_cache(tiny_demo, tmp_path_factory.mktemp("cache"), progress=False).path
 

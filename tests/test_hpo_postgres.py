@@ -22,7 +22,7 @@ import optuna
 import pytest
 
 from atft_core.config import DryRunConfig
-from atft_core.hpo import HpoConfig, build_storage, run_study
+from atft_core.hpo.study import HpoConfig, build_storage, run_study
 from tests.prefect_fixtures import free_port
 from tests.test_hpo import SPACE, slow_planted
 

@@ -1,4 +1,4 @@
-"""atft_core.loss: per-day multi-horizon loss."""
+"""atft_core.train.loss: per-day multi-horizon loss."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from scipy import stats
 
 from atft_core.config import LossConfig
-from atft_core.loss import compute_loss
-from atft_core.metrics import summarize
+from atft_core.evaluate.metrics import summarize
+from atft_core.train.loss import compute_loss
 
 H2 = (1, 5)
 

@@ -1,4 +1,4 @@
-"""atft_core.metrics against scipy and a plain-Python reference, day by day."""
+"""atft_core.evaluate.metrics against scipy and a plain-Python reference, day by day."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from atft_core.metrics import (
+from atft_core.evaluate.metrics import (
     SignalMetrics,
     daily_ic,
     long_short,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from atft_core.batches import DayBatchSampler, GridTensors, eligible_days
-from atft_core.cache import build_cache, open_cache
-from atft_core.prefetch import Prefetcher, PrefetchError, cache_nbytes, fits_on_device
+from atft_core.data.batches import DayBatchSampler, GridTensors, eligible_days
+from atft_core.data.cache import build_cache, open_cache
+from atft_core.train.prefetch import Prefetcher, PrefetchError, cache_nbytes, fits_on_device
 from tests.panels import make_panel, write
 
 

@@ -1,4 +1,4 @@
-"""Signal report (atft_core.report, `atft report`) and the cache build's look-ahead check.
+"""Signal report (atft_core.evaluate.report, `atft report`) and the cache build's look-ahead check.
 
 The report's numbers are checked against an independent per-day computation (pandas groupby +
 scipy, plain Python sets) on a synthetic predictions file with ties, missing values, a day below
@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from atft_core.cache import build_cache
-from atft_core.report import build_report, equity_curve, max_drawdown, turnover
+from atft_core.data.cache import build_cache
+from atft_core.evaluate.report import build_report, equity_curve, max_drawdown, turnover
 from flows.cli import main
 
 MIN_STOCKS = 20
@@ -201,7 +201,7 @@ def test_cli_report_and_its_input_errors(tmp_path, capsys):
 
 
 def test_cache_build_flags_a_planted_look_ahead_column_by_name(tmp_path):
-    from atft_core.demo import DemoConfig, generate_demo
+    from atft_core.data.demo import DemoConfig, generate_demo
 
     demo = tmp_path / "demo.parquet"
     generate_demo(demo, DemoConfig(stocks=60, days=120, features=16, seed=3))

@@ -4,9 +4,9 @@ fraction of the oracle, with the default configuration the nightly dry run uses 
 
 from __future__ import annotations
 
-from atft_core.cache import build_cache
 from atft_core.config import DryRunConfig
-from atft_core.demo import DemoConfig, generate_demo
+from atft_core.data.cache import build_cache
+from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.dryrun import run_dryrun
 
 

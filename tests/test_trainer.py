@@ -10,13 +10,13 @@ import polars as pl
 import pytest
 import torch
 
-from atft_core.cache import build_cache, open_cache
 from atft_core.config import DryRunConfig
-from atft_core.demo import DemoConfig, generate_demo, load_oracle
+from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.demo import DemoConfig, generate_demo, load_oracle
 from atft_core.dryrun import run_dryrun
 from atft_core.errors import TrainingError
-from atft_core.metrics import daily_ic
-from atft_core.trainer import Trainer, rss_mb
+from atft_core.evaluate.metrics import daily_ic
+from atft_core.train.trainer import Trainer, rss_mb
 
 
 def small_config(**train) -> DryRunConfig:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from atft_core.cache import Cache
 from atft_core.config import DataConfig, SplitConfig
+from atft_core.data.cache import Cache
+from atft_core.data.indexing import day_index  # noqa: F401  (re-exported: part of the batch API)
 from atft_core.errors import DatasetError
-from atft_core.indexing import day_index  # noqa: F401  (re-exported: part of the batch API)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from atft_core.errors import DatasetError
 
-log = logging.getLogger("atft_core.source")
+log = logging.getLogger("atft_core.data.source")
 
 _HASH_BLOCK = 8 << 20
 

@@ -34,12 +34,12 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from atft_core.config import CacheConfig, DataConfig
-from atft_core.contract import Contract, check_rows, check_schema, date_expr, read_schema
+from atft_core.data.contract import Contract, check_rows, check_schema, date_expr, read_schema
+from atft_core.data.indexing import day_index
+from atft_core.data.source import S3Options, fingerprint_files, resolve_input
 from atft_core.errors import DatasetError, Problem
-from atft_core.indexing import day_index
-from atft_core.source import S3Options, fingerprint_files, resolve_input
 
-log = logging.getLogger("atft_core.cache")
+log = logging.getLogger("atft_core.data.cache")
 
 FORMAT_VERSION = 1
 GRID_FILE = "grid.arrow"
@@ -364,7 +364,7 @@ def _leak_suspects(x: np.ndarray, y: np.ndarray, valid: np.ndarray, feats: list[
     Real daily equity signals sit around |RankIC| 0.05; a column near 1 almost surely contains the
     target itself or future prices. Checked on up to `max_days` evenly spaced days to stay cheap.
     """
-    from atft_core.metrics import daily_ic
+    from atft_core.evaluate.metrics import daily_ic
 
     days = np.unique(np.linspace(0, x.shape[0] - 1, num=min(max_days, x.shape[0])).astype(int))
     suspects = []

@@ -95,7 +95,7 @@ def plot_gpu(times_s: Sequence[float], util: Sequence[float], path: str | Path, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Signal report (atft_core.report): daily IC series, IC histogram, decile means, equity curve.
+# Signal report (atft_core.evaluate.report): daily IC series, IC histogram, decile means, equity curve.
 # Inputs are numpy arrays (NaN = undefined day); dates are datetime64[D].
 
 

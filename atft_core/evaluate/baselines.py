@@ -2,10 +2,10 @@
 
 - `ridge_baseline`: a linear model on the last day's features (``x[t]`` of each stock, not the
   window), fit on the training days of the same walk-forward split, scored on the validation days
-  with the one metric definition (`atft_core.metrics.summarize`). A deep model that cannot beat it
+  with the one metric definition (`atft_core.evaluate.metrics.summarize`). A deep model that cannot beat it
   has learnt nothing a linear regression would not.
 - `oracle_baseline`: on the demo data, the score of the planted expected return itself
-  (`PATH.oracle.json`, written by `atft_core.demo`): the best any model can reach.
+  (`PATH.oracle.json`, written by `atft_core.data.demo`): the best any model can reach.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atft_core.cache import Cache
-from atft_core.metrics import summarize
+from atft_core.data.cache import Cache
+from atft_core.evaluate.metrics import summarize
 
 if TYPE_CHECKING:
-    from atft_core.batches import Split
+    from atft_core.data.batches import Split
 
-log = logging.getLogger("atft_core.baselines")
+log = logging.getLogger("atft_core.evaluate.baselines")
 
 _CHUNK_VALUES = 1 << 24  # feature values (days x stocks x features) read at once: ~130 MB as float64
 
@@ -197,7 +197,7 @@ def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | No
 
     Each argument is a metrics dict with keys ic / rankic / rankic_ir (the gate's ``val_ic`` /
     ``val_rankic`` / ``val_rankic_ir`` are read too) or None (shown as n/a). `control`, when given,
-    is the result of `atft_core.controls.control_verdict` and adds a shuffled-target row.
+    is the result of `atft_core.evaluate.controls.control_verdict` and adds a shuffled-target row.
     """
     o_ric = _num((oracle or {}).get("rankic"))
 

@@ -7,7 +7,7 @@ everything else (the days, the names, the feature distributions, each day's retu
 model trained on it and scored on the *real* validation targets must land inside the noise band around
 0; if it does not, something other than the features' signal reaches the score.
 
-The look-ahead check on single features lives in the cache build (`atft_core.cache._leak_suspects`):
+The look-ahead check on single features lives in the cache build (`atft_core.data.cache._leak_suspects`):
 it flags, by name, every feature whose mean daily RankIC with a forward target is implausibly high.
 """
 
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atft_core.cache import Cache
+from atft_core.data.cache import Cache
 
 if TYPE_CHECKING:
-    from atft_core.batches import Split
+    from atft_core.data.batches import Split
 
 
 def shuffled_target_cache(cache: Cache, seed: int = 0, days: np.ndarray | None = None) -> Cache:
@@ -104,8 +104,8 @@ def null_band(cache: Cache, train_days: np.ndarray, val_days: np.ndarray, horizo
     sampling noise and the chance loading on real signal). Exact for the ridge control, an
     approximation for a deep model. NaN with fewer than 2 scorable draws.
     """
-    from atft_core.baselines import centred_gram, chunk_days
-    from atft_core.metrics import daily_ic
+    from atft_core.evaluate.baselines import centred_gram, chunk_days
+    from atft_core.evaluate.metrics import daily_ic
 
     g = centred_gram(cache, train_days, horizon_index)
     F = g.xx.shape[0]
@@ -163,7 +163,7 @@ def control_result(cache: Cache, split: Split, val_pred: np.ndarray, val_days: n
     the model trained on `shuffled_target_cache(cache, seed, days=split.train)` predicted. Returns
     `control_verdict` (band = the wider of `noise_band` and `null_band`) plus ic and the seed.
     """
-    from atft_core.metrics import daily_ic
+    from atft_core.evaluate.metrics import daily_ic
 
     val_days = np.asarray(val_days, dtype=np.int64)
     pred = val_pred[:, :, horizon_index] if np.ndim(val_pred) == 3 else val_pred

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from atft_core.data.source import LocalInput
 from atft_core.errors import DatasetError, Problem
-from atft_core.source import LocalInput
 
 KEYS = ("Date", "Code")
 STATIC = ("Section", "sector33_code")

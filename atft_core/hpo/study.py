@@ -60,9 +60,9 @@ from atft_core.errors import TrainingError
 from atft_core.publish import redact_url
 from atft_core.rundir import write_json
 
-log = logging.getLogger("atft_core.hpo")
+log = logging.getLogger("atft_core.hpo.study")
 
-DEFAULT_SEARCH_SPACE = Path(__file__).with_name("configs") / "search_space.yaml"
+DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[1] / "configs" / "search_space.yaml"
 STORAGE_ENV = "ATFT_HPO_STORAGE"  # how a spawned worker gets the storage URL (never argv or a file)
 BATCH_ATTR = "atft_batch"  # user attribute naming the `prepare_study` call that queued a trial
 FAIL_REASON_ATTR = "fail_reason"
@@ -403,7 +403,7 @@ Objective = Callable[[TrialContext], float]
 
 def train_objective(ctx: TrialContext) -> float:
     """Train on the cache with this trial's config; the best epoch's validation RankIC is the value."""
-    from atft_core.trainer import Trainer  # torch loads only where a trial really trains
+    from atft_core.train.trainer import Trainer  # torch loads only where a trial really trains
 
     trainer = Trainer(_open_cache(str(ctx.cache_path)), ctx.cfg,
                       on_epoch=lambda rec: ctx.report(rec["epoch"], rec["val_rankic"]))
@@ -421,7 +421,7 @@ def train_objective(ctx: TrialContext) -> float:
 
 @functools.lru_cache(maxsize=2)
 def _open_cache(path: str):
-    from atft_core.cache import open_cache
+    from atft_core.data.cache import open_cache
 
     return open_cache(path)  # memory-mapped: every trial of this worker shares the pages
 
@@ -618,7 +618,7 @@ def _release(study: optuna.Study) -> None:
 def spawn_worker(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, output_dir: str | Path, *,
                  storage_url: str, worker_index: int, sampler_seed: int, spec_dir: str | Path,
                  objective: Objective | str | None = None, threads: int | None = None) -> subprocess.Popen:
-    """Start `python -m atft_core.hpo_worker` draining the same queue; its log goes to O/workers/.
+    """Start `python -m atft_core.hpo.worker` draining the same queue; its log goes to O/workers/.
 
     The storage URL travels in the child's environment, never in argv (visible in `ps`) or in a file
     under the output dir (which is mirrored to S3).
@@ -638,7 +638,7 @@ def spawn_worker(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig,
     logfile = worker_file(output_dir, worker_index, "log")
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "atft_core.hpo_worker", str(spec_path)], env=env,
+        return subprocess.Popen([sys.executable, "-m", "atft_core.hpo.worker", str(spec_path)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
 
 
@@ -787,7 +787,7 @@ def _overhead(reports: list[WorkerReport]) -> dict[str, float]:
 
 def write_reports(study: optuna.Study, summary: HpoSummary, output_dir: Path) -> dict[str, Path]:
     """trials.csv and the two PNG plots (always written, saying so when there is nothing to draw yet)."""
-    from atft_core.plots import plot_hpo_history, plot_param_importances
+    from atft_core.evaluate.plots import plot_hpo_history, plot_param_importances
 
     files = {"trials.csv": output_dir / "trials.csv"}
     df = study.trials_dataframe()

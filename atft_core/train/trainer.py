@@ -4,7 +4,7 @@ Guards against the failures of the system this replaces:
 - every training day is seen each epoch (a cap exists only as `TrainConfig.max_train_days`);
 - days are reshuffled each epoch from (seed, epoch), whole days per batch;
 - validation runs under `torch.no_grad()`, predictions are detached and copied into one
-  preallocated grid, metrics are computed once, vectorised, from `atft_core.metrics`;
+  preallocated grid, metrics are computed once, vectorised, from `atft_core.evaluate.metrics`;
 - a non-finite loss stops training with an error naming the epoch and batch (no silent skip).
 """
 
@@ -24,16 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from atft_core.batches import DayBatchSampler, GridTensors, Split, make_split
-from atft_core.cache import Cache
 from atft_core.config import DryRunConfig
+from atft_core.data.batches import DayBatchSampler, GridTensors, Split, make_split
+from atft_core.data.cache import Cache
 from atft_core.errors import TrainingError
-from atft_core.loss import compute_loss
-from atft_core.metrics import summarize_horizons
+from atft_core.evaluate.metrics import summarize_horizons
 from atft_core.model import build_model
-from atft_core.prefetch import Prefetcher, batch_to, fits_on_device
+from atft_core.train.loss import compute_loss
+from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
 
-log = logging.getLogger("atft_core.trainer")
+log = logging.getLogger("atft_core.train.trainer")
 
 EpochCallback = Callable[[dict[str, Any]], None]
 

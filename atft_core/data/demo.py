@@ -46,7 +46,7 @@ past the stock's life, halted, or past the data end (never a backward-looking fa
 
 Oracle (`PATH.oracle.json`): the generator parameters, which features carry the signal and which
 are market-level, and per horizon the mean daily IC / RankIC of mu_t (the one-day conditional
-expectation, known at t) against target_h, from `atft_core.metrics.daily_ic`. mu_t is used for
+expectation, known at t) against target_h, from `atft_core.evaluate.metrics.daily_ic`. mu_t is used for
 every horizon because it is the achievable predictor: summing future mu would use information
 from after t.
 
@@ -604,7 +604,7 @@ def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list
 
 def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, mu: np.ndarray,
             targets: np.ndarray, horizons: tuple[int, ...], n_rows: int) -> dict[str, Any]:
-    from atft_core.metrics import daily_ic  # the project's one IC definition
+    from atft_core.evaluate.metrics import daily_ic  # the project's one IC definition
 
     min_stocks = min(20, max(3, cfg.stocks // 2))
     per_h: dict[str, dict[str, float]] = {}
@@ -617,7 +617,7 @@ def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, m
     cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["horizons"] = list(cfg.horizons)
     return {
-        "generator": "atft_core.demo",
+        "generator": "atft_core.data.demo",
         "config": cfg_dict,
         "first_date": str(dates[0]), "last_date": str(dates[-1]), "rows": n_rows,
         "features": names,

@@ -1,6 +1,6 @@
-"""`python -m atft_core.hpo_worker SPEC.json`: one HPO worker process draining a study's queue.
+"""`python -m atft_core.hpo.worker SPEC.json`: one HPO worker process draining a study's queue.
 
-Started by `atft_core.hpo.spawn_worker` (the CLI's `--parallel K`, the Prefect stage's in-process
+Started by `atft_core.hpo.study.spawn_worker` (the CLI's `--parallel K`, the Prefect stage's in-process
 fan-out). The spec (JSON) names the cache, base config, HPO settings, objective and where to write
 the worker's report; the storage URL comes from the environment variable `ATFT_HPO_STORAGE` so that a
 database password never appears in argv or in a file. Exit code 0 when the queue is drained, 1 when
@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 from atft_core.config import DryRunConfig
-from atft_core.hpo import STORAGE_ENV, HpoConfig, run_worker
+from atft_core.hpo.study import STORAGE_ENV, HpoConfig, run_worker
 from atft_core.rundir import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m atft_core.hpo_worker SPEC.json  (storage URL in $ATFT_HPO_STORAGE)", file=sys.stderr)
+        print("usage: python -m atft_core.hpo.worker SPEC.json  (storage URL in $ATFT_HPO_STORAGE)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -11,7 +11,7 @@ and writes ``report.json`` plus PNG plots:
   Sharpe / IR and maximum drawdown;
 - turnover of the top and bottom deciles.
 
-Every per-day number comes from `atft_core.metrics` (the one definition of IC, RankIC and
+Every per-day number comes from `atft_core.evaluate.metrics` (the one definition of IC, RankIC and
 long-short); the only things computed here are what the metrics module has no notion of (deciles,
 equity curve, drawdown, turnover), all vectorised over the grid.
 
@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from atft_core.errors import DatasetError, Problem
-from atft_core.metrics import TRADING_DAYS_PER_YEAR, daily_ic, long_short, rank_average, summarize
+from atft_core.evaluate.metrics import TRADING_DAYS_PER_YEAR, daily_ic, long_short, rank_average, summarize
 
 N_BUCKETS = 10
 ROLLING_DAYS = 20

@@ -1,0 +1,1 @@
+"""Evaluation stage: the one metrics module, baselines, controls, the signal report and plots, the gate."""

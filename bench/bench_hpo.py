@@ -36,7 +36,7 @@ from atft_core.hpo.config import HpoConfig
 from atft_core.hpo.objective import report_epoch
 from atft_core.hpo.storage import default_storage_url, display_url
 from atft_core.hpo.study import prepare_study
-from atft_core.hpo.worker import WorkerReport, run_worker, run_worker_processes, share
+from atft_core.hpo.worker import WorkerReport, run_worker, run_worker_processes, share, worker_seed
 
 SPACE = ("params:\n"
          "  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
@@ -108,14 +108,17 @@ def measure(*, trials: int, epochs: int, train_days: int, stocks: int, days: int
 
 
 def _fanout_hpo(work: Path, name: str, trials: int, workers: int) -> HpoConfig:
+    work.mkdir(parents=True, exist_ok=True)
     (work / "space.yaml").write_text(SPACE)
     return HpoConfig(n_trials=trials, parallel=workers, max_epochs=1, pruner="none", study_name=name,
                      storage=default_storage_url(work, processes=workers), search_space=str(work / "space.yaml"))
 
 
 def _prefect_worker(storage_url: str, hpo: dict, n_trials: int, worker_index: int) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return run_worker("unused", DryRunConfig(), HpoConfig.from_dict(hpo), storage_url=storage_url, n_trials=n_trials,
-                      worker_index=worker_index, score=fixed_length).to_dict()
+                      worker_index=worker_index, sampler_seed=worker_seed(0, 0, worker_index),
+                      score=fixed_length).to_dict()
 
 
 def measure_fanout(*, workers: int = 2, trials: int = 8, trial_s: float = 0.5, echo: bool = True) -> dict:

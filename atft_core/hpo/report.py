@@ -145,7 +145,8 @@ def _save_optuna_importances(study: optuna.Study, path: Path) -> None:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One plain row per trial (for tables in an orchestrator's UI): number, state, value, params, reason."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+    retry_of = {t.number: optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    retried = {orig: number for number, orig in retry_of.items() if orig is not None}
     rows = []
     for t in trials:
         reason = t.user_attrs.get(FAIL_REASON_ATTR, "")
@@ -154,7 +155,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             reason = f"its worker stopped (no heartbeat); retried as trial {retried[t.number]}"
         rows.append({"number": t.number, "state": t.state.name, "value": round6(t.value),
                      "epochs": len(t.intermediate_values), **{k: round6(v) for k, v in t.params.items()},
-                     "fail_reason": reason, "retry_of": t.system_attrs.get("failed_trial", "")})
+                     "fail_reason": reason, "retry_of": "" if retry_of[t.number] is None else retry_of[t.number]})
     return rows
 
 

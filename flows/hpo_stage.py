@@ -41,7 +41,7 @@ class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
 
 
-@flow(name="atft-hpo-worker", description="One HPO worker on the gpu pool: drains the study's queue of trials.")
+@flow(name="atft-hpo-worker", description="One HPO worker on the gpu pool: runs its share of the queued trials.")
 def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
                     worker_index: int = 0, sampler_seed: int = 0, n_trials: int | None = None) -> dict[str, Any]:
     """`n_trials`: this worker's share of the queued trials; None (a run started by hand) takes every

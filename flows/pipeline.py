@@ -62,7 +62,8 @@ def atft_pipeline(
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
 
-    hpo_workers: HPO workers sharing the study (runs of `atft-hpo-worker/gpu`, or processes in-process).
+    hpo_workers: HPO workers sharing the study: runs of `atft-hpo-worker/gpu` (PostgreSQL storage when
+    more than one), or without the gpu pool processes on this host (a journal file by default).
 
     require_gpu=None means: required when training runs on the `gpu` pool, not applicable in-process.
     gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"

@@ -97,6 +97,9 @@ def _add_hpo_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None, help="seconds after which workers take no new trial")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--gpu-stage", default="auto", choices=["auto", "deployment", "local"],
+                   help="deployment: workers are runs of atft-hpo-worker/gpu on the gpu pool (needs PostgreSQL "
+                        "for K > 1); local: K processes here; auto: the pool only under a deployment")
 
 
 def _config(path: str | None):
@@ -134,7 +137,7 @@ def _print_cache_summary(build: Any) -> None:
 
 def demo_data_path() -> Path:
     """The demo panel (generated on first use, then reused: its content fingerprint keys the cache)."""
-    from flows.pipeline import resolve_data_path
+    from flows.common import resolve_data_path
     return Path(resolve_data_path(None))
 
 
@@ -201,12 +204,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
-    from flows.hpo_stage import run_hpo
+    from flows.hpo_stage import hpo_storage, run_hpo
+
+    # A storage the workers cannot share is bad input: refused here, before any flow run starts.
+    hpo_storage(args.storage, Path(args.output_dir), args.parallel, args.n_trials,
+                on_pool=args.gpu_stage == "deployment")
     summary = run_hpo(data_path=args.data_path or str(demo_data_path()), output_dir=args.output_dir,
                       n_trials=args.n_trials, max_epochs=args.max_epochs, study_name=args.study_name,
                       storage=args.storage, parallel=args.parallel, cache_dir=args.cache_dir, config_path=args.config,
                       search_space=args.search_space, pruner=args.pruner, seed=args.seed, timeout_s=args.timeout,
-                      device=args.device)
+                      device=args.device, gpu_stage=args.gpu_stage)
     c, best = summary["counts"], summary["best_value"]
     print(f"study {summary['study_name']} on {summary['storage']}: this run {c['complete']} complete, "
           f"{c['pruned']} pruned, {c['failed']} failed; study total {summary['study_counts']['total']}")

@@ -2,15 +2,16 @@
 
 ```
 prepare (queue N trials) ──► K workers ──────────────────────────► report + artifacts
-                              gpu pool: K runs of atft-hpo-worker/gpu (run_deployment)
-                              no server / no deployment: K tasks in this flow run
+                              gpu pool: K runs of atft-hpo-worker/gpu (run_deployment; PostgreSQL)
+                              otherwise: K processes on this host (one task; journal file for K > 1)
 ```
 
 Pipeline `atft` calls `run_hpo_stage` in mode "hpo" after a passed gate; flow `atft-hpo` (the
 `atft hpo` command) builds the cache and calls it directly. Every worker joins the same study in the
 same storage, so a worker that starts late (another GPU host) simply takes the next queued trial,
-and the study continues across runs: the pipeline keeps its default SQLite file in the output dir,
-not in the run's own folder. Use PostgreSQL when the workers are on more than one host.
+and the study continues across runs: the pipeline keeps its default storage file in the output dir,
+not in the run's own folder. More than one worker on the gpu pool needs PostgreSQL (refused otherwise:
+pool workers may sit on other hosts); K local processes share a journal file.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.config import DryRunConfig
 from atft_core.data.source import S3Options
-from atft_core.hpo.study import HpoConfig, default_storage_url, display_url, worker_file, worker_seed
-from flows.gpu_stage import GpuDispatch, gpu_deployment_for
-from tasks.hpo import finish_hpo_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
+from atft_core.hpo.config import HpoConfig
+from atft_core.hpo.storage import check_workers, default_storage_url, display_url
+from atft_core.hpo.worker import share, worker_file, worker_seed
+from flows.common import DEFAULT_DATA_ROOT, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from tasks.cache import cached_build
+from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
 _POLL_SECONDS = 3
@@ -37,11 +41,12 @@ class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
 
 
-@flow(name="atft-hpo-worker", description="One HPO worker on the gpu pool: drains the study's queue of trials.")
+@flow(name="atft-hpo-worker", description="One HPO worker on the gpu pool: runs its share of the queued trials.")
 def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
-                    worker_index: int = 0, sampler_seed: int = 0) -> dict[str, Any]:
-    # This flow run is its own process (the gpu worker started it): no subprocess needed.
-    return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed)
+                    worker_index: int = 0, sampler_seed: int = 0, n_trials: int | None = None) -> dict[str, Any]:
+    """`n_trials`: this worker's share of the queued trials; None (a run started by hand) takes every
+    trial queued when it starts."""
+    return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed, n_trials)
 
 
 def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig, n_trials: int | None,
@@ -50,53 +55,59 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto") -> dict[str, Any]:
     """Queue `n_trials` trials, run them on `workers` workers, publish; the summary (also `run_dir/hpo.json`).
 
-    `study_dir` holds the default SQLite storage (`optuna.db`): the pipeline passes its output dir so
-    that each nightly run continues the same study; None means `run_dir`.
+    `study_dir` holds the default storage (`optuna.db`; `optuna.log` for K > 1 local processes): the
+    pipeline passes its output dir so that each nightly run continues the same study; None means `run_dir`.
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    n_trials = 5 if n_trials is None else n_trials
+    deployment = None if dispatch == "deployment" else gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)
+    # Refused before anything is queued (and, when asked for the pool, before looking its deployment up).
+    url, k = hpo_storage(storage, study_dir or run_dir, workers, n_trials,
+                         on_pool=dispatch == "deployment" or deployment is not None)
+    if dispatch == "deployment":
+        deployment = gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)  # raises when it does not exist
     run_dir.mkdir(parents=True, exist_ok=True)
-    hpo = HpoConfig(n_trials=5 if n_trials is None else n_trials, study_name=study_name or "atft",
-                    storage=storage or default_storage_url(study_dir or run_dir), pruner=pruner, seed=seed,
-                    max_epochs=config.train.max_epochs, timeout_s=timeout_s, parallel=max(1, workers),
+    hpo = HpoConfig(n_trials=n_trials, study_name=study_name or "atft", storage=url,
+                    pruner=pruner, seed=seed, max_epochs=config.train.max_epochs, timeout_s=timeout_s, parallel=k,
                     search_space=search_space)
     batch = prepare_hpo_task(hpo.to_dict())
-    k = max(1, min(hpo.parallel, hpo.n_trials))
-    deployment = gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)
     args = {"cache_path": str(cache["path"]), "config": config.to_dict(), "hpo": hpo.to_dict(),
             "output_dir": str(run_dir)}
-    seeds = [worker_seed(seed, batch["first_number"], i) for i in range(k)]
     if deployment is not None:
-        reports, errors = _run_on_pool(deployment, args, seeds, run_dir)
+        runs = [{"worker_index": i, "sampler_seed": worker_seed(seed, batch["first_number"], i),
+                 "n_trials": share(batch["queued"], k, i)} for i in range(k)]
+        reports, errors = _run_on_pool(deployment, args, runs, run_dir)
+    elif k == 1:
+        reports, errors = [hpo_worker_task(**args, worker_index=0, n_trials=batch["queued"],
+                                           sampler_seed=worker_seed(seed, batch["first_number"], 0))], []
     else:
-        reports, errors = _run_in_process(args, seeds)
+        local = hpo_local_workers_task(**args, first_number=batch["first_number"], queued=batch["queued"], workers=k)
+        reports, errors = local["reports"], local["errors"]
     summary = finish_hpo_task(hpo.to_dict(), batch, str(run_dir), reports, time.perf_counter() - t0, errors)
     publish_hpo_task(summary)
     logger.info("HPO: best RankIC %s; this run %s; study %s", summary["best_value"], summary["counts"],
                 summary["study_counts"])
     if errors:
         raise HpoStageFailed(f"{len(errors)} of {k} HPO worker(s) failed: {'; '.join(errors)}. "
-                             f"Finished trials are kept in {display_url(hpo.storage or '')}")
+                             f"Finished trials are kept in {display_url(url)}")
     return {key: value for key, value in summary.items() if key != "trials"}  # the table is an artifact
 
 
-def _run_in_process(args: dict[str, Any], seeds: list[int]) -> tuple[list[dict[str, Any]], list[str]]:
-    """K tasks at once; with K > 1 each runs its worker as a process (own GIL, own memory, own crash)."""
-    futures = [hpo_worker_task.submit(**args, worker_index=i, sampler_seed=s, subprocess=len(seeds) > 1)
-               for i, s in enumerate(seeds)]
-    reports, errors = [], []
-    for i, fut in enumerate(futures):
-        fut.wait()
-        state = fut.state
-        if state.is_completed():
-            reports.append(fut.result())
-        else:
-            errors.append(f"worker {i}: {state.name}: {state.message or ''}".strip())
-    return reports, errors
+def hpo_storage(storage: str | None, study_dir: Path, workers: int, n_trials: int, *,
+                on_pool: bool) -> tuple[str, int]:
+    """(storage URL, number of workers) for a stage; ValueError for a storage the workers cannot share.
+
+    The default is `study_dir/optuna.db`, or `study_dir/optuna.log` for K > 1 local processes.
+    """
+    k = max(1, min(workers, n_trials))
+    url = storage or default_storage_url(study_dir, processes=1 if on_pool else k)
+    check_workers(url, pool_workers=k if on_pool else 1, processes=1 if on_pool else k)
+    return url, k
 
 
-def _run_on_pool(deployment: str, args: dict[str, Any], seeds: list[int],
+def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any]],
                  run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """K runs of the worker deployment, started together, awaited together; reports via the run folder."""
     from prefect.client.orchestration import get_client
@@ -107,9 +118,9 @@ def _run_on_pool(deployment: str, args: dict[str, Any], seeds: list[int],
     if "@" in str(args["hpo"].get("storage")) and "${" not in str(args["hpo"].get("storage")):
         logger.warning("the storage URL carries a password and becomes a parameter of the worker runs; use a "
                        "${VAR} placeholder filled from the gpu workers' environment instead")
-    runs = [run_deployment(deployment, parameters={**args, "worker_index": i, "sampler_seed": s}, timeout=0,
+    runs = [run_deployment(deployment, parameters={**args, **run}, timeout=0,
                            flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{parent}-hpo-w{i}")
-            for i, s in enumerate(seeds)]
+            for i, run in enumerate(runs)]
     logger.info("started %d HPO worker run(s) on %s; waiting for the gpu pool", len(runs), deployment)
     states: dict[int, Any] = {}
     with get_client(sync_client=True) as client:
@@ -138,9 +149,6 @@ def atft_hpo(data_path: str | None = None, output_dir: str = "runs/hpo", n_trial
              timeout_s: float | None = None, device: str | None = None,
              gpu_stage: GpuDispatch = "auto") -> dict[str, Any]:
     """Writes `output_dir/hpo.json`, `trials.csv` and plots; the default storage is `output_dir/optuna.db`."""
-    from flows.pipeline import DEFAULT_DATA_ROOT, build_config, resolve_data_path
-    from tasks.cache import cached_build
-
     cfg = build_config(config_path, max_epochs=max_epochs, device=device)
     data = resolve_data_path(data_path)
     cache = cached_build(data, cache_dir or str(Path(DEFAULT_DATA_ROOT) / "cache"), cfg.cache, S3Options.from_env(),

@@ -15,9 +15,6 @@ new folder under `output_dir`; the gate's verdict is read from that folder.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +31,8 @@ from atft_core.data.source import S3Options
 from atft_core.publish import ArtifactTarget, redact, redact_url
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
 from flows import hpo_stage
-from flows.gpu_stage import GpuDispatch, gpu_deployment_for, run_gpu_stage
+from flows.common import DEFAULT_DATA_ROOT, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from flows.gpu_stage import run_gpu_stage
 from tasks.cache import cached_build
 from tasks.gate import GateFailed, check_gate
 from tasks.publish import mirror_run, publish_report
@@ -42,44 +40,6 @@ from tasks.train import STAGE_FILE
 
 Mode = Literal["dryrun", "hpo"]
 DEFAULT_OUTPUT_DIR = "runs"
-DEFAULT_DATA_ROOT = "data"
-
-
-def demo_data_path(data_root: str | Path = DEFAULT_DATA_ROOT) -> Path:
-    return Path(data_root) / "demo" / "demo.parquet"
-
-
-def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DATA_ROOT) -> str:
-    """The given path, or the demo panel under `data_root`, generated on first use.
-
-    Written to a temporary name and renamed, so a run interrupted mid-generation (or two runs at
-    once) never leaves a half-written panel that later runs would take for the real one.
-    """
-    if data_path:
-        return data_path
-    demo = demo_data_path(data_root).resolve()
-    if not demo.exists():
-        from atft_core.data.demo import DemoConfig, generate_demo
-
-        demo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = demo.with_name(f".{demo.name}.{os.getpid()}.tmp")
-        logging.getLogger("atft").info("generating the demo market at %s (once; later runs reuse it)", demo)
-        generate_demo(tmp, DemoConfig())
-        Path(f"{tmp}.oracle.json").replace(f"{demo}.oracle.json")
-        tmp.replace(demo)
-    return str(demo)
-
-
-def build_config(config_path: str | None = None, *, max_epochs: int | None = None, device: str | None = None,
-                 min_gpu_util: float | None = None, min_rankic: float | None = None,
-                 require_gpu: bool | None = None) -> DryRunConfig:
-    """The YAML config (or defaults) with the flow's explicit overrides on top; None keeps the file's value."""
-    cfg = DryRunConfig.from_yaml(config_path) if config_path else DryRunConfig()
-    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device)) if v is not None}
-    gate = {k: v for k, v in (("min_gpu_util", min_gpu_util), ("min_rankic", min_rankic),
-                              ("require_gpu", require_gpu)) if v is not None}
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
-                               gate=dataclasses.replace(cfg.gate, **gate))
 
 
 @flow(name="atft", description="Nightly ATFT-GAT-FAN pipeline: cache -> GPU dry run -> gate -> HPO study.")
@@ -102,7 +62,8 @@ def atft_pipeline(
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
 
-    hpo_workers: HPO workers sharing the study (runs of `atft-hpo-worker/gpu`, or processes in-process).
+    hpo_workers: HPO workers sharing the study: runs of `atft-hpo-worker/gpu` (PostgreSQL storage when
+    more than one), or without the gpu pool processes on this host (a journal file by default).
 
     require_gpu=None means: required when training runs on the `gpu` pool, not applicable in-process.
     gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"

@@ -156,3 +156,23 @@ def test_run_dirs_are_never_reused(tmp_path):
     assert a.name == "20260102T030405Z-dryrun-abcdef12" and b.name == a.name + "-1"
     assert find_run_dir(tmp_path, "abcdef12-3456") in (a, b)
     assert find_run_dir(tmp_path, "ffffffff") is None
+
+
+def test_flow_modules_import_without_a_circle():
+    """Stage flows import only flows.common; the pipeline composes them; nothing imports the pipeline back."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "flows"
+    imports: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # lazy imports inside functions count too
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module if node.module != "flows" else f"flows.{node.names[0].name}")
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        imports[path.stem] = {n.split(".")[1] for n in names if n.startswith("flows.")}
+    assert imports["common"] == set()
+    assert imports["gpu_stage"] == imports["hpo_stage"] == {"common"}
+    assert imports["pipeline"] == {"common", "gpu_stage", "hpo_stage"}
+    assert not any("pipeline" in deps for name, deps in imports.items() if name != "cli")

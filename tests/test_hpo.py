@@ -1,8 +1,8 @@
 """HPO study: search space, planted optimum, pruning, shared storage across processes, a killed worker,
 a diverging trial, a study continued across runs, and the `atft hpo` command through Prefect.
 
-Most tests use cheap synthetic objectives through the real `run_study` machinery (queue, workers,
-storage, pruner, reports); the objectives are module-level so worker processes can import them.
+Most tests use cheap synthetic score functions through the real `run_study` machinery (queue,
+workers, storage, pruner, reports); they are module-level so worker processes can import them.
 Two tests train the real model on a tiny panel.
 """
 
@@ -22,22 +22,13 @@ import yaml
 from optuna.trial import TrialState
 
 from atft_core.config import DryRunConfig
-from atft_core.hpo.study import (
-    FAIL_REASON_ATTR,
-    HpoConfig,
-    SearchSpace,
-    TrialContext,
-    apply_params,
-    build_storage,
-    default_storage_url,
-    display_url,
-    prepare_study,
-    run_study,
-    run_worker,
-    spawn_worker,
-    trial_rows,
-    worker_seed,
-)
+from atft_core.hpo.config import FAIL_REASON_ATTR, HpoConfig
+from atft_core.hpo.objective import Objective, report_epoch
+from atft_core.hpo.report import trial_rows
+from atft_core.hpo.space import SearchSpace, apply_params
+from atft_core.hpo.storage import build_storage, dashboard_command, default_storage_url, display_url
+from atft_core.hpo.study import prepare_study, run_study
+from atft_core.hpo.worker import run_worker, worker_seed
 
 PLANTED_LR, PLANTED_W = 3e-3, 0.7
 SPACE = ("params:\n"
@@ -46,26 +37,26 @@ SPACE = ("params:\n"
          "  model.dropout: {type: float, low: 0.0, high: 0.5}\n")
 
 
-# -- objectives (module level: worker processes import them by name) ---------------------------------
+# -- score functions (module level: worker processes import them by name) ----------------------------
 def planted_value(cfg: DryRunConfig) -> float:
     """1 at lr = 3e-3 and rankic_weight = 0.7, falling away from there; dropout does not matter."""
     lr_miss = (math.log10(cfg.train.lr) - math.log10(PLANTED_LR)) / 4
     return 1.0 - lr_miss ** 2 - (cfg.loss.rankic_weight - PLANTED_W) ** 2
 
 
-def planted(ctx: TrialContext) -> float:
-    value = planted_value(ctx.cfg)
-    for epoch in range(ctx.cfg.train.max_epochs):
-        ctx.report(epoch, value)
+def planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+    value = planted_value(cfg)
+    for epoch in range(cfg.train.max_epochs):
+        report_epoch(trial, epoch, value, cfg.train.max_epochs)
     return value
 
 
-def slow_planted(ctx: TrialContext) -> float:
+def slow_planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
     """Long enough per epoch for a second worker to start, or for a test to kill the worker mid-trial."""
-    value = planted_value(ctx.cfg)
-    for epoch in range(ctx.cfg.train.max_epochs):
+    value = planted_value(cfg)
+    for epoch in range(cfg.train.max_epochs):
         time.sleep(float(os.environ.get("ATFT_TEST_EPOCH_S", "0.3")))
-        ctx.report(epoch, value)
+        report_epoch(trial, epoch, value, cfg.train.max_epochs)
     return value
 
 
@@ -159,10 +150,28 @@ def test_storage_urls_sqlite_default_journal_and_env_placeholders(tmp_path, monk
     assert build_storage("sqlite:///${ATFT_TEST_DB_DIR}/x.db", HpoConfig()).url == f"sqlite:///{tmp_path}/x.db"
 
 
+def test_dashboard_command_keeps_placeholders_and_never_shows_a_password(tmp_path):
+    pg = "postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/optuna"
+    assert dashboard_command(pg) == f'optuna-dashboard "{pg}"'  # the shell fills ${...} inside double quotes
+    literal = dashboard_command("postgresql+psycopg2://optuna:s3cret@db:5432/optuna")
+    assert "s3cret" not in literal and "***" not in literal and "${OPTUNA_DB_PASSWORD}@db" in literal
+    assert dashboard_command(f"journal:{tmp_path}/a b/optuna.log") == f"optuna-dashboard '{tmp_path}/a b/optuna.log'"
+    assert dashboard_command("sqlite:////x/$HOME/o.db") == 'optuna-dashboard "sqlite:////x/\\$HOME/o.db"'
+
+
+def test_objective_maps_a_trial_to_a_float_so_optimize_works_from_a_notebook(space):
+    objective = Objective("unused", DryRunConfig(), SearchSpace.load(space), max_epochs=2, score=planted)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=5)
+    assert states(study) == {"COMPLETE": 5}
+    assert all(len(t.intermediate_values) == 2 and 0 < t.value <= 1 for t in study.trials)
+    assert set(study.best_params) == {"train.lr", "loss.rankic_weight", "model.dropout"}
+
+
 # -- search ----------------------------------------------------------------------------------------
 def test_study_finds_the_planted_good_region(tmp_path, space):
     s = run_study("unused", DryRunConfig(), hpo(space, n_trials=24, pruner="none", max_epochs=1), tmp_path,
-                  objective=planted)
+                  score=planted)
     assert s.counts["complete"] == 24 and s.study_counts["total"] == 24
     assert s.best_value > 0.97, s.best_params
     assert 1e-3 < s.best_params["train.lr"] < 1e-2 and abs(s.best_params["loss.rankic_weight"] - PLANTED_W) < 0.15
@@ -171,7 +180,7 @@ def test_study_finds_the_planted_good_region(tmp_path, space):
     assert sum(values[12:]) / 12 > sum(values[:6]) / 6
     report = json.loads((tmp_path / "hpo.json").read_text())
     assert report["best_params"] == s.best_params and report["counts"]["complete"] == 24
-    assert report["dashboard"] == f"optuna-dashboard '{default_storage_url(tmp_path)}'"
+    assert report["dashboard"] == f'optuna-dashboard "{default_storage_url(tmp_path)}"'
     assert set(report["importances"]) == {"train.lr", "loss.rankic_weight", "model.dropout"}
     assert (tmp_path / "trials.csv").read_text().count("\n") == 25
     for png in ("optimization_history.png", "param_importances.png"):
@@ -181,7 +190,7 @@ def test_study_finds_the_planted_good_region(tmp_path, space):
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])
 def test_pruner_stops_bad_trials_early(tmp_path, space, pruner):
     s = run_study("unused", DryRunConfig(), hpo(space, n_trials=10, pruner=pruner, max_epochs=4, n_startup_trials=10,
-                                                pruner_startup_trials=3), tmp_path, objective=planted)
+                                                pruner_startup_trials=3), tmp_path, score=planted)
     study = load(default_storage_url(tmp_path))
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -193,35 +202,63 @@ def test_pruner_stops_bad_trials_early(tmp_path, space, pruner):
 
 
 # -- shared storage, workers ---------------------------------------------------------------------------
-def test_two_worker_processes_share_one_sqlite_study(tmp_path, space, monkeypatch):
-    # 0.8 s per trial: long enough that the second worker's start-up (imports) cannot miss all the work
-    monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.4")
-    s = run_study("unused", DryRunConfig(), hpo(space, n_trials=7, parallel=2, max_epochs=2, pruner="none"), tmp_path,
-                  objective=slow_planted)
-    study = load(default_storage_url(tmp_path))
-    assert sorted(t.number for t in study.trials) == list(range(7))  # exactly the total asked for, unique numbers
-    assert states(study) == {"COMPLETE": 7}
+def logged_planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+    """planted, plus one line per call in $ATFT_TEST_RAN_LOG: proof of how often each trial really ran."""
+    with open(os.environ["ATFT_TEST_RAN_LOG"], "a") as log:
+        log.write(f"{trial.number} {os.getpid()}\n")
+    time.sleep(0.05)
+    return planted(trial, cfg, cache_path)
+
+
+def test_k_processes_drain_one_journal_study_exactly_once(tmp_path, space, monkeypatch):
+    ran_log = tmp_path / "ran.txt"
+    monkeypatch.setenv("ATFT_TEST_RAN_LOG", str(ran_log))
+    cfg = hpo(space, n_trials=12, parallel=3, max_epochs=2, pruner="none")  # no --storage: the journal file
+    s = run_study("unused", DryRunConfig(), cfg, tmp_path, score=logged_planted)
+    url = default_storage_url(tmp_path, processes=3)
+    assert url == f"journal:{tmp_path.resolve()}/optuna.log" and s.storage == url
+    study = load(url)
+    assert sorted(t.number for t in study.trials) == list(range(12))  # exactly N trials, unique numbers
+    assert states(study) == {"COMPLETE": 12}
+    calls = [line.split() for line in ran_log.read_text().splitlines()]
+    assert sorted(int(n) for n, _ in calls) == list(range(12))  # each trial's objective ran exactly once
+    assert len({pid for _, pid in calls}) == 3  # on three processes
     reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "workers").glob("worker-*.json"))]
-    ran = [t["number"] for r in reports for t in r["trials"]]
-    assert sorted(ran) == list(range(7))  # every trial ran once, on one worker
-    assert len(reports) == 2 and all(r["trials"] for r in reports)  # both workers took part
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
-    assert s.overhead["trials"] == 7
+    assert [len(r["trials"]) for r in reports] == [4, 4, 4]  # each worker ran its share
+    assert sorted(t["number"] for r in reports for t in r["trials"]) == list(range(12))
+    assert s.counts["complete"] == 12 and s.overhead["trials"] == 12
+    # The next run continues the same journal study.
+    again = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, n_trials=4, parallel=2), tmp_path,
+                      score=logged_planted)
+    assert again.study_counts == {"complete": 16, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "total": 16}
+
+
+def test_sqlite_is_refused_for_several_processes_before_anything_is_queued(tmp_path, space):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    with pytest.raises(ValueError, match=r"2 worker processes cannot share the SQLite storage.*journal:PATH"):
+        run_study("unused", DryRunConfig(), hpo(space, n_trials=4, parallel=2, storage=url), tmp_path, score=planted)
+    assert not (tmp_path / "shared.db").exists()
+
+
+def _one_worker(url: str, cfg: HpoConfig) -> None:  # a spawned process: the worker the test kills
+    run_worker("unused", DryRunConfig(), cfg, storage_url=url, score=slow_planted)
 
 
 def test_killed_worker_keeps_finished_trials_and_its_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
+    import multiprocessing
+
     monkeypatch.setenv("ATFT_TEST_EPOCH_S", "0.5")
     cfg = hpo(space, n_trials=4, max_epochs=3, pruner="none")
     url = default_storage_url(tmp_path)
     batch = prepare_study(cfg, url)
-    proc = spawn_worker("unused", DryRunConfig(), cfg, tmp_path, storage_url=url, worker_index=0,
-                        sampler_seed=worker_seed(0, 0, 0), spec_dir=tmp_path, objective=slow_planted)
+    proc = multiprocessing.get_context("spawn").Process(target=_one_worker, args=(url, cfg))
+    proc.start()
     try:
         victim = _wait_for_mid_trial(url, proc, min_complete=2)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.join(timeout=30)
     finally:
-        if proc.poll() is None:
+        if proc.is_alive():
             proc.kill()
     before = {t.number: (t.state, t.value, t.params, t.datetime_complete) for t in load(url).trials
               if t.state == TrialState.COMPLETE}
@@ -229,8 +266,8 @@ def test_killed_worker_keeps_finished_trials_and_its_stale_trial_is_failed_and_r
     time.sleep(cfg.grace_period_s + 1)  # the dead worker's heartbeat is now older than the grace period
 
     # A restarted worker (same study) fails the stale trial, retries it and drains the rest of the queue.
-    report = run_worker("unused", DryRunConfig(), cfg, tmp_path, storage_url=url, worker_index=1,
-                        sampler_seed=worker_seed(0, batch.first_number, 1), objective=slow_planted)
+    report = run_worker("unused", DryRunConfig(), cfg, storage_url=url, worker_index=1,
+                        sampler_seed=worker_seed(0, batch.first_number, 1), score=slow_planted)
     study = load(url)
     after = {t.number: (t.state, t.value, t.params, t.datetime_complete) for t in study.trials if t.number in before}
     assert after == before  # every finished trial intact
@@ -249,7 +286,7 @@ def _wait_for_mid_trial(url: str, proc, min_complete: int, timeout: float = 90) 
     """Number of a RUNNING trial that has reported an epoch, once `min_complete` trials are COMPLETE."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the worker exited before it could be killed"
+        assert proc.is_alive(), "the worker exited before it could be killed"
         trials = load(url).trials
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
         if sum(t.state == TrialState.COMPLETE for t in trials) >= min_complete and running:
@@ -261,8 +298,8 @@ def _wait_for_mid_trial(url: str, proc, min_complete: int, timeout: float = 90) 
 def test_same_study_continued_across_two_runs_accumulates_trials(tmp_path, space):
     storage = f"journal:{tmp_path}/study/optuna.log"  # the journal file works like the SQL storages here
     cfg = hpo(space, n_trials=3, max_epochs=1, pruner="none", storage=storage, study_name="nightly")
-    first = run_study("unused", DryRunConfig(), cfg, tmp_path / "run1", objective=planted)
-    second = run_study("unused", DryRunConfig(), cfg, tmp_path / "run2", objective=planted)
+    first = run_study("unused", DryRunConfig(), cfg, tmp_path / "run1", score=planted)
+    second = run_study("unused", DryRunConfig(), cfg, tmp_path / "run2", score=planted)
     assert first.counts["total"] == 3 and second.counts["total"] == 3
     assert second.study_counts["total"] == 6 and second.study_counts["complete"] == 6
     study = optuna.load_study(study_name="nightly", storage=build_storage(storage, cfg))
@@ -272,15 +309,15 @@ def test_same_study_continued_across_two_runs_accumulates_trials(tmp_path, space
     assert second.best_value == max(t.value for t in study.trials)
 
 
-def oom(ctx: TrialContext) -> float:
+def oom(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
     raise MemoryError("cannot allocate 80 GiB")
 
 
-def nan(ctx: TrialContext) -> float:
+def nan(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
     return float("nan")
 
 
-def bug(ctx: TrialContext) -> float:
+def bug(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
     return {}["missing"]
 
 
@@ -288,12 +325,12 @@ def test_out_of_memory_and_non_finite_values_fail_the_trial_but_a_bug_stops_the_
     cfg = hpo(space, n_trials=2, max_epochs=1)
     for objective, kind in ((oom, "out_of_memory"), (nan, "failed")):
         s = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name=kind), tmp_path,
-                      objective=objective)
+                      score=objective)
         assert s.counts["failed"] == 2 and s.best_value is None
         reasons = {t.user_attrs["fail_kind"] for t in load(default_storage_url(tmp_path), kind).trials}
         assert reasons == {kind}
     with pytest.raises(KeyError):
-        run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name="bug"), tmp_path, objective=bug)
+        run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name="bug"), tmp_path, score=bug)
     crashed = load(default_storage_url(tmp_path), "bug").trials
     assert crashed[0].state == TrialState.FAIL and "KeyError" in crashed[0].user_attrs[FAIL_REASON_ATTR]
     assert crashed[1].state == TrialState.WAITING  # left queued for the next run once the bug is fixed
@@ -343,7 +380,7 @@ def test_atft_hpo_command_runs_through_prefect_with_two_workers(tmp_path, tiny_d
     assert main(argv) == 0, capsys.readouterr()
     report = json.loads((out / "hpo.json").read_text())
     assert report["counts"]["complete"] == 2 and report["study_counts"]["total"] == 2
-    assert report["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
+    assert report["storage"] == f"journal:{out.resolve()}/optuna.log"  # K > 1 processes: the journal file
     assert set(report["best_params"]) == {"train.lr", "model.dropout"}
     assert len(list((out / "workers").glob("worker-*.json"))) == 2  # two worker processes took part
     assert "best validation RankIC" in capsys.readouterr().out
@@ -374,49 +411,14 @@ def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefe
     assert [t.number for t in load(default_storage_url(out), "nightly").trials] == [0, 1]
 
 
-@pytest.mark.slow
-def test_hpo_stage_fans_out_worker_runs_on_the_gpu_pool(tmp_path, tiny_cache, tiny_train_cfg, prefect_harness):
-    """Under a deployment the stage starts K runs of atft-hpo-worker/gpu; a real process worker on pool
-    `gpu` runs them; together they run exactly the trials queued."""
-    import subprocess
-    import sys
+def test_pool_fan_out_on_a_file_storage_is_refused_with_exit_2(tmp_path, capsys):
+    """Several gpu-pool workers may sit on other hosts: a SQLite or journal file is refused up front."""
+    from flows.cli import main
 
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    from flows.hpo_stage import HPO_WORKER_DEPLOYMENT, hpo_worker_flow, run_hpo_stage
-
-    repo = Path(__file__).resolve().parents[1]
-    prefect_bin = str(Path(sys.executable).with_name("prefect"))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    subprocess.run([prefect_bin, "--no-prompt", "work-pool", "create", "gpu", "--type", "process", "--overwrite"],
-                   env=env, check=True, capture_output=True, timeout=120)
-    hpo_worker_flow.from_source(source=str(repo), entrypoint="flows/hpo_stage.py:hpo_worker_flow").deploy(
-        name=HPO_WORKER_DEPLOYMENT.split("/")[1], work_pool_name="gpu", print_next_steps=False)
-    space = tmp_path / "space.yaml"
-    space.write_text("params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
-    cfg = dataclasses.replace(tiny_train_cfg, train=dataclasses.replace(tiny_train_cfg.train, max_epochs=1,
-                                                                         max_train_days=4))
-    out = tmp_path / "run"
-
-    @flow(name="hpo-fan-out-test")
-    def parent() -> dict:
-        return run_hpo_stage(cache={"path": str(tiny_cache)}, run_dir=out, config=cfg, n_trials=3, study_name="pool",
-                             storage=None, workers=2, search_space=str(space), dispatch="deployment")
-
-    with open(tmp_path / "worker.log", "wb") as log:
-        worker = subprocess.Popen([prefect_bin, "worker", "start", "--pool", "gpu", "--limit", "2"], env=env, cwd=repo,
-                                  stdout=log, stderr=subprocess.STDOUT)
-        try:
-            summary = parent()
-        finally:
-            worker.send_signal(signal.SIGINT)
-            worker.wait(timeout=60)
-    assert summary["counts"]["complete"] == 3 and summary["study_counts"]["total"] == 3
-    with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs() if r.name.startswith(f"hpo-{out.name}-w")]
-    assert sorted(r.name for r in runs) == [f"hpo-{out.name}-w0", f"hpo-{out.name}-w1"]
-    assert all(r.work_pool_name == "gpu" and r.state.is_completed() for r in runs)
-    reports = [json.loads((out / "workers" / f"worker-{i}.json").read_text()) for i in (0, 1)]
-    assert sorted(t["number"] for r in reports for t in r["trials"]) == [0, 1, 2]
+    for storage in (None, f"journal:{tmp_path}/j.log"):
+        argv = ["hpo", "--n-trials", "4", "--parallel", "2", "--gpu-stage", "deployment", "--output-dir",
+                str(tmp_path / "out")] + (["--storage", storage] if storage else [])
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Use PostgreSQL" in err and "gpu pool" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "j.log").exists()  # nothing queued, nothing written

@@ -162,7 +162,7 @@ def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
     gate = result.get("gate") or {}
     for c in gate.get("criteria", []):
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.get("passed")]
-        threshold = "" if c.get("threshold") is None else f" (threshold {_num(c['threshold'])})"
+        threshold = "" if c.get("threshold") is None else f" (needs {c.get('op', '>')} {_num(c['threshold'])})"
         print(f"  {verdict:4s} {c['name']}: {_num(c.get('value'))}{threshold} {c.get('note', '')}".rstrip())
     _print_comparison(result.get("run_dir"))
     print(f"gate: {'PASSED' if gate.get('passed') else 'FAILED'}  (state: {result.get('state')})")

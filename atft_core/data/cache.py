@@ -5,6 +5,7 @@ Layout (one Arrow IPC file, one record batch, uncompressed, rows ordered day-maj
     y      FixedSizeList<float32>[H]  raw forward returns, NaN where unknown
     y_z    FixedSizeList<float32>[H]  per-day standardised (and clipped) targets, NaN where unknown
     valid  uint8                      1 where the stock had a row that day
+    static FixedSizeList<int32>[2]    section id, sector id of that row (-1 unknown): as of that day
 Because a FixedSizeList's values are one contiguous buffer, `x` opens as a zero-copy numpy view of
 shape [D, S, F]: a window of L days for every stock is the slice ``x[t-L+1 : t+1]``.
 
@@ -36,12 +37,13 @@ import pyarrow.ipc as ipc
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data.contract import Contract, check_rows, check_schema, date_expr, read_schema
 from atft_core.data.indexing import day_index
+from atft_core.data.leak import leak_suspects, suspect_message
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
 from atft_core.errors import DatasetError, Problem
 
 log = logging.getLogger("atft_core.data.cache")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: statics per (day, stock), leak screen parameters in the manifest
 GRID_FILE = "grid.arrow"
 MANIFEST_FILE = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -70,7 +72,7 @@ class Cache:
     y: np.ndarray  # [D, S, H] float32 raw forward returns
     y_z: np.ndarray  # [D, S, H] float32 standardised targets
     valid: np.ndarray  # [D, S] bool
-    static: np.ndarray  # [S, 2] int64: section id, sector id (-1 unknown)
+    static: np.ndarray  # [D, S, 2] int32: section id, sector id on that day (-1 unknown)
 
     @property
     def dates(self) -> list[str]:
@@ -116,12 +118,10 @@ def open_cache(path: str | Path) -> Cache:
         arr = col.values if pa.types.is_fixed_size_list(col.type) else col
         return arr.to_numpy(zero_copy_only=True)
 
-    static = np.stack([np.asarray(manifest["section_id"], np.int64),
-                       np.asarray(manifest["sector_id"], np.int64)], axis=1)
     return Cache(path=path, manifest=manifest,
                  x=values("x").reshape(d, s, f), y=values("y").reshape(d, s, h),
                  y_z=values("y_z").reshape(d, s, h), valid=values("valid").reshape(d, s).view(np.bool_),
-                 static=static)
+                 static=values("static").reshape(d, s, 2))
 
 
 def params_key(cfg: CacheConfig) -> str:
@@ -142,7 +142,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
     cache_dir = Path(cache_dir)
     t0 = time.perf_counter()
     with resolve_input(data_path, s3) as inp:
-        contract = check_schema(read_schema(inp), inp.display)
+        contract = check_schema(read_schema(inp), inp.display, cfg.columns)
         fingerprint = fingerprint_files(inp.files, inp.files[0].parent if len(inp.files) > 1 else None)
         final = cache_dir / f"{fingerprint[:16]}-{params_key(cfg)}"
         if (final / MANIFEST_FILE).exists():
@@ -184,24 +184,28 @@ def _check_history(lf: pl.LazyFrame, contract: Contract, require: DataConfig, so
     n_days = lf.select(date_expr(contract).n_unique()).collect().item()
     need = require.min_history(contract.horizons)
     if n_days < need:
-        embargo = need - require.window - require.split.val_days - 1
-        raise DatasetError(source, Problem("Date", f"only {n_days} trading days; training needs at least {need} "
-                                                   f"(window {require.window} + embargo {embargo} + validation "
-                                                   f"{require.split.val_days} + 1). Provide a longer history or "
-                                                   "lower data.window / data.split.val_days in --config"))
+        split, longest = require.split, max(contract.horizons)
+        embargo = longest if split.embargo_days is None else split.embargo_days
+        test = f" + test {split.test_days} + embargo {embargo}" if split.test_days else ""
+        raise DatasetError(source, Problem(contract.date, (
+            f"only {n_days} trading days; training needs at least {need} (window {require.window} + longest "
+            f"horizon {longest} + embargo {embargo} + validation {split.val_days}{test} + training "
+            f"{require.min_train_days}). Provide a longer history or lower data.window / data.split.val_days / "
+            "data.min_train_days in --config")))
 
 
 def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: str,
                 progress: bool) -> dict[str, Any]:
-    keys = lf.select(date_expr(contract).alias("Date"), pl.col("Code").cast(pl.String),
+    keys = lf.select(date_expr(contract).alias("Date"), pl.col(contract.code).cast(pl.String).alias("Code"),
                      *[pl.col(c).cast(pl.String) for c in contract.static]).collect()
     dates, codes, day_idx, stock_idx = day_index(keys["Date"].to_numpy(), keys["Code"].to_numpy().astype(str))
     n_days, n_stocks = len(dates), len(codes)
     if n_stocks < 2:
-        raise DatasetError(source, Problem("Code", f"only {n_stocks} stock(s): the model ranks stocks against each "
-                                                   "other on each day and needs a cross-section of many"))
-    section_id, section_vocab = _static_ids(keys, "Section", stock_idx, n_stocks)
-    sector_id, sector_vocab = _static_ids(keys, "sector33_code", stock_idx, n_stocks)
+        raise DatasetError(source, Problem(contract.code, f"only {n_stocks} stock(s): the model ranks stocks against "
+                                                          "each other on each day and needs a cross-section of many"))
+    static = np.full((n_days, n_stocks, 2), -1, dtype=np.int32)
+    section_vocab = _static_ids(keys, contract.section, day_idx, stock_idx, static[:, :, 0])
+    sector_vocab = _static_ids(keys, contract.sector, day_idx, stock_idx, static[:, :, 1])
 
     valid = np.zeros((n_days, n_stocks), dtype=np.uint8)
     valid[day_idx, stock_idx] = 1
@@ -232,10 +236,10 @@ def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: 
         warnings.append(f"feature '{feats[j]}': all zeros after normalisation (no cross-sectional spread on any "
                         "day); check it upstream")
     y_z = _standardise_targets(y, cfg.clip)
-    leak = _leak_suspects(x, y, valid.astype(bool), feats, contract.horizons, cfg)
-    for s in leak:
-        warnings.append(f"feature '{s['feature']}': mean daily RankIC {s['rankic']:+.3f} with target_{s['horizon']}d "
-                        "is implausibly high: likely look-ahead (future information) in this column")
+    leak, screen = leak_suspects(x, y, valid.astype(bool), feats, contract.horizons, cfg.leak_rankic_floor,
+                                 cfg.leak_noise_k)
+    target_of = dict(zip(contract.horizons, contract.targets))
+    warnings += [suspect_message(s, target_of[s["horizon"]]) for s in leak]
     meta = {
         "shape": {"days": n_days, "stocks": n_stocks, "features": len(feats), "horizons": len(contract.horizons)},
         "features": feats, "horizons": list(contract.horizons), "targets": contract.targets,
@@ -243,22 +247,27 @@ def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: 
         "feature_kinds": {f: ("market" if m else "cross_sectional") for f, m in zip(feats, market)},
         "dates": [str(d)[:10] for d in dates], "codes": [str(c) for c in codes],
         "section_vocab": section_vocab, "sector_vocab": sector_vocab,
-        "section_id": section_id.tolist(), "sector_id": sector_id.tolist(),
-        "leak_suspects": leak, "rows": int(len(keys)),
+        "roles": {"profile": contract.profile, "date": contract.date, "code": contract.code,
+                  "section": contract.section, "sector": contract.sector, "not_features": contract.ignored},
+        "leak_suspects": leak, "leak_screen": screen, "rows": int(len(keys)),
     }
-    return {"x": x, "y": y, "y_z": y_z, "valid": valid, "meta": meta, "warnings": warnings}
+    return {"x": x, "y": y, "y_z": y_z, "valid": valid, "static": static, "meta": meta, "warnings": warnings}
 
 
-def _static_ids(keys: pl.DataFrame, col: str, stock_idx: np.ndarray, n_stocks: int) -> tuple[np.ndarray, list[str]]:
-    """Per-stock id of a static column (last value seen wins; -1 when absent)."""
-    ids = np.full(n_stocks, -1, dtype=np.int64)
-    if col not in keys.columns:
-        return ids, []
+def _static_ids(keys: pl.DataFrame, col: str, day_idx: np.ndarray, stock_idx: np.ndarray,
+                out: np.ndarray) -> list[str]:
+    """Fill out[day, stock] with the id of that row's category (-1 absent); returns the vocabulary.
+
+    Per row, not per stock: a stock that moves market section is seen in its old section before
+    the move and in the new one after (taking the last value for all days would leak the future).
+    """
+    if not col:
+        return []
     values = keys[col].to_numpy().astype(object)
-    present = np.array([v is not None for v in values])
+    present = np.array([v is not None for v in values], dtype=bool)
     vocab, inv = np.unique(values[present].astype(str), return_inverse=True)
-    ids[stock_idx[present]] = inv  # rows are in file order; later rows overwrite earlier ones
-    return ids, [str(v) for v in vocab]
+    out[day_idx[present], stock_idx[present]] = inv
+    return [str(v) for v in vocab]
 
 
 def _scatter_columns(lf: pl.LazyFrame, cols: list[str], day_idx: np.ndarray, stock_idx: np.ndarray,
@@ -357,29 +366,6 @@ def _standardise_targets(y: np.ndarray, clip: float) -> np.ndarray:
     return np.clip(z, -clip, clip).astype(np.float32)
 
 
-def _leak_suspects(x: np.ndarray, y: np.ndarray, valid: np.ndarray, feats: list[str], horizons: tuple[int, ...],
-                   cfg: CacheConfig, max_days: int = 250) -> list[dict[str, Any]]:
-    """Features whose daily RankIC with a forward target is implausibly high (|mean| > threshold).
-
-    Real daily equity signals sit around |RankIC| 0.05; a column near 1 almost surely contains the
-    target itself or future prices. Checked on up to `max_days` evenly spaced days to stay cheap.
-    """
-    from atft_core.evaluate.metrics import daily_ic
-
-    days = np.unique(np.linspace(0, x.shape[0] - 1, num=min(max_days, x.shape[0])).astype(int))
-    suspects = []
-    for k, h in enumerate(horizons):
-        target = np.where(valid[days], y[days, :, k], np.nan)
-        for j, name in enumerate(feats):
-            feat = np.where(valid[days], x[days, :, j], np.nan)
-            _, ric = daily_ic(feat, target, min_stocks=10)
-            with _quiet_nan_warnings():
-                m = float(np.nanmean(ric)) if np.isfinite(ric).any() else 0.0
-            if abs(m) > cfg.leak_rankic_threshold:
-                suspects.append({"feature": name, "horizon": h, "rankic": round(m, 4)})
-    return suspects
-
-
 def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[str, np.ndarray]) -> Path:
     """Write into a private temp folder, then rename: readers see a whole cache or none."""
     tmp = cache_dir / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -387,12 +373,17 @@ def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[
     try:
         d, s = grid["valid"].shape
         x, y, y_z = grid["x"], grid["y"], grid["y_z"]
+        static = grid.get("static")
+        if static is None:  # a synthetic grid (bench) states per-stock ids: the same on every day
+            ids = [np.asarray(manifest.get(k, [-1] * s), np.int32) for k in ("section_id", "sector_id")]
+            static = np.broadcast_to(np.stack(ids, axis=1)[None], (d, s, 2))
         batch = pa.record_batch(
             [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[2]),
              pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), y.shape[2]),
              pa.FixedSizeListArray.from_arrays(pa.array(y_z.reshape(-1)), y_z.shape[2]),
-             pa.array(grid["valid"].reshape(-1))],
-            names=["x", "y", "y_z", "valid"])
+             pa.array(grid["valid"].reshape(-1)),
+             pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(static, np.int32).reshape(-1)), 2)],
+            names=["x", "y", "y_z", "valid", "static"])
         with pa.OSFile(str(tmp / GRID_FILE), "wb") as sink, ipc.new_file(sink, batch.schema) as writer:
             writer.write_batch(batch)
         manifest["bytes"] = (tmp / GRID_FILE).stat().st_size

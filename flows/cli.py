@@ -40,6 +40,13 @@ def _add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="fail the gate when no GPU is visible (GPU pool); default: not applicable on CPU")
     p.add_argument("--config", default=None, help="YAML with sections data/cache/model/loss/train/gate")
+    _add_profile_arg(p)
+
+
+def _add_profile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, choices=["auto", "atft", "gogooku3"],
+                   help="column layout of the panel (cache.columns.profile): gogooku3 reads feat_ret_{h}d labels "
+                        "and sector33_code/sector33 as they are; auto (default) detects it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True)
     p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
     p.add_argument("--config", default=None)
+    _add_profile_arg(p)
 
     p = sub.add_parser("dryrun", help="build cache, train briefly, apply the gate (the nightly go/no-go)")
     _add_gate_args(p)
@@ -115,10 +123,15 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from atft_core.data.cache import build_cache
+    from atft_core.data.roles import with_profile
     from atft_core.data.source import S3Options
     cfg = _config(args.config)
-    build = build_cache(args.data_path, args.cache_dir, cfg.cache, s3=S3Options.from_env())
+    cache_cfg = dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns, args.profile))
+    # the training settings decide how much history is enough: a too-short file stops here, nothing written
+    build = build_cache(args.data_path, args.cache_dir, cache_cfg, s3=S3Options.from_env(), require=cfg.data)
     _print_cache_summary(build)
     return 0
 
@@ -130,6 +143,8 @@ def _print_cache_summary(build: Any) -> None:
           f"{s['first_date']} .. {s['last_date']}, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.2f}s")
     for w in build.warnings:
         print(f"  warning: {w}")
+    if s.get("leak_suspects"):
+        print(f"  look-ahead suspects (the dry-run gate fails on no_lookahead): {', '.join(s['leak_suspects'])}")
 
 
 def demo_data_path() -> Path:
@@ -146,7 +161,7 @@ def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "output_dir": args.output_dir,
         "config_path": args.config,
     }
-    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu"):
+    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     for name in ("n_trials", "study_name", "storage"):

@@ -152,9 +152,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
                               manifest.get("warnings", []))
         lf = pl.scan_parquet(list(inp.files))
         warnings, _ = check_rows(lf, contract, inp.display)
-        if require is not None:
-            _check_history(lf, contract, require, inp.display)
-        grid = _build_grid(lf, contract, cfg, inp.display, progress)
+        grid = _build_grid(lf, contract, cfg, inp.display, progress, require)
     warnings += grid.pop("warnings")
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
@@ -180,8 +178,7 @@ def _summary(manifest: dict[str, Any], hit: bool, seconds: float) -> dict[str, A
             "seconds": round(seconds, 3)}
 
 
-def _check_history(lf: pl.LazyFrame, contract: Contract, require: DataConfig, source: str) -> None:
-    n_days = lf.select(date_expr(contract).n_unique()).collect().item()
+def _check_history(n_days: int, contract: Contract, require: DataConfig, source: str) -> None:
     need = require.min_history(contract.horizons)
     if n_days < need:
         split, longest = require.split, max(contract.horizons)
@@ -195,7 +192,7 @@ def _check_history(lf: pl.LazyFrame, contract: Contract, require: DataConfig, so
 
 
 def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: str,
-                progress: bool) -> dict[str, Any]:
+                progress: bool, require: DataConfig | None = None) -> dict[str, Any]:
     keys = lf.select(date_expr(contract).alias("Date"), pl.col(contract.code).cast(pl.String).alias("Code"),
                      *[pl.col(c).cast(pl.String) for c in contract.static]).collect()
     dates, codes, day_idx, stock_idx = day_index(keys["Date"].to_numpy(), keys["Code"].to_numpy().astype(str))
@@ -203,6 +200,8 @@ def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: 
     if n_stocks < 2:
         raise DatasetError(source, Problem(contract.code, f"only {n_stocks} stock(s): the model ranks stocks against "
                                                           "each other on each day and needs a cross-section of many"))
+    if require is not None:  # before the feature columns are read: a too-short file fails in seconds
+        _check_history(n_days, contract, require, source)
     static = np.full((n_days, n_stocks, 2), -1, dtype=np.int32)
     section_vocab = _static_ids(keys, contract.section, day_idx, stock_idx, static[:, :, 0])
     sector_vocab = _static_ids(keys, contract.sector, day_idx, stock_idx, static[:, :, 1])

@@ -27,6 +27,19 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_no_traceback_for_answers)
+
+
+_ANSWERS = ("GateFailed", "DatasetError", "CheckpointMismatch")  # outcomes the user acts on, not bugs
+
+
+def _no_traceback_for_answers(record: logging.LogRecord) -> bool:
+    """A failed gate or a refused input is an answer: Prefect logs its message, without a traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and type(exc).__name__ in _ANSWERS:
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _add_gate_args(p: argparse.ArgumentParser) -> None:

@@ -174,7 +174,7 @@ def _summary(manifest: dict[str, Any], hit: bool, seconds: float) -> dict[str, A
             "horizons": manifest["horizons"], "first_date": manifest["dates"][0],
             "last_date": manifest["dates"][-1], "bytes": manifest["bytes"], "hit": hit,
             "market_features": manifest["market_features"], "warnings": len(manifest.get("warnings", [])),
-            "leak_suspects": [s["feature"] for s in manifest.get("leak_suspects", [])],
+            "leak_suspects": list(dict.fromkeys(s["feature"] for s in manifest.get("leak_suspects", []))),
             "seconds": round(seconds, 3)}
 
 

@@ -143,6 +143,7 @@ class TrainConfig:
     progress: bool = True
     seed: int = 0
     control_shuffle_seed: int | None = None  # control run: train on targets shuffled within each day
+    resume_from: str | None = None  # checkpoint.pt of an earlier run on the same panel layout: continue it
 
 
 @dataclass

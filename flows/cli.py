@@ -53,6 +53,8 @@ def _add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="fail the gate when no GPU is visible (GPU pool); default: not applicable on CPU")
     p.add_argument("--config", default=None, help="YAML with sections data/cache/model/loss/train/gate")
+    p.add_argument("--resume", dest="resume_from", default=None, metavar="CHECKPOINT",
+                   help="continue training from an earlier run's checkpoint.pt (same panel layout)")
     _add_profile_arg(p)
 
 
@@ -174,7 +176,7 @@ def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "output_dir": args.output_dir,
         "config_path": args.config,
     }
-    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile"):
+    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile", "resume_from"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     for name in ("n_trials", "study_name", "storage"):

@@ -72,14 +72,16 @@ def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DAT
 
 def build_config(config_path: str | None = None, *, max_epochs: int | None = None, device: str | None = None,
                  min_gpu_util: float | None = None, min_rankic: float | None = None,
-                 require_gpu: bool | None = None, profile: str | None = None) -> DryRunConfig:
+                 require_gpu: bool | None = None, profile: str | None = None,
+                 resume_from: str | None = None) -> DryRunConfig:
     """The YAML config (or defaults) with the flow's explicit overrides on top; None keeps the file's value."""
     from atft_core.data.roles import with_profile
 
     cfg = DryRunConfig.from_yaml(config_path) if config_path else DryRunConfig()
     cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns,
                                                                                            profile)))
-    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device)) if v is not None}
+    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device), ("resume_from", resume_from))
+             if v is not None}
     gate = {k: v for k, v in (("min_gpu_util", min_gpu_util), ("min_rankic", min_rankic),
                               ("require_gpu", require_gpu)) if v is not None}
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
@@ -104,6 +106,7 @@ def atft_pipeline(
     gpu_stage: GpuDispatch = "auto",
     hpo_workers: int = 1,
     profile: str | None = None,
+    resume_from: str | None = None,
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
 
@@ -113,6 +116,7 @@ def atft_pipeline(
     gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"
     or "local" (in-process subflow).
     profile: the panel's column layout ("auto", "atft", "gogooku3"); None keeps the config's.
+    resume_from: a checkpoint.pt to continue training from (same panel layout, else a clear error).
     """
     logger = get_run_logger()
     # The environment is read here and nowhere below.
@@ -123,7 +127,8 @@ def atft_pipeline(
     if require_gpu is None:
         require_gpu = gpu_deployment is not None
     cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
-                       min_rankic=min_rankic, require_gpu=require_gpu, profile=profile)
+                       min_rankic=min_rankic, require_gpu=require_gpu, profile=profile,
+                       resume_from=resume_from)
     data = resolve_data_path(data_path)
     run_dir = new_run_dir(output_dir, mode, current_flow_run.id or "local")
     write_json(run_dir / "run.json", _provenance(dict(

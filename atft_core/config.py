@@ -50,7 +50,9 @@ class CacheConfig:
     # max(floor, k * noise sd of that mean for this many stocks and days); see cache_leak.leak_suspects.
     leak_rankic_floor: float = 0.2
     leak_noise_k: float = 6.0
-    chunk_days: int = 256  # days normalised at once (bounds peak memory on the real panel)
+    # Days built at once: peak memory ~ 6 x chunk_days x S x F x 4 bytes (64 x 4,000 x 400: ~2.5 GB),
+    # whatever the number of days.
+    chunk_days: int = 64
 
 
 @dataclass

@@ -35,20 +35,19 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from atft_core.config import CacheConfig, DataConfig
-from atft_core.data.contract import Contract, check_rows, check_schema, date_expr, read_schema
-from atft_core.data.indexing import day_index
-from atft_core.data.leak import leak_suspects, suspect_message
+from atft_core.data.contract import check_rows, check_schema, read_schema
+from atft_core.data.grid_build import build_grid, plan_grid
+from atft_core.data.normalise import past_only_zscore, standardise_targets  # noqa: F401  (re-exported)
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
 from atft_core.errors import DatasetError, Problem
 
 log = logging.getLogger("atft_core.data.cache")
+_standardise_targets = standardise_targets  # the old private name, still imported by bench/ and tests
 
 FORMAT_VERSION = 2  # 2: statics per (day, stock), leak screen parameters in the manifest
 GRID_FILE = "grid.arrow"
 MANIFEST_FILE = "manifest.json"
 _TMP_PREFIX = ".tmp-"
-_COLUMN_GROUP = 64  # feature columns read per pass: bounds memory on 300-column panels
-_MAD_SCALE = 1.4826  # MAD -> standard deviation under normality
 
 
 @dataclass
@@ -151,17 +150,22 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
             return CacheBuild(final, True, fingerprint, _summary(manifest, True, time.perf_counter() - t0),
                               manifest.get("warnings", []))
         lf = pl.scan_parquet(list(inp.files))
-        warnings, _ = check_rows(lf, contract, inp.display)
-        grid = _build_grid(lf, contract, cfg, inp.display, progress, require)
-    warnings += grid.pop("warnings")
-    manifest = {
-        "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "build_params": dataclasses.asdict(cfg), "warnings": warnings, **grid.pop("meta"),
-    }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_tmp(cache_dir)
-    path = _publish(cache_dir, final, manifest, grid)
+        warnings, _, empty = check_rows(lf, contract, inp.display)
+        plan = plan_grid(lf, contract, inp.display, require)  # every check that fails does so before a write
+        feats = [f for f in contract.features if f not in empty]  # all-missing: dropped, said in a warning
+        if not feats:
+            raise DatasetError(inp.display, Problem("", "every feature column is entirely missing"))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_tmp(cache_dir)
+
+        def fill(tmp: Path) -> dict[str, Any]:
+            built = build_grid(inp.files, contract, feats, plan, cfg, tmp / GRID_FILE, progress)
+            warnings.extend(built["warnings"])
+            return {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "build_params": dataclasses.asdict(cfg), "warnings": warnings, **built["meta"]}
+
+        path, manifest = _atomic(cache_dir, final, fill)
     summary = _summary(manifest, False, time.perf_counter() - t0)
     for w in warnings:
         log.warning(w)
@@ -178,198 +182,10 @@ def _summary(manifest: dict[str, Any], hit: bool, seconds: float) -> dict[str, A
             "seconds": round(seconds, 3)}
 
 
-def _check_history(n_days: int, contract: Contract, require: DataConfig, source: str) -> None:
-    need = require.min_history(contract.horizons)
-    if n_days < need:
-        split, longest = require.split, max(contract.horizons)
-        embargo = longest if split.embargo_days is None else split.embargo_days
-        test = f" + test {split.test_days} + embargo {embargo}" if split.test_days else ""
-        raise DatasetError(source, Problem(contract.date, (
-            f"only {n_days} trading days; training needs at least {need} (window {require.window} + longest "
-            f"horizon {longest} + embargo {embargo} + validation {split.val_days}{test} + training "
-            f"{require.min_train_days}). Provide a longer history or lower data.window / data.split.val_days / "
-            "data.min_train_days in --config")))
-
-
-def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: str,
-                progress: bool, require: DataConfig | None = None) -> dict[str, Any]:
-    keys = lf.select(date_expr(contract).alias("Date"), pl.col(contract.code).cast(pl.String).alias("Code"),
-                     *[pl.col(c).cast(pl.String) for c in contract.static]).collect()
-    dates, codes, day_idx, stock_idx = day_index(keys["Date"].to_numpy(), keys["Code"].to_numpy().astype(str))
-    n_days, n_stocks = len(dates), len(codes)
-    if n_stocks < 2:
-        raise DatasetError(source, Problem(contract.code, f"only {n_stocks} stock(s): the model ranks stocks against "
-                                                          "each other on each day and needs a cross-section of many"))
-    if require is not None:  # before the feature columns are read: a too-short file fails in seconds
-        _check_history(n_days, contract, require, source)
-    static = np.full((n_days, n_stocks, 2), -1, dtype=np.int32)
-    section_vocab = _static_ids(keys, contract.section, day_idx, stock_idx, static[:, :, 0])
-    sector_vocab = _static_ids(keys, contract.sector, day_idx, stock_idx, static[:, :, 1])
-
-    valid = np.zeros((n_days, n_stocks), dtype=np.uint8)
-    valid[day_idx, stock_idx] = 1
-    feats = list(contract.features)
-    x = _scatter_columns(lf, feats, day_idx, stock_idx, n_days, n_stocks)
-    y = _scatter_columns(lf, contract.targets, day_idx, stock_idx, n_days, n_stocks)
-
-    warnings: list[str] = []
-    finite_any = np.isfinite(x).any(axis=(0, 1))
-    if not finite_any.all():  # all-missing features carry nothing: drop rather than feed zeros
-        keep = np.flatnonzero(finite_any)
-        feats = [feats[i] for i in keep]
-        x = np.ascontiguousarray(x[:, :, keep])
-    if not feats:
-        raise DatasetError(source, Problem("", "every feature column is entirely missing"))
-
-    market = _market_level_mask(x, valid.astype(bool))
-    raw_std = np.nanstd(x, axis=(0, 1))
-    for j, name in enumerate(feats):
-        if not raw_std[j] > 0:
-            warnings.append(f"feature '{name}': constant across all stocks and days; it carries no information")
-    _normalise_cross_section(x, ~market, cfg, progress)
-    _normalise_market(x, valid.astype(bool), market, cfg)
-    np.nan_to_num(x, copy=False, nan=0.0)
-    x[valid == 0] = 0.0
-    zero = ~np.any(x != 0, axis=(0, 1))
-    for j in np.flatnonzero(zero & (raw_std > 0)):
-        warnings.append(f"feature '{feats[j]}': all zeros after normalisation (no cross-sectional spread on any "
-                        "day); check it upstream")
-    y_z = _standardise_targets(y, cfg.clip)
-    leak, screen = leak_suspects(x, y, valid.astype(bool), feats, contract.horizons, cfg.leak_rankic_floor,
-                                 cfg.leak_noise_k)
-    target_of = dict(zip(contract.horizons, contract.targets))
-    warnings += [suspect_message(s, target_of[s["horizon"]]) for s in leak]
-    meta = {
-        "shape": {"days": n_days, "stocks": n_stocks, "features": len(feats), "horizons": len(contract.horizons)},
-        "features": feats, "horizons": list(contract.horizons), "targets": contract.targets,
-        "market_features": [f for f, m in zip(feats, market) if m],
-        "feature_kinds": {f: ("market" if m else "cross_sectional") for f, m in zip(feats, market)},
-        "dates": [str(d)[:10] for d in dates], "codes": [str(c) for c in codes],
-        "section_vocab": section_vocab, "sector_vocab": sector_vocab,
-        "roles": {"profile": contract.profile, "date": contract.date, "code": contract.code,
-                  "section": contract.section, "sector": contract.sector, "not_features": contract.ignored},
-        "leak_suspects": leak, "leak_screen": screen, "rows": int(len(keys)),
-    }
-    return {"x": x, "y": y, "y_z": y_z, "valid": valid, "static": static, "meta": meta, "warnings": warnings}
-
-
-def _static_ids(keys: pl.DataFrame, col: str, day_idx: np.ndarray, stock_idx: np.ndarray,
-                out: np.ndarray) -> list[str]:
-    """Fill out[day, stock] with the id of that row's category (-1 absent); returns the vocabulary.
-
-    Per row, not per stock: a stock that moves market section is seen in its old section before
-    the move and in the new one after (taking the last value for all days would leak the future).
-    """
-    if not col:
-        return []
-    values = keys[col].to_numpy().astype(object)
-    present = np.array([v is not None for v in values], dtype=bool)
-    vocab, inv = np.unique(values[present].astype(str), return_inverse=True)
-    out[day_idx[present], stock_idx[present]] = inv
-    return [str(v) for v in vocab]
-
-
-def _scatter_columns(lf: pl.LazyFrame, cols: list[str], day_idx: np.ndarray, stock_idx: np.ndarray,
-                     n_days: int, n_stocks: int) -> np.ndarray:
-    """Dense [D, S, len(cols)] float32 grid, NaN where no row; reads a group of columns per pass."""
-    out = np.full((n_days, n_stocks, len(cols)), np.nan, dtype=np.float32)
-    for start in range(0, len(cols), _COLUMN_GROUP):
-        group = cols[start:start + _COLUMN_GROUP]
-        block = lf.select([pl.col(c).cast(pl.Float32) for c in group]).collect().to_numpy()
-        block = block.astype(np.float32, copy=False)
-        block[~np.isfinite(block)] = np.nan  # +-inf become missing (reported as warnings by the contract)
-        out[day_idx, stock_idx, start:start + len(group)] = block
-    return out
-
-
-def _market_level_mask(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Features equal for every stock on (almost) every day: index returns, macro, market flows.
-
-    Cross-sectional z-scores would turn these into all zeros, so they are normalised over time.
-    """
-    n_feat = x.shape[2]
-    spread = np.zeros(n_feat)
-    days_with_data = np.zeros(n_feat)
-    for d in range(x.shape[0]):  # per day, vectorised over stocks and features
-        v = x[d][valid[d]]
-        if v.shape[0] < 2:
-            continue
-        finite = np.isfinite(v).sum(axis=0) >= 2
-        fin = np.isfinite(v)
-        rng = np.max(np.where(fin, v, -np.inf), axis=0) - np.min(np.where(fin, v, np.inf), axis=0)
-        days_with_data += finite
-        with _quiet_nan_warnings():  # a feature with no value on this day: its mean is NaN, fine
-            spread += finite & (rng > 1e-9 * (1 + np.abs(np.nanmean(v, axis=0))))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac_spread = spread / days_with_data
-    return (days_with_data > 0) & (frac_spread < 0.05)
-
-
-def _normalise_cross_section(x: np.ndarray, which: np.ndarray, cfg: CacheConfig, progress: bool) -> None:
-    """Per-day robust z-score (median / MAD, std when MAD is 0), clipped. Same-day data only."""
-    cols = np.flatnonzero(which)
-    if len(cols) == 0:
-        return
-    n_days = x.shape[0]
-    t0 = time.perf_counter()
-    for start in range(0, n_days, cfg.chunk_days):
-        block = x[start:start + cfg.chunk_days][:, :, cols]  # [c, S, Fc] copy
-        with np.errstate(all="ignore"), _quiet_nan_warnings():
-            med = np.nanmedian(block, axis=1, keepdims=True)
-            scale = np.nanmedian(np.abs(block - med), axis=1, keepdims=True) * _MAD_SCALE
-            std = np.nanstd(block, axis=1, keepdims=True)
-            scale = np.where(scale > 1e-12, scale, std)
-            z = np.where(scale > 1e-12, (block - med) / scale, 0.0)
-            z = np.where(np.isfinite(block), z, np.nan)
-        x[start:start + cfg.chunk_days, :, cols] = np.clip(z, -cfg.clip, cfg.clip)
-        if progress and n_days > cfg.chunk_days:
-            log.info("normalised days %d-%d of %d (%.1fs)", start, min(start + cfg.chunk_days, n_days), n_days,
-                     time.perf_counter() - t0)
-
-
-def _normalise_market(x: np.ndarray, valid: np.ndarray, market: np.ndarray, cfg: CacheConfig) -> None:
-    """Time-series z-score of a market-level series with statistics from *past* days only."""
-    for j in np.flatnonzero(market):
-        with _quiet_nan_warnings():
-            series = np.nanmean(np.where(valid, x[:, :, j], np.nan), axis=1).astype(np.float64)  # [D]
-        z = past_only_zscore(series, cfg.market_window)
-        x[:, :, j] = np.clip(z, -cfg.clip, cfg.clip)[:, None].astype(np.float32)
-
-
-def past_only_zscore(series: np.ndarray, window: int = 0) -> np.ndarray:
-    """z_t = (v_t - mean(v_<t)) / std(v_<t): expanding (window 0) or rolling over the last `window` days.
-
-    Day t never sees days after t; the first days (fewer than 2 past values) get 0.
-    """
-    v = np.where(np.isfinite(series), series, 0.0)
-    n = np.isfinite(series).astype(np.float64)
-    c1 = np.concatenate([[0.0], np.cumsum(v)])
-    c2 = np.concatenate([[0.0], np.cumsum(v * v)])
-    cn = np.concatenate([[0.0], np.cumsum(n)])
-    t = np.arange(len(series))
-    lo = np.zeros_like(t) if window <= 0 else np.maximum(t - window, 0)
-    cnt, s1, s2 = cn[t] - cn[lo], c1[t] - c1[lo], c2[t] - c2[lo]  # sums over days [lo, t)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s1 / cnt
-        var = (s2 - cnt * mean * mean) / np.maximum(cnt - 1, 1)
-        z = (series - mean) / np.sqrt(var)
-    return np.where((cnt >= 2) & (var > 1e-24) & np.isfinite(z), z, 0.0)
-
-
-def _standardise_targets(y: np.ndarray, clip: float) -> np.ndarray:
-    """Per-day z-score of each horizon's forward return, clipped; NaN where the return is unknown."""
-    with np.errstate(all="ignore"), _quiet_nan_warnings():
-        mean = np.nanmean(y, axis=1, keepdims=True)
-        std = np.nanstd(y, axis=1, keepdims=True)
-        z = np.where(std > 1e-12, (y - mean) / std, np.nan)
-    return np.clip(z, -clip, clip).astype(np.float32)
-
-
 def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[str, np.ndarray]) -> Path:
-    """Write into a private temp folder, then rename: readers see a whole cache or none."""
-    tmp = cache_dir / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    try:
+    """A grid held in memory (synthetic benchmarks) as a cache folder."""
+
+    def fill(tmp: Path) -> dict[str, Any]:
         d, s = grid["valid"].shape
         x, y, y_z = grid["x"], grid["y"], grid["y_z"]
         static = grid.get("static")
@@ -385,6 +201,21 @@ def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[
             names=["x", "y", "y_z", "valid", "static"])
         with pa.OSFile(str(tmp / GRID_FILE), "wb") as sink, ipc.new_file(sink, batch.schema) as writer:
             writer.write_batch(batch)
+        return manifest
+
+    return _atomic(cache_dir, final, fill)[0]
+
+
+def _atomic(cache_dir: Path, final: Path, fill: Any) -> tuple[Path, dict[str, Any]]:
+    """fill(tmp) writes the grid into a private temp folder and returns the manifest; then rename.
+
+    Readers see a whole cache or none; a build that fails or is killed leaves only a temp folder,
+    removed here or swept by the next build.
+    """
+    tmp = cache_dir / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        manifest = fill(tmp)
         manifest["bytes"] = (tmp / GRID_FILE).stat().st_size
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=_json_default))
         try:
@@ -392,12 +223,12 @@ def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[
         except OSError:
             if (final / MANIFEST_FILE).exists():  # a concurrent build of the same input won: use its cache
                 shutil.rmtree(tmp, ignore_errors=True)
-                return final
+                return final, json.loads((final / MANIFEST_FILE).read_text())
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return final, manifest
 
 
 def _sweep_stale_tmp(cache_dir: Path) -> None:
@@ -418,16 +249,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer, np.floating)):
         return o.item()
     raise TypeError(type(o))
-
-
-class _quiet_nan_warnings:
-    """All-NaN slices are expected (holidays of a stock, empty days): silence numpy's RuntimeWarning."""
-
-    def __enter__(self):
-        import warnings
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

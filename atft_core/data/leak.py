@@ -26,42 +26,68 @@ import numpy as np
 MIN_STOCKS = 10  # days with fewer names give no RankIC
 
 
-def leak_suspects(x: np.ndarray, y: np.ndarray, valid: np.ndarray, feats: list[str], horizons: tuple[int, ...],
-                  floor: float, k: float, max_days: int = 250) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Suspects (feature, horizon, rankic, threshold) and the screen's parameters for the manifest.
+def screen_days(n_days: int, max_days: int = 250) -> np.ndarray:
+    """Up to ``max_days`` evenly spaced days (the same for every feature): cheap on 2,500 days."""
+    return np.unique(np.linspace(0, n_days - 1, num=min(max_days, n_days)).astype(int))
 
-    x [D, S, F] features, y [D, S, H] raw forward returns, valid [D, S]. Checked on up to
-    ``max_days`` evenly spaced days (the same days for every feature) to stay cheap on 2,500 days.
+
+def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per day, feature and horizon: RankIC and the number of stocks it was computed on.
+
+    x [n, S, F], y [n, S, H], valid [n, S] for n screened days -> (ric [n, H, F], stocks [n, H, F]);
+    ric is NaN on a day with fewer than MIN_STOCKS names or no spread.
     """
     from atft_core.evaluate.metrics import daily_ic
 
-    n_days = x.shape[0]
-    days = np.unique(np.linspace(0, n_days - 1, num=min(max_days, n_days)).astype(int))
-    spacing = max(1.0, (n_days - 1) / max(1, len(days) - 1))
+    n, _, n_feat = x.shape
+    ric = np.full((n, y.shape[2], n_feat), np.nan)
+    stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)
+    for kh in range(y.shape[2]):
+        target = np.where(valid, y[:, :, kh], np.nan)
+        known = np.isfinite(target)
+        for j in range(n_feat):
+            feat = np.where(valid, x[:, :, j], np.nan)
+            _, ric[:, kh, j] = daily_ic(feat, target, min_stocks=MIN_STOCKS)
+            stocks[:, kh, j] = (known & np.isfinite(feat)).sum(axis=1)
+    return ric, stocks
+
+
+def summarise(ric: np.ndarray, stocks: np.ndarray, feats: list[str], horizons: tuple[int, ...], spacing: float,
+              floor: float, k: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Suspects (feature, horizon, rankic, threshold) and the screen's parameters, from `daily_rankics` rows."""
     suspects: list[dict[str, Any]] = []
     thresholds: dict[str, float] = {}
     for kh, h in enumerate(horizons):
-        target = np.where(valid[days], y[days, :, kh], np.nan)
-        known = np.isfinite(target)
         thr = None
         for j, name in enumerate(feats):
-            feat = np.where(valid[days], x[days, :, j], np.nan)
-            _, ric = daily_ic(feat, target, min_stocks=MIN_STOCKS)
-            ok = np.isfinite(ric)
+            ok = np.isfinite(ric[:, kh, j])
             if not ok.any():
                 continue  # market-level feature (no spread across stocks) or no target: nothing to rank
-            n = (known & np.isfinite(feat)).sum(axis=1)[ok].astype(np.float64)
+            n = stocks[ok, kh, j].astype(np.float64)
             sd0 = float(np.sqrt(np.sum(1.0 / np.maximum(n - 1, 1))) / ok.sum() * np.sqrt(max(1.0, h / spacing)))
             thr = max(floor, k * sd0)
-            m = float(np.mean(ric[ok]))
+            m = float(np.mean(ric[ok, kh, j]))
             if abs(m) > thr:
                 suspects.append({"feature": name, "horizon": h, "rankic": round(m, 4), "threshold": round(thr, 4),
                                  "noise_sd": round(sd0, 5), "days": int(ok.sum())})
         if thr is not None:
             thresholds[f"{h}d"] = round(thr, 4)
-    screen = {"floor": floor, "k": k, "days_screened": int(len(days)), "thresholds": thresholds,
+    screen = {"floor": floor, "k": k, "days_screened": int(ric.shape[0]), "thresholds": thresholds,
               "rule": "|mean daily RankIC| > max(floor, k * null sd of that mean)"}
     return suspects, screen
+
+
+def spacing_of(n_days: int, days: np.ndarray) -> float:
+    """Trading days between screened days (>= 1)."""
+    return max(1.0, (n_days - 1) / max(1, len(days) - 1))
+
+
+def leak_suspects(x: np.ndarray, y: np.ndarray, valid: np.ndarray, feats: list[str], horizons: tuple[int, ...],
+                  floor: float, k: float, max_days: int = 250) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The screen on a whole grid held in memory: x [D, S, F], y [D, S, H] raw returns, valid [D, S]."""
+    days = screen_days(x.shape[0], max_days)
+    ric, stocks = daily_rankics(x[days], y[days], valid[days])
+    return summarise(ric, stocks, feats, horizons, spacing_of(x.shape[0], days), floor, k)
 
 
 def suspect_message(s: dict[str, Any], target: str) -> str:

@@ -24,10 +24,14 @@ from typing import Any
 import numpy as np
 
 MIN_STOCKS = 10  # days with fewer names give no RankIC
+# Days screened, evenly spaced. The cost is a sort per (day, feature, horizon): 64 days of 4,000 x 400
+# x 4 take ~30 s on 2 cores. The noise term shrinks with sqrt(days) and the floor decides on any real
+# panel, so more days would not change a verdict there.
+SCREEN_DAYS = 64
 
 
-def screen_days(n_days: int, max_days: int = 250) -> np.ndarray:
-    """Up to ``max_days`` evenly spaced days (the same for every feature): cheap on 2,500 days."""
+def screen_days(n_days: int, max_days: int = SCREEN_DAYS) -> np.ndarray:
+    """Up to ``max_days`` evenly spaced days (the same for every feature)."""
     return np.unique(np.linspace(0, n_days - 1, num=min(max_days, n_days)).astype(int))
 
 
@@ -39,16 +43,18 @@ def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.n
     """
     from atft_core.evaluate.metrics import daily_ic
 
-    n, _, n_feat = x.shape
+    n, n_stocks, n_feat = x.shape
     ric = np.full((n, y.shape[2], n_feat), np.nan)
     stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)
+    # every (day, feature) pair is one row of a single daily_ic call: one vectorised pass per horizon
+    feat = np.where(valid[:, :, None], x, np.nan).transpose(0, 2, 1).reshape(n * n_feat, n_stocks)
+    finite = np.isfinite(feat).reshape(n, n_feat, n_stocks)
     for kh in range(y.shape[2]):
-        target = np.where(valid, y[:, :, kh], np.nan)
-        known = np.isfinite(target)
-        for j in range(n_feat):
-            feat = np.where(valid, x[:, :, j], np.nan)
-            _, ric[:, kh, j] = daily_ic(feat, target, min_stocks=MIN_STOCKS)
-            stocks[:, kh, j] = (known & np.isfinite(feat)).sum(axis=1)
+        target = np.where(valid, y[:, :, kh], np.nan)  # [n, S]
+        rows = np.broadcast_to(target[:, None, :], (n, n_feat, n_stocks)).reshape(n * n_feat, n_stocks)
+        _, r = daily_ic(feat, rows, min_stocks=MIN_STOCKS)
+        ric[:, kh, :] = r.reshape(n, n_feat)
+        stocks[:, kh, :] = (finite & np.isfinite(target)[:, None, :]).sum(axis=2)
     return ric, stocks
 
 
@@ -83,7 +89,7 @@ def spacing_of(n_days: int, days: np.ndarray) -> float:
 
 
 def leak_suspects(x: np.ndarray, y: np.ndarray, valid: np.ndarray, feats: list[str], horizons: tuple[int, ...],
-                  floor: float, k: float, max_days: int = 250) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  floor: float, k: float, max_days: int = SCREEN_DAYS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The screen on a whole grid held in memory: x [D, S, F], y [D, S, H] raw returns, valid [D, S]."""
     days = screen_days(x.shape[0], max_days)
     ric, stocks = daily_rankics(x[days], y[days], valid[days])

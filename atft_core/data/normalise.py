@@ -82,13 +82,26 @@ def normalise_cross_section(x: np.ndarray, which: np.ndarray, clip: float) -> No
         return
     block = x[:, :, cols]  # [c, S, Fc] copy
     with np.errstate(all="ignore"), _quiet_nan_warnings():
-        med = np.nanmedian(block, axis=1, keepdims=True)
-        scale = np.nanmedian(np.abs(block - med), axis=1, keepdims=True) * _MAD_SCALE
+        med = _nanmedian_stocks(block)
+        scale = _nanmedian_stocks(np.abs(block - med)) * _MAD_SCALE
         std = np.nanstd(block, axis=1, keepdims=True)
         scale = np.where(scale > 1e-12, scale, std)
         z = np.where(scale > 1e-12, (block - med) / scale, 0.0)
         z = np.where(np.isfinite(block), z, np.nan)
     x[:, :, cols] = np.clip(z, -clip, clip)
+
+
+def _nanmedian_stocks(a: np.ndarray) -> np.ndarray:
+    """np.nanmedian(a, axis=1, keepdims=True) for a [c, S, F] by one sort (NaN sorts last).
+
+    numpy's nanmedian falls back to a Python-level loop per (day, feature) when values are missing:
+    on a 64 x 4,000 x 400 chunk that is 25,600 calls; the sort is one vectorised pass.
+    """
+    s = np.sort(a, axis=1)
+    n = np.isfinite(a).sum(axis=1, keepdims=True)  # [c, 1, F]
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0), axis=1)
+    hi = np.take_along_axis(s, np.maximum(n // 2, 0), axis=1)
+    return np.where(n > 0, (lo + hi) / 2, np.nan).astype(a.dtype)
 
 
 def past_only_zscore(series: np.ndarray, window: int = 0) -> np.ndarray:

@@ -15,14 +15,44 @@ import yaml
 
 
 @dataclass
+class ColumnsConfig:
+    """Which column plays which role (README "Data contract"). Part of the cache key: roles shape the grid.
+
+    ``profile`` fills the names for a known layout: "atft" (``target_{h}d``, ``sector33_code``),
+    "gogooku3" (``feat_ret_{h}d``, ``sector33_code`` or ``sector33``), or "auto" (gogooku3 when its
+    labels are present and no ``target_{h}d`` is, else atft; the log says which). Names set here win
+    over the profile's. Columns named like labels (`atft_core.data.roles.LABEL_PATTERNS`) are never
+    features unless listed by exact name in ``features_allow``.
+    """
+
+    profile: str = "auto"  # auto | atft | gogooku3
+    date: str = "Date"
+    code: str = "Code"
+    section: str = ""  # "" = the profile's (Section)
+    sector: str = ""  # "" = the profile's (sector33_code, or gogooku3's sector33)
+    targets: dict[int, str] = field(default_factory=dict)  # horizon -> column; empty = target_pattern
+    target_pattern: str = ""  # e.g. "feat_ret_{h}d"; "" = the profile's
+    include: list[str] = field(default_factory=list)  # feature name globs; empty = every numeric column
+    exclude: list[str] = field(default_factory=list)  # feature name globs never used
+    features_allow: list[str] = field(default_factory=list)  # label-like names that ARE features (exact names)
+    non_numeric: str = ""  # "error" | "ignore" for non-numeric, non-role columns; "" = the profile's
+
+
+@dataclass
 class CacheConfig:
     """How the Arrow cache is built from the parquet panel."""
 
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     clip: float = 5.0  # robust z-scores are clipped to +-clip
     min_valid_fraction: float = 0.0  # drop features valid on fewer than this fraction of cells (0 = keep all)
     market_window: int = 0  # market-level features: 0 = expanding stats over past days, N = rolling N days
-    leak_rankic_threshold: float = 0.5  # |mean daily RankIC| of one feature vs a forward target flagged as look-ahead
-    chunk_days: int = 256  # days normalised at once (bounds peak memory on the real panel)
+    # Look-ahead screen: a feature is suspect when |mean daily RankIC| with a forward target exceeds
+    # max(floor, k * noise sd of that mean for this many stocks and days); see cache_leak.leak_suspects.
+    leak_rankic_floor: float = 0.2
+    leak_noise_k: float = 6.0
+    # Days built at once: peak memory ~ 6 x chunk_days x S x F x 4 bytes (64 x 4,000 x 400: ~2.5 GB),
+    # whatever the number of days.
+    chunk_days: int = 64
 
 
 @dataclass
@@ -39,18 +69,19 @@ class DataConfig:
     window: int = 10  # L: days of history per sample
     days_per_batch: int = 2  # whole trading days per batch; a day is never cut
     min_stocks: int = 20  # days with fewer valid names are skipped (sampler and metrics)
+    min_train_days: int = 20  # build-cache refuses a history shorter than window+horizon+embargo+val+this
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def min_history(self, horizons: tuple[int, ...]) -> int:
-        """Trading days a panel needs for one window, one training day, the embargo(s) and validation.
+        """Trading days a panel needs: window, longest horizon, embargo(s), validation, min_train_days.
 
         Checked at cache build so that a too-short file fails before anything is written; the
         split itself checks again exactly (it also knows which days have too few stocks).
         """
         embargo = max(horizons) if self.split.embargo_days is None else self.split.embargo_days
         test = self.split.test_days + embargo if self.split.test_days else 0
-        return self.window + embargo + self.split.val_days + test + 1
+        return self.window + max(horizons) + embargo + self.split.val_days + test + self.min_train_days
 
 
 @dataclass
@@ -114,6 +145,7 @@ class TrainConfig:
     progress: bool = True
     seed: int = 0
     control_shuffle_seed: int | None = None  # control run: train on targets shuffled within each day
+    resume_from: str | None = None  # checkpoint.pt of an earlier run on the same panel layout: continue it
 
 
 @dataclass
@@ -121,6 +153,16 @@ class GateConfig:
     min_gpu_util: float = 0.40
     min_rankic: float = -0.01
     require_gpu: bool = False
+    # Above this validation RankIC a daily equity model almost surely sees the future (plausible_rankic).
+    max_rankic: float = 0.30
+    # Look-ahead suspects accepted anyway: feature name -> why it is not future information (no_lookahead).
+    lookahead_allow: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, reason in self.lookahead_allow.items():
+            if not isinstance(reason, str) or not reason.strip():
+                raise ValueError(f"gate.lookahead_allow['{name}'] needs a reason (why this column is not future "
+                                 "information), e.g. {" + repr(name) + ": 'published before the open'}")
 
 
 @dataclass

@@ -75,7 +75,8 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
 
     metrics = _metrics(result, gpu)
     gate = evaluate_gate(metrics, gpu, cfg.gate, completed=result is not None, loss_finite=loss_finite,
-                         train_days=metrics["train_days_per_epoch"])
+                         train_days=metrics["train_days_per_epoch"],
+                         leak_suspects=cache.manifest.get("leak_suspects"))
     files: dict[str, Path] = {}
     if result is not None:
         files["metrics.csv"] = write_history(result.history, output_dir / "metrics.csv")

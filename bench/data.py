@@ -161,7 +161,7 @@ class PerSampleDataset(torch.utils.data.Dataset):
         y = torch.from_numpy(np.array(self.y[t, s]))
         y_z = torch.from_numpy(np.array(self.y_z[t, s]))
         mask = torch.isfinite(y) & torch.isfinite(y_z)
-        return {"x": x, "static": torch.from_numpy(self.static[s].copy()), "y": y,
+        return {"x": x, "static": torch.from_numpy(self.static[t, s].astype(np.int64)), "y": y,
                 "y_z": torch.where(mask, y_z, torch.zeros_like(y_z)), "y_mask": mask,
                 "stock": torch.tensor(s), "day": torch.tensor(t)}
 

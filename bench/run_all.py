@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 # module -> the row keys it produces, in table order
 SUITES: dict[str, tuple[str, ...]] = {
     "data": ("day_index", "day_index_unique", "cache_open", "cache_build", "gather"),
+    "build_memory": ("build_rss", "build_vs_scan"),
     "metrics_ic": ("ic",),
     "training": ("delivery", "delivery_prefetch", "validation", "memory"),
     "dryrun_e2e": ("dryrun",),

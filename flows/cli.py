@@ -27,6 +27,19 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_no_traceback_for_answers)
+
+
+_ANSWERS = ("GateFailed", "DatasetError", "CheckpointMismatch")  # outcomes the user acts on, not bugs
+
+
+def _no_traceback_for_answers(record: logging.LogRecord) -> bool:
+    """A failed gate or a refused input is an answer: Prefect logs its message, without a traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and type(exc).__name__ in _ANSWERS:
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _add_gate_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +53,15 @@ def _add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="fail the gate when no GPU is visible (GPU pool); default: not applicable on CPU")
     p.add_argument("--config", default=None, help="YAML with sections data/cache/model/loss/train/gate")
+    p.add_argument("--resume", dest="resume_from", default=None, metavar="CHECKPOINT",
+                   help="continue training from an earlier run's checkpoint.pt (same panel layout)")
+    _add_profile_arg(p)
+
+
+def _add_profile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, choices=["auto", "atft", "gogooku3"],
+                   help="column layout of the panel (cache.columns.profile): gogooku3 reads feat_ret_{h}d labels "
+                        "and sector33_code/sector33 as they are; auto (default) detects it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True)
     p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
     p.add_argument("--config", default=None)
+    _add_profile_arg(p)
 
     p = sub.add_parser("dryrun", help="build cache, train briefly, apply the gate (the nightly go/no-go)")
     _add_gate_args(p)
@@ -118,10 +141,15 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from atft_core.data.cache import build_cache
+    from atft_core.data.roles import with_profile
     from atft_core.data.source import S3Options
     cfg = _config(args.config)
-    build = build_cache(args.data_path, args.cache_dir, cfg.cache, s3=S3Options.from_env())
+    cache_cfg = dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns, args.profile))
+    # the training settings decide how much history is enough: a too-short file stops here, nothing written
+    build = build_cache(args.data_path, args.cache_dir, cache_cfg, s3=S3Options.from_env(), require=cfg.data)
     _print_cache_summary(build)
     return 0
 
@@ -133,6 +161,8 @@ def _print_cache_summary(build: Any) -> None:
           f"{s['first_date']} .. {s['last_date']}, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.2f}s")
     for w in build.warnings:
         print(f"  warning: {w}")
+    if s.get("leak_suspects"):
+        print(f"  look-ahead suspects (the dry-run gate fails on no_lookahead): {', '.join(s['leak_suspects'])}")
 
 
 def demo_data_path() -> Path:
@@ -149,7 +179,7 @@ def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "output_dir": args.output_dir,
         "config_path": args.config,
     }
-    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu"):
+    for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile", "resume_from"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     for name in ("n_trials", "study_name", "storage"):
@@ -165,7 +195,7 @@ def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
     gate = result.get("gate") or {}
     for c in gate.get("criteria", []):
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c.get("passed")]
-        threshold = "" if c.get("threshold") is None else f" (threshold {_num(c['threshold'])})"
+        threshold = "" if c.get("threshold") is None else f" (needs {c.get('op', '>')} {_num(c['threshold'])})"
         print(f"  {verdict:4s} {c['name']}: {_num(c.get('value'))}{threshold} {c.get('note', '')}".rstrip())
     _print_comparison(result.get("run_dir"))
     print(f"gate: {'PASSED' if gate.get('passed') else 'FAILED'}  (state: {result.get('state')})")

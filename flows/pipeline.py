@@ -59,6 +59,8 @@ def atft_pipeline(
     config_path: str | None = None,
     gpu_stage: GpuDispatch = "auto",
     hpo_workers: int = 1,
+    profile: str | None = None,
+    resume_from: str | None = None,
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
 
@@ -68,6 +70,8 @@ def atft_pipeline(
     require_gpu=None means: required when training runs on the `gpu` pool, not applicable in-process.
     gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"
     or "local" (in-process subflow).
+    profile: the panel's column layout ("auto", "atft", "gogooku3"); None keeps the config's.
+    resume_from: a checkpoint.pt to continue training from (same panel layout, else a clear error).
     """
     logger = get_run_logger()
     # The environment is read here and nowhere below.
@@ -78,7 +82,8 @@ def atft_pipeline(
     if require_gpu is None:
         require_gpu = gpu_deployment is not None
     cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
-                       min_rankic=min_rankic, require_gpu=require_gpu)
+                       min_rankic=min_rankic, require_gpu=require_gpu, profile=profile,
+                       resume_from=resume_from)
     data = resolve_data_path(data_path)
     run_dir = new_run_dir(output_dir, mode, current_flow_run.id or "local")
     write_json(run_dir / "run.json", _provenance(dict(

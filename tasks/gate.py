@@ -38,6 +38,6 @@ def failed_criteria(gate: dict[str, Any]) -> str:
     out = []
     for c in gate.get("criteria", []):
         if c.get("passed") is False:
-            needs = f" (needs > {c['threshold']})" if c.get("threshold") is not None else ""
+            needs = f" (needs {c.get('op', '>')} {c['threshold']})" if c.get("threshold") is not None else ""
             out.append(f"{c['name']} = {c.get('value')}{needs}" + (f": {c['note']}" if c.get("note") else ""))
     return "; ".join(out)

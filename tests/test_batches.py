@@ -67,7 +67,7 @@ def test_gather_equals_reference(cache):
             ref_x = np.stack([cache.x[t - L + 1 + j, s] for j in range(L)])
             np.testing.assert_array_equal(b.x[r].numpy(), ref_x)
             assert int(b.stock[r]) == s and int(b.day_id[r]) == k
-            np.testing.assert_array_equal(b.static[r].numpy(), cache.static[s])
+            np.testing.assert_array_equal(b.static[r].numpy(), cache.static[t, s])
             y = cache.y[t, s]
             np.testing.assert_array_equal(b.y_mask[r].numpy(), np.isfinite(y) & np.isfinite(cache.y_z[t, s]))
             np.testing.assert_array_equal(b.y[r].numpy()[np.isfinite(y)], y[np.isfinite(y)])

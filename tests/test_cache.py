@@ -91,9 +91,10 @@ def test_round_trip_returns_source_values(tmp_path):
     got = cache.x[0, [stock[c] for c in one_day["Code"].to_list()], 0]
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
     assert cache.x[~cache.valid].sum() == 0
-    # statics per stock
+    # categories per (day, stock): known on every row, -1 where the stock had no row
     assert cache.manifest["section_vocab"] == ["Growth", "Prime", "Standard"]
-    assert (cache.static >= 0).all()
+    assert cache.static.shape == (40, 12, 2)
+    assert (cache.static[cache.valid] >= 0).all() and (cache.static[~cache.valid] == -1).all()
 
 
 def test_open_is_zero_copy_memory_map(tmp_path):

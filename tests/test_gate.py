@@ -12,7 +12,8 @@ from atft_core.evaluate.gate import GateResult, evaluate_gate
 GPU_OK = {"available": True, "reason": "", "util_mean": 0.75, "n_samples": 40, "device": "H100"}
 NO_GPU = {"available": False, "reason": "NVML unavailable: NVML Shared Library Not Found", "util_mean": None}
 GOOD = {"val_rankic": 0.02, "n_days": 120}
-RUN_OK = {"completed": True, "loss_finite": True, "train_days": 250}
+RUN_OK = {"completed": True, "loss_finite": True, "train_days": 250, "leak_suspects": []}
+PEEK = {"feature": "peek", "horizon": 1, "rankic": 0.97, "threshold": 0.2}
 
 
 def _by_name(res: GateResult) -> dict:
@@ -23,8 +24,8 @@ def test_passes_when_everything_is_fine():
     res = evaluate_gate(GOOD, GPU_OK, GateConfig(require_gpu=True), **RUN_OK)
     assert res.passed
     assert all(c.passed is True for c in res.criteria)
-    assert [c.name for c in res.criteria] == ["gpu_util_mean", "val_rankic", "loss_finite", "completed",
-                                              "train_days"]
+    assert [c.name for c in res.criteria] == ["gpu_util_mean", "val_rankic", "plausible_rankic", "no_lookahead",
+                                              "loss_finite", "completed", "train_days"]
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,9 @@ def test_passes_when_everything_is_fine():
         (GOOD, GPU_OK, {**RUN_OK, "loss_finite": False}, "loss_finite"),
         (GOOD, GPU_OK, {**RUN_OK, "completed": False}, "completed"),
         (GOOD, GPU_OK, {**RUN_OK, "train_days": 0}, "train_days"),
+        ({"val_rankic": 0.45}, GPU_OK, RUN_OK, "plausible_rankic"),
+        ({"val_rankic": 0.30}, GPU_OK, RUN_OK, "plausible_rankic"),  # strictly below
+        (GOOD, GPU_OK, {**RUN_OK, "leak_suspects": [PEEK]}, "no_lookahead"),
     ],
 )
 def test_each_way_of_failing(metrics, gpu, run, failing):
@@ -48,7 +52,7 @@ def test_each_way_of_failing(metrics, gpu, run, failing):
     assert not res.passed
     crit = _by_name(res)
     assert crit[failing].passed is False
-    assert all(c.passed for n, c in crit.items() if n != failing)
+    assert all(c.passed is not False for n, c in crit.items() if n != failing)
 
 
 def test_nan_rankic_fails_and_serialises():
@@ -96,3 +100,29 @@ def test_markdown_lists_every_criterion():
         assert f"| {c.name} |" in md
     assert "n.a." in md and "**FAIL**" in md and "> 0.4000" in md and "> -0.0100" in md
     assert md.count("\n| ") == 1 + len(res.criteria)  # header + one row each
+
+
+def test_lookahead_suspect_fails_naming_the_column_unless_allow_listed_with_a_reason():
+    res = evaluate_gate(GOOD, GPU_OK, GateConfig(), **{**RUN_OK, "leak_suspects": [PEEK]})
+    crit = _by_name(res)["no_lookahead"]
+    assert not res.passed and crit.value == 1 and "'peek'" in crit.note and "lookahead_allow" in crit.note
+    allowed = GateConfig(lookahead_allow={"peek": "vendor's overnight estimate, published before the open"})
+    res = evaluate_gate(GOOD, GPU_OK, allowed, **{**RUN_OK, "leak_suspects": [PEEK]})
+    crit = _by_name(res)["no_lookahead"]
+    assert res.passed and crit.value == 0 and "published before the open" in crit.note
+    with pytest.raises(ValueError, match="needs a reason"):
+        GateConfig(lookahead_allow={"peek": " "})
+
+
+def test_implausibly_high_rankic_fails_with_the_look_ahead_hint():
+    res = evaluate_gate({"val_rankic": 0.6, "n_days": 50}, GPU_OK, GateConfig(), **RUN_OK)
+    crit = _by_name(res)["plausible_rankic"]
+    assert not res.passed and crit.passed is False and "implausibly high: check for look-ahead" in crit.note
+    assert "< 0.3000" in res.to_markdown()
+    assert _by_name(evaluate_gate(GOOD, GPU_OK, GateConfig(max_rankic=0.01), **RUN_OK))["plausible_rankic"].passed \
+        is False
+
+
+def test_unscreened_cache_makes_no_lookahead_not_applicable():
+    res = evaluate_gate(GOOD, GPU_OK, GateConfig(), completed=True, loss_finite=True, train_days=5)
+    assert _by_name(res)["no_lookahead"].passed is None and res.passed

@@ -25,7 +25,7 @@ from atft_core.errors import DatasetError
 @dataclass
 class Batch:
     x: torch.Tensor  # [S, L, F] float
-    static: torch.Tensor  # [S, 2] long: section id, sector id
+    static: torch.Tensor  # [S, 2] long: section id, sector id of the row's day
     y: torch.Tensor  # [S, H] raw forward returns (NaN unknown)
     y_z: torch.Tensor  # [S, H] standardised target, 0 where unknown
     y_mask: torch.Tensor  # [S, H] bool: target known
@@ -160,7 +160,8 @@ class GridTensors:
         y = self.y[rows, stock]
         y_z = self.y_z[rows, stock]
         mask = torch.isfinite(y_z) & torch.isfinite(y)
-        return Batch(x=torch.cat(xs).float(), static=self.static[stock], y=y,
+        # the categories of that day (a stock that changed section is seen in the section it had then)
+        return Batch(x=torch.cat(xs).float(), static=self.static[rows, stock].long(), y=y,
                      y_z=torch.where(mask, y_z, torch.zeros_like(y_z)), y_mask=mask,
                      day_id=day_id, stock=stock, days=days_t)
 

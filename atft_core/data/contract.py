@@ -1,9 +1,10 @@
 """The data contract: what a panel must look like, checked before anything is written.
 
-One row per (Date, Code). ``Section`` and ``sector33_code`` are optional static columns.
-``target_{h}d`` columns are forward returns (the horizon set is read from the columns present);
-any other column whose name starts with ``target_`` is ignored, never used as a feature, because
-it is almost certainly future information. Every other numeric column is a feature.
+One row per (date, code). Which column plays which role comes from `ColumnsConfig` (a profile
+plus explicit names, resolved in `atft_core.data.roles`): by default ``Date``, ``Code``, the
+optional categories ``Section`` / ``sector33_code`` and targets ``target_{h}d`` (the horizon set is
+read from the columns present). Columns named like labels are never features unless listed by
+name; every other numeric column (minus the include / exclude patterns) is a feature.
 
 Validation gathers *every* problem before raising one `DatasetError`, so a bad nightly file is
 fixed in one round trip instead of one error per run.
@@ -11,30 +12,36 @@ fixed in one round trip instead of one error per run.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import polars as pl
 
+from atft_core.config import ColumnsConfig
+from atft_core.data.roles import feature_filter, pick_targets, resolve_roles
 from atft_core.data.source import LocalInput
 from atft_core.errors import DatasetError, Problem
 
-KEYS = ("Date", "Code")
-STATIC = ("Section", "sector33_code")
-TARGET_RE = re.compile(r"^target_(\d+)d$")
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
 
 
 @dataclass
 class Contract:
-    """What the schema says: which columns play which role."""
+    """What the schema says: which columns play which role (names resolved by `roles.resolve_roles`)."""
 
     features: list[str]
     targets: list[str]  # sorted by horizon
     horizons: tuple[int, ...]
-    static: list[str]
+    date: str = "Date"
+    code: str = "Code"
+    section: str = ""  # "" = not in the file
+    sector: str = ""
+    profile: str = "atft"
     date_is_string: bool = False
-    ignored: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+
+    @property
+    def static(self) -> list[str]:
+        return [c for c in (self.section, self.sector) if c]
 
 
 def read_schema(inp: LocalInput) -> dict[str, pl.DataType]:
@@ -56,61 +63,74 @@ def read_schema(inp: LocalInput) -> dict[str, pl.DataType]:
     return schema
 
 
-def check_schema(schema: dict[str, pl.DataType], source: str) -> Contract:
+def check_schema(schema: dict[str, pl.DataType], source: str, columns: ColumnsConfig | None = None) -> Contract:
+    columns = columns or ColumnsConfig()
+    names = list(schema)
+    roles = resolve_roles(columns, names, source)
     problems: list[Problem] = []
-    for key in KEYS:
+    for key, what in ((roles.date, "date"), (roles.code, "code")):
         if key not in schema:
-            problems.append(Problem(key, "required key column is missing (rows are identified by Date and Code)"))
+            problems.append(Problem(key, f"required key column is missing (rows are identified by date and stock "
+                                         f"code; set columns.{what} in the config if it has another name)"))
     date_is_string = False
-    if "Date" in schema:
-        dt = schema["Date"]
+    if roles.date in schema:
+        dt = schema[roles.date]
         if dt == pl.String:
             date_is_string = True  # parsed and checked against one format in check_rows
         elif not (dt == pl.Date or isinstance(dt, pl.Datetime)):
-            problems.append(Problem("Date", f"has type {dt}; expected a date (or datetime, or ISO 'YYYY-MM-DD' text)"))
-    if "Code" in schema and not (schema["Code"] in (pl.String, pl.Categorical) or isinstance(schema["Code"], pl.Enum)
-                                 or schema["Code"].is_integer()):
-        problems.append(Problem("Code", f"has type {schema['Code']}; expected a string stock code like '13010'"))
+            problems.append(Problem(roles.date, f"has type {dt}; expected a date (or datetime, or ISO 'YYYY-MM-DD' "
+                                                "text)"))
+    code_dt = schema.get(roles.code)
+    if code_dt is not None and not (code_dt in (pl.String, pl.Categorical) or isinstance(code_dt, pl.Enum)
+                                    or code_dt.is_integer()):
+        problems.append(Problem(roles.code, f"has type {code_dt}; expected a string stock code like '13010'"))
 
-    targets: list[tuple[int, str]] = []
+    picked, missing = pick_targets(roles, names)
+    problems += missing
+    for _, name in picked:
+        if not schema[name].is_numeric():
+            problems.append(Problem(name, f"target has type {schema[name]}; expected a numeric forward return"))
+    target_names = {n for _, n in picked}
+    is_feature = feature_filter(columns)
     features: list[str] = []
-    ignored: list[str] = []
+    ignored: dict[str, str] = {}
     for name, dt in schema.items():
-        if name in KEYS or name in STATIC:
+        if name in (roles.date, roles.code, roles.section, roles.sector) or name in target_names:
             continue
-        m = TARGET_RE.match(name)
-        if m:
-            if not (dt.is_numeric()):
-                problems.append(Problem(name, f"target has type {dt}; expected a numeric forward return"))
-            targets.append((int(m.group(1)), name))
-        elif name.startswith("target_"):
-            ignored.append(name)  # looks like future information: never a feature
+        ok, why = is_feature(name)
+        if not ok:
+            ignored[name] = why
         elif dt.is_numeric() or dt == pl.Boolean:
             features.append(name)
+        elif roles.non_numeric == "ignore":
+            ignored[name] = f"non-numeric ({dt}): not an input under the {roles.profile} profile"
         else:
-            problems.append(Problem(name, f"feature has non-numeric type {dt}; encode it as numbers upstream "
-                                          "or drop the column"))
-    if not targets:
-        problems.append(Problem("target_*", "no target column: need at least one forward return named "
-                                            "target_{h}d, e.g. target_1d"))
+            problems.append(Problem(name, f"feature has non-numeric type {dt}; encode it as numbers upstream, "
+                                          "drop the column or list it in columns.exclude"))
+    if not picked and not missing:
+        problems.append(Problem(roles.target_pattern.replace("{h}", "*"),
+                                f"no target column: need at least one forward return named "
+                                f"{roles.target_pattern} (e.g. {roles.target_pattern.replace('{h}', '1')}); "
+                                "set columns.target_pattern / columns.targets, or --profile gogooku3 for "
+                                "feat_ret_{h}d labels"))
     if not features:
         problems.append(Problem("", "no numeric feature column besides keys, statics and targets"))
     if problems:
         raise DatasetError(source, problems)
-    targets.sort()
-    return Contract(features=features, targets=[t for _, t in targets], horizons=tuple(h for h, _ in targets),
-                    static=[s for s in STATIC if s in schema], date_is_string=date_is_string, ignored=ignored)
+    return Contract(features=features, targets=[t for _, t in picked], horizons=tuple(h for h, _ in picked),
+                    date=roles.date, code=roles.code, section=roles.section, sector=roles.sector,
+                    profile=roles.profile, date_is_string=date_is_string, ignored=ignored)
 
 
 def date_expr(contract: Contract) -> pl.Expr:
     """Date as a polars Date. Text dates must all be ISO: mixed formats would silently reorder days."""
     if contract.date_is_string:
-        return pl.col("Date").str.strptime(pl.Date, "%Y-%m-%d", strict=False)
-    return pl.col("Date").cast(pl.Date)
+        return pl.col(contract.date).str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+    return pl.col(contract.date).cast(pl.Date)
 
 
-def check_rows(lf: pl.LazyFrame, contract: Contract, source: str) -> tuple[list[str], dict[str, int]]:
-    """Row-level checks in one lazy pass. Returns (warnings, non-finite counts per feature).
+def check_rows(lf: pl.LazyFrame, contract: Contract, source: str) -> tuple[list[str], dict[str, int], list[str]]:
+    """Row-level checks in one streaming pass. Returns (warnings, infinite counts per feature, all-missing features).
 
     Raises DatasetError listing every fatal problem: zero rows, unparseable dates, null keys,
     duplicate (Date, Code), all-missing targets.
@@ -118,13 +138,14 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str) -> tuple[list[
     feats, targets = contract.features, contract.targets
     aggs = [pl.len().alias("__rows"),
             date_expr(contract).is_null().sum().alias("__bad_dates"),
-            pl.col("Code").is_null().sum().alias("__null_codes")]
+            pl.col(contract.code).is_null().sum().alias("__null_codes")]
     if contract.date_is_string:
-        aggs.append(pl.col("Date").filter(~pl.col("Date").str.contains(_ISO_DATE)).first().alias("__bad_date_example"))
+        aggs.append(pl.col(contract.date).filter(~pl.col(contract.date).str.contains(_ISO_DATE)).first().alias("__bad_date_example"))
     aggs += [pl.col(t).cast(pl.Float64).is_finite().sum().alias(f"__tf_{t}") for t in targets]
     aggs += [pl.col(c).cast(pl.Float64).is_infinite().sum().alias(f"__inf_{c}") for c in feats]
     aggs += [pl.col(c).cast(pl.Float64).is_finite().sum().alias(f"__fin_{c}") for c in feats]
-    stats = lf.select(aggs).collect().row(0, named=True)
+    # streaming: the aggregates never hold the panel (6.7 GB of parquet on the real one) in memory
+    stats = lf.select(aggs).collect(engine="streaming").row(0, named=True)
 
     problems: list[Problem] = []
     rows = stats["__rows"]
@@ -133,20 +154,22 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str) -> tuple[list[
     if stats["__bad_dates"]:
         example = stats.get("__bad_date_example")
         hint = f" (e.g. {example!r})" if example else ""
-        problems.append(Problem("Date", f"{stats['__bad_dates']} value(s) are missing or not ISO dates 'YYYY-MM-DD'"
-                                        f"{hint}; mixed date formats are ambiguous: export real dates"))
+        problems.append(Problem(contract.date, f"{stats['__bad_dates']} value(s) are missing or not ISO dates "
+                                               f"'YYYY-MM-DD'{hint}; mixed date formats are ambiguous: export real "
+                                               "dates"))
     if stats["__null_codes"]:
-        problems.append(Problem("Code", f"{stats['__null_codes']} row(s) have no stock code"))
+        problems.append(Problem(contract.code, f"{stats['__null_codes']} row(s) have no stock code"))
     for t in targets:
         if stats[f"__tf_{t}"] == 0:
             problems.append(Problem(t, "target is entirely missing (all NaN/null); the upstream label job failed"))
     if not problems:
-        dup = (lf.group_by([date_expr(contract).alias("Date"), pl.col("Code").cast(pl.String)])
+        dup = (lf.group_by([date_expr(contract).alias("__d"), pl.col(contract.code).cast(pl.String).alias("__c")])
                .agg(pl.len().alias("n")).filter(pl.col("n") > 1))
-        dups = dup.select(pl.len().alias("groups"), pl.col("Date").first(), pl.col("Code").first()).collect().row(0)
+        dups = dup.select(pl.len().alias("groups"), pl.col("__d").first(), pl.col("__c").first()).collect().row(0)
         if dups[0]:
-            problems.append(Problem("Date, Code", f"{dups[0]} duplicate (Date, Code) key(s), e.g. ({dups[1]}, "
-                                                  f"{dups[2]}); each stock may appear once per day"))
+            problems.append(Problem(f"{contract.date}, {contract.code}",
+                                    f"{dups[0]} duplicate (date, code) key(s), e.g. ({dups[1]}, {dups[2]}); "
+                                    "each stock may appear once per day"))
     if problems:
         raise DatasetError(source, problems)
 
@@ -157,6 +180,10 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str) -> tuple[list[
     for c in feats:
         if stats[f"__fin_{c}"] == 0:
             warnings.append(f"feature '{c}': all values missing; it carries no information and is dropped")
-    for c in contract.ignored:
-        warnings.append(f"column '{c}' starts with 'target_' but is not target_{{h}}d: ignored (never a feature)")
-    return warnings, inf_counts
+    by_reason: dict[str, list[str]] = {}
+    for c, why in contract.ignored.items():
+        by_reason.setdefault(why, []).append(c)
+    for why, cols in by_reason.items():  # one line per reason: a 400-column file stays readable
+        shown = ", ".join(f"'{c}'" for c in cols[:12]) + (f" and {len(cols) - 12} more" if len(cols) > 12 else "")
+        warnings.append(f"column{'s' if len(cols) > 1 else ''} {shown}: not a feature ({why})")
+    return warnings, inf_counts, [c for c in feats if stats[f"__fin_{c}"] == 0]

@@ -7,6 +7,10 @@ Criteria (thresholds from `GateConfig`):
   run), with the monitor's reason in the note;
 - ``val_rankic > min_rankic``: mean daily validation RankIC. An undefined (NaN / missing) RankIC
   fails: NaN compares False with everything and must never slip through as a pass;
+- ``no_lookahead``: no input feature is a look-ahead suspect of the cache's leak screen
+  (`atft_core.data.leak`), unless ``lookahead_allow`` names it with a reason;
+- ``plausible_rankic``: ``val_rankic < max_rankic`` (0.30): above it a daily equity model almost
+  surely sees the future, so the run fails as "implausibly high: check for look-ahead";
 - ``loss_finite``, ``completed`` (no crash), ``train_days > 0`` (a run that trained on nothing
   proves nothing).
 
@@ -31,6 +35,7 @@ class Criterion:
     threshold: float | None
     passed: bool | None
     note: str = ""
+    op: str = ">"  # how value compares with threshold to pass: ">" or "<"
 
 
 @dataclass
@@ -63,7 +68,7 @@ class GateResult:
         ]
         for c in self.criteria:
             result = {True: "pass", False: "**FAIL**", None: "n.a."}[c.passed]
-            threshold = "" if c.threshold is None else f"> {_fmt(c.threshold)}"
+            threshold = "" if c.threshold is None else f"{c.op} {_fmt(c.threshold)}"
             note = c.note.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {c.name} | {_fmt(c.value)} | {threshold} | {result} | {note} |")
         return "\n".join(lines) + "\n"
@@ -124,6 +129,31 @@ def _rankic_criterion(metrics: dict[str, Any], cfg: GateConfig) -> Criterion:
     return Criterion(name, value, cfg.min_rankic, value > cfg.min_rankic, note)
 
 
+def _lookahead_criterion(suspects: list[dict[str, Any]] | None, cfg: GateConfig) -> Criterion:
+    name = "no_lookahead"
+    if suspects is None:
+        return Criterion(name, None, None, None, "not applicable: no leak screen result for this cache")
+    names = sorted({s["feature"] for s in suspects})
+    allowed = [n for n in names if n in cfg.lookahead_allow]
+    bad = [n for n in names if n not in cfg.lookahead_allow]
+    worst = {n: max((s for s in suspects if s["feature"] == n), key=lambda s: abs(s["rankic"])) for n in bad}
+    notes = ["look-ahead suspect(s) among the inputs: " + ", ".join(
+        f"'{n}' (RankIC {worst[n]['rankic']:+.3f} with the {worst[n]['horizon']}d target)" for n in bad)
+        + "; drop the column(s) upstream or allow-list them in gate.lookahead_allow with a reason"] if bad else []
+    notes += [f"allowed by config: '{n}' ({cfg.lookahead_allow[n]})" for n in allowed]
+    return Criterion(name, len(bad), None, not bad, "; ".join(notes) or "no feature beyond the leak screen's threshold")
+
+
+def _plausible_criterion(metrics: dict[str, Any], cfg: GateConfig) -> Criterion:
+    name = "plausible_rankic"
+    value = _finite(metrics.get("val_rankic", metrics.get("rankic")))
+    if value is None:
+        return Criterion(name, None, cfg.max_rankic, None, "not applicable: no defined validation RankIC", op="<")
+    ok = value < cfg.max_rankic
+    note = "" if ok else "implausibly high: check for look-ahead (a feature or the split that sees the future)"
+    return Criterion(name, value, cfg.max_rankic, ok, note, op="<")
+
+
 def evaluate_gate(
     metrics: dict[str, Any],
     gpu: dict[str, Any],
@@ -132,6 +162,7 @@ def evaluate_gate(
     completed: bool,
     loss_finite: bool,
     train_days: int,
+    leak_suspects: list[dict[str, Any]] | None = None,
 ) -> GateResult:
     """Apply the gate rules.
 
@@ -143,10 +174,13 @@ def evaluate_gate(
         completed: the run finished without crashing.
         loss_finite: every training loss was finite.
         train_days: trading days the run trained on.
+        leak_suspects: the cache manifest's ``leak_suspects`` (None: not screened, criterion n.a.).
     """
     criteria = [
         _gpu_criterion(gpu, cfg),
         _rankic_criterion(metrics, cfg),
+        _plausible_criterion(metrics, cfg),
+        _lookahead_criterion(leak_suspects, cfg),
         Criterion("loss_finite", bool(loss_finite), None, bool(loss_finite),
                   "" if loss_finite else "a training loss was NaN or inf"),
         Criterion("completed", bool(completed), None, bool(completed),

@@ -30,6 +30,7 @@ from atft_core.data.cache import Cache
 from atft_core.errors import TrainingError
 from atft_core.evaluate.metrics import summarize_horizons
 from atft_core.model import build_model
+from atft_core.train import checkpoint
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
 
@@ -188,10 +189,14 @@ class Trainer:
         best_metrics: dict[int, dict[str, Any]] = {}
         stale = 0
         h0 = self.horizons[0]
+        start = self.resume(cfg.train.resume_from) if cfg.train.resume_from else 0
+        if start >= cfg.train.max_epochs:
+            raise TrainingError(f"checkpoint {cfg.train.resume_from} already reached epoch {start - 1}; raise "
+                                f"train.max_epochs (now {cfg.train.max_epochs}) to train further")
         log.info("training on %d days/epoch (%d validation days, embargo %d), %d parameters, device %s",
                  len(self.sampler.epoch_days()), len(self.split.val), self.split.embargo,
                  sum(p.numel() for p in self.model.parameters()), self.device)
-        for epoch in range(cfg.train.max_epochs):
+        for epoch in range(start, cfg.train.max_epochs):
             t0 = time.perf_counter()
             rec: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
             rec["train_seconds"] = time.perf_counter() - t0
@@ -223,13 +228,15 @@ class Trainer:
                            checkpoint=checkpoint_path, val_metrics=best_metrics)
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
-        """Model weights with everything needed to trust them later: config and dataset fingerprint."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "epoch": epoch,
-                    "val_rankic": val_rankic, "dataset_fingerprint": self.cache.fingerprint,
-                    "features": self.cache.feature_names, "horizons": list(self.horizons)}, tmp)
-        tmp.replace(path)
+        """Weights, optimiser and scheduler state, config, and a description of the data (see checkpoint.py)."""
+        checkpoint.save_checkpoint(path, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                                   config=self.cfg.to_dict(), cache=self.cache, epoch=epoch, val_rankic=val_rankic)
+
+    def resume(self, path: str | Path) -> int:
+        """Continue from a checkpoint of the same panel layout; returns the first epoch still to run."""
+        ckpt = checkpoint.restore(path, self.cache, self.model, self.opt, self.sched)
+        log.info("resumed from %s (epoch %d, val RankIC %s)", path, ckpt["epoch"], _fmt(ckpt["val_rankic"]))
+        return int(ckpt["epoch"]) + 1
 
 
 def _fmt(v: float | None) -> str:

@@ -1,0 +1,109 @@
+"""The cache's Arrow file written in pieces: its layout first, then each array region in place.
+
+An Arrow IPC file with one record batch keeps every array in one contiguous buffer, which is what
+makes the [D, S, F] memory map zero-copy. pyarrow's writer wants the whole batch in memory, which
+for a 4,000 x 2,500 x 400 grid is 16 GB. So the file is written once with *placeholder* arrays
+(untouched calloc'ed zeros: no physical memory) through a sink that seeks over them instead of
+writing them (a sparse file), and the real values are then written into each array's region with
+``pwrite``, a chunk of days at a time. The result is byte-for-byte the file pyarrow would write.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+# column name -> (dtype, values per (day, stock) row; 0 = a plain column, else a FixedSizeList width)
+Layout = dict[str, tuple[np.dtype, int]]
+
+
+class _SkipPlaceholders:
+    """A file-like sink that seeks over the placeholder buffers and writes everything else."""
+
+    def __init__(self, fh, ranges: list[tuple[int, int]]):
+        self.fh, self.ranges, self.closed = fh, ranges, False
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        if n:
+            addr = np.frombuffer(view, np.uint8).ctypes.data
+            if any(lo <= addr and addr + n <= hi for lo, hi in self.ranges):
+                self.fh.seek(n, os.SEEK_CUR)
+                return n
+        self.fh.write(view)
+        return n
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:  # the caller owns the file
+        pass
+
+
+@dataclass
+class GridFile:
+    """An opened grid file: where each array's values are, for in-place writes by row range."""
+
+    path: Path
+    rows_per_day: int  # S
+    offsets: dict[str, int]
+    row_bytes: dict[str, int]
+
+    def write_days(self, name: str, day0: int, values: np.ndarray) -> None:
+        """Write values for days day0, day0+1, ... (shape [c, S, ...]) into array ``name``."""
+        data = np.ascontiguousarray(values)
+        off = self.offsets[name] + day0 * self.rows_per_day * self.row_bytes[name]
+        expect = data.shape[0] * self.rows_per_day * self.row_bytes[name]
+        assert data.nbytes == expect, (name, data.nbytes, expect)
+        with open(self.path, "r+b") as fh:
+            fh.seek(off)
+            fh.write(memoryview(data).cast("B"))
+
+    def read_days(self, name: str, day0: int, day1: int, dtype: np.dtype, width: int) -> np.ndarray:
+        """Values of days [day0, day1) as a new array [c, S, width] (read, not mapped: no RSS left behind)."""
+        off = self.offsets[name] + day0 * self.rows_per_day * self.row_bytes[name]
+        count = (day1 - day0) * self.rows_per_day * max(width, 1)
+        out = np.fromfile(self.path, dtype=dtype, count=count, offset=off)
+        return out.reshape(day1 - day0, self.rows_per_day, max(width, 1))
+
+
+def create_grid_file(path: Path, n_days: int, n_stocks: int, layout: Layout) -> GridFile:
+    """Write the Arrow file's layout (schema, batch metadata, footer) with sparse zero regions."""
+    n_rows = n_days * n_stocks
+    placeholders, arrays = [], []
+    for dtype, width in layout.values():
+        zeros = np.zeros(n_rows * max(width, 1), dtype=dtype)  # calloc: no page is touched
+        placeholders.append(zeros)
+        values = pa.array(zeros)
+        arrays.append(pa.FixedSizeListArray.from_arrays(values, width) if width else values)
+    batch = pa.record_batch(arrays, names=list(layout))
+    ranges = [(z.ctypes.data, z.ctypes.data + z.nbytes) for z in placeholders if z.nbytes]
+    with open(path, "wb") as fh:
+        sink = pa.PythonFile(_SkipPlaceholders(fh, ranges), mode="w")
+        with ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        fh.truncate(fh.tell())
+    del batch, arrays, placeholders
+    # where each values buffer landed: addresses inside a memory map of the file, minus its base
+    mm = pa.memory_map(str(path), "r")
+    base = mm.read_buffer(1).address  # zero-copy slice at offset 0
+    mm.seek(0)
+    got = ipc.open_file(mm).get_batch(0)
+    offsets, row_bytes = {}, {}
+    for name, (dtype, width) in layout.items():
+        col = got.column(name)
+        values = col.values if width else col
+        offsets[name] = values.buffers()[1].address - base
+        row_bytes[name] = np.dtype(dtype).itemsize * max(width, 1)
+    del got
+    mm.close()
+    return GridFile(path=path, rows_per_day=n_stocks, offsets=offsets, row_bytes=row_bytes)

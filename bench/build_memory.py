@@ -1,0 +1,106 @@
+"""Cache build at panel scale: peak memory flat in the number of days, time against a plain polars scan.
+
+Each measurement runs in its own child process (`os.wait4` gives that child's own peak RSS), on
+demo panels written by `atft demo-data`:
+
+- build_rss: peak RSS of `build_cache` on a panel of 2D days vs the same stocks and features over D
+  days. The chunked build holds one chunk of days, so the ratio stays ~1 while the grid doubles;
+- build_vs_scan: `build_cache` time on the 2D-day panel vs a plain polars streaming scan that decodes
+  every column of the same file (the least any build must do).
+
+Full size is gogooku3's shape, 4,000 stocks x 1,150 days x 400 features (6.7 GB of parquet, a
+7.4 GB grid), against half its days; it takes tens of minutes and ~15 GB of disk. Sizes can be set
+with ATFT_BENCH_BUILD="stocks,days,features" (days = the long panel).
+
+    python -m bench.build_memory            # full size
+    python -m bench.build_memory --quick
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import REPO, Row, bench_dir, verdict
+
+FULL = (4000, 1150, 400)
+QUICK = (120, 300, 24)
+
+_BUILD = ("import sys; from atft_core.data.cache import build_cache; "
+          "build_cache(sys.argv[1], sys.argv[2], progress=False)")
+_SCAN = ("import sys, polars as pl; lf = pl.scan_parquet(sys.argv[1]); "
+         "num = [c for c, t in lf.collect_schema().items() if t.is_numeric()]; "
+         "lf.select(pl.len(), *[pl.col(c).sum() for c in num]).collect(engine='streaming')")
+
+
+def _child(code: str, *args: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of `python -c code args` in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if status != 0:
+        raise RuntimeError(f"child {code[:60]!r} exited with status {status}")
+    return seconds, usage.ru_maxrss / 1024.0  # KiB on Linux
+
+
+def demo_panel(stocks: int, days: int, features: int) -> Path:
+    path = bench_dir() / f"build-demo-{stocks}x{days}x{features}.parquet"
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        subprocess.run([sys.executable, "-m", "flows.cli", "demo-data", "--out", str(tmp), "--stocks", str(stocks),
+                        "--days", str(days), "--features", str(features)], check=True, env={
+                            **os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+        tmp.replace(path)
+        Path(f"{tmp}.oracle.json").unlink(missing_ok=True)
+    return path
+
+
+def measure(stocks: int, days: int, features: int) -> dict[str, float]:
+    short, long = demo_panel(stocks, days // 2, features), demo_panel(stocks, days, features)
+    out: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(prefix="atft-bench-build-", dir=bench_dir()))
+    try:
+        out["scan_s"], out["scan_rss_mb"] = _child(_SCAN, str(long))
+        out["short_s"], out["short_rss_mb"] = _child(_BUILD, str(short), str(work / "short"))
+        shutil.rmtree(work / "short", ignore_errors=True)
+        out["long_s"], out["long_rss_mb"] = _child(_BUILD, str(long), str(work / "long"))
+        grid = next((work / "long").glob("*/grid.arrow"))
+        out["grid_mb"] = grid.stat().st_size / 1e6
+        out["parquet_mb"] = long.stat().st_size / 1e6
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def run(quick: bool) -> list[Row]:
+    sizes = QUICK if quick else tuple(int(v) for v in os.environ.get("ATFT_BENCH_BUILD", "").split(",") if v) or FULL
+    s, d, f = sizes
+    m = measure(s, d, f)
+    rss_ratio = m["long_rss_mb"] / m["short_rss_mb"]
+    time_ratio = m["long_s"] / m["scan_s"]
+    return [
+        Row("build_rss", f"cache build peak RSS, {d} vs {d // 2} days", m["long_rss_mb"], "MB", m["short_rss_mb"], "MB",
+            rss_ratio, "peak RSS at 2x the days / at 1x", "~1 (flat in days, < 1.3)", verdict(rss_ratio < 1.3),
+            note=f"{s} stocks x {d} days x {f} features: grid {m['grid_mb']:.0f} MB, parquet {m['parquet_mb']:.0f} MB, "
+                 f"peak RSS {m['long_rss_mb']:.0f} MB ({m['long_rss_mb'] / m['grid_mb']:.2f}x the grid); "
+                 f"{d // 2} days: {m['short_rss_mb']:.0f} MB. Goal on 4,000 x 2,500 x 400 (16 GB grid): <= 6 GB."),
+        Row("build_vs_scan", f"cache build time vs a polars scan, {s}x{d}x{f}", m["long_s"], "s", m["scan_s"], "s",
+            time_ratio, "build time / streaming scan time of the same file", "<= 3", verdict(time_ratio <= 3.0),
+            note=f"the scan decodes every numeric column (streaming sum); the build validates, reads, scatters, "
+                 f"normalises, screens for look-ahead and writes the grid (peak RSS of the scan "
+                 f"{m['scan_rss_mb']:.0f} MB)."),
+    ]
+
+
+if __name__ == "__main__":
+    quick = "--quick" in sys.argv
+    for row in run(quick):
+        print(json.dumps(row.__dict__, default=str))

@@ -27,10 +27,16 @@ class CacheConfig:
 
 @dataclass
 class SplitConfig:
-    """Walk-forward split by date; embargo counted in trading days."""
+    """Walk-forward split by date; embargo counted in trading days.
+
+    Train | embargo | validation | embargo | test. Validation picks epochs, HPO trials and defaults;
+    the test days are scored once, by the best epoch, and are what reports and comparisons show.
+    On the 750-day demo (window 10, horizons up to 20): 120 + 20 + 120 + 20 leaves ~460 training days;
+    120 test days put the standard error of a mean daily RankIC near 0.005 (0 = no test window).
+    """
 
     val_days: int = 120
-    test_days: int = 0
+    test_days: int = 120
     embargo_days: int | None = None  # None = the longest target horizon (the minimum allowed)
 
 

@@ -109,7 +109,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
                  if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))
-    print(f"wrote {args.out} and {args.out}.oracle.json")
+    print(f"wrote {args.out}, {args.out}.oracle.json and {args.out}.oracle.parquet")
     print(json.dumps(oracle.get("oracle", oracle), indent=1, default=str)[:2000])
     return 0
 

@@ -68,6 +68,10 @@ class TrainResult:
     loss_finite: bool = True
     checkpoint: Path | None = None
     val_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # held-out test days, predicted once by the best epoch's weights (empty when the split has none)
+    test_pred: np.ndarray | None = None  # [n_test_days, S, H]
+    test_days: np.ndarray | None = None
+    test_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -186,6 +190,7 @@ class Trainer:
         best = (-math.inf, -1)
         best_pred: np.ndarray | None = None
         best_metrics: dict[int, dict[str, Any]] = {}
+        best_state: dict[str, torch.Tensor] | None = None
         stale = 0
         h0 = self.horizons[0]
         log.info("training on %d days/epoch (%d validation days, embargo %d), %d parameters, device %s",
@@ -208,6 +213,8 @@ class Trainer:
             score = m["rankic"] if m["rankic"] is not None else -math.inf
             if score > best[0] or best_pred is None:
                 best, best_pred, best_metrics, stale = (score, epoch), pred, metrics, 0
+                if len(self.split.test):  # kept to score the test days once, with the epoch validation chose
+                    best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 if checkpoint_path is not None:
                     self.save_checkpoint(checkpoint_path, epoch, m["rankic"])
             else:
@@ -218,9 +225,16 @@ class Trainer:
                 log.info("early stop: validation RankIC has not improved for %d epochs", stale)
                 break
         assert best_pred is not None
+        test_pred, test_metrics = None, {}
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+            test_pred, test_metrics = self.evaluate(self.split.test)
+            log.info("test (%d days, epoch %d): RankIC %s", len(self.split.test), best[1],
+                     _fmt(test_metrics[h0]["rankic"]))
         return TrainResult(history=history, best_epoch=best[1], best_rankic=best[0], val_pred=best_pred,
                            val_days=self.split.val, train_days_per_epoch=history[0]["train_days"] if history else 0,
-                           checkpoint=checkpoint_path, val_metrics=best_metrics)
+                           checkpoint=checkpoint_path, val_metrics=best_metrics, test_pred=test_pred,
+                           test_days=self.split.test if test_pred is not None else None, test_metrics=test_metrics)
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
         """Model weights with everything needed to trust them later: config and dataset fingerprint."""

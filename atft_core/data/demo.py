@@ -45,7 +45,8 @@ Targets: target_h[t] = price[t+h] / price[t] - 1 from the simulated prices, null
 past the stock's life, halted, or past the data end (never a backward-looking fallback).
 
 Oracle (`PATH.oracle.json`, and `PATH.oracle.parquet` with Date, Code, mu: the planted expected
-return per row, so the oracle can be scored on exactly the days a model is scored on): the generator parameters, which features carry the signal and which
+return per row, so the oracle can be scored on exactly the days a model is scored on): the generator
+parameters, which features carry the signal and which
 are market-level, and per horizon the mean daily IC / RankIC of mu_t (the one-day conditional
 expectation, known at t) against target_h, from `atft_core.evaluate.metrics.daily_ic`. mu_t is used for
 every horizon because it is the achievable predictor: summing future mu would use information

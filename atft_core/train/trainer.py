@@ -32,6 +32,7 @@ from atft_core.evaluate.metrics import summarize_horizons
 from atft_core.model import build_model
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
+from atft_core.train.targets import training_targets
 
 log = logging.getLogger("atft_core.train.trainer")
 
@@ -95,6 +96,9 @@ class Trainer:
         # thread gathers the next batch over the memory map while the current step runs.
         self.resident = fits_on_device(cache, self.device)
         self.grid = GridTensors(cache, cfg.data.window, self.device if self.resident else "cpu")
+        if cfg.loss.target_transform != "zscore":  # the loss reads grid.y_z; metrics always use the raw y
+            self.grid.y_z = torch.from_numpy(training_targets(cache.y, cache.y_z, cache.valid,
+                                                              cfg.loss.target_transform)).to(self.grid.y_z.device)
         self.prefetch = self.device.type == "cpu" or not self.resident
         self.horizons = cache.horizons
         model = model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)

@@ -125,7 +125,11 @@ def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: li
 
 
 def new_defaults_row() -> DryRunConfig:
-    return DryRunConfig()
+    """The combination the ablation kept (what `DryRunConfig()` now defaults to)."""
+    cfg = old_defaults()
+    cfg.loss.target_transform = "rank"
+    cfg.model.cross_section = True
+    return cfg
 
 
 def ablation_markdown(results: dict) -> str:

@@ -45,6 +45,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "hidden 64": {"model.hidden": 64},
     "sector edges 32": {"model.graph_sector_edges": 32},
     "dropout 0.1": {"model.dropout": 0.1},
+    "dropout 0.4": {"model.dropout": 0.4},
+    "weight decay 0.1": {"train.weight_decay": 0.1},
+    "lr 1e-3": {"train.lr": 1e-3},
 }
 
 
@@ -113,16 +116,23 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: list[str], tag: str) -> dict:
-    results: dict[str, Any] = {"protocol": {"seeds": seeds, "max_epochs": epochs, "demo_days": days,
-                                            "stocks": stocks}, "rows": {}}
     path = OUT / f"signal_ablation{tag}.json"
+    protocol = {"seeds": seeds, "max_epochs": epochs, "demo_days": days, "stocks": stocks}
+    results: dict[str, Any] = {"protocol": protocol, "rows": {}}
+    if path.exists():  # rows of an earlier run of the same protocol are kept (resume / add rows)
+        old = json.loads(path.read_text())
+        if old.get("protocol") == protocol:
+            results["rows"] = {k: {int(s): r for s, r in v.items()} for k, v in old["rows"].items()}
     for name in rows:
-        per_seed = {}
+        per_seed = results["rows"].get(name, {})
+        if all(seed in per_seed for seed in seeds):
+            continue
         for seed in seeds:
             cfg = apply(old_defaults(), ABLATIONS[name]) if name in ABLATIONS else new_defaults_row()
             cfg.train.max_epochs = epochs
             cfg.train.seed = seed
-            per_seed[seed] = train_eval(demo_cache(seed, days, stocks), cfg)
+            if seed not in per_seed:
+                per_seed[seed] = train_eval(demo_cache(seed, days, stocks), cfg)
             logging.info("%s seed %d: %s", name, seed, per_seed[seed])
         results["rows"][name] = per_seed
         path.write_text(json.dumps(results, indent=1))  # partial results survive an interrupted run

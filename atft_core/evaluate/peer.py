@@ -35,7 +35,7 @@ ROLLING = (5, 10, 20)  # rolling-mean windows of the daily ranks, in trading day
 
 @dataclass
 class PeerConfig:
-    valid_days: int = 60  # training days at the end held out (after the embargo) for early stopping
+    valid_days: int = 60  # training days at the end held out (after the embargo) for early stopping (at most 1/5)
     max_rows: int = 400_000  # training rows kept (whole days, evenly spaced) to bound the fit time
     num_leaves: int = 31
     learning_rate: float = 0.05
@@ -137,10 +137,11 @@ def fit_peer(cache: Cache, train_days: np.ndarray, embargo: int, cfg: PeerConfig
 
     cfg = cfg or PeerConfig()
     train_days = np.sort(np.asarray(train_days, dtype=np.int64))
-    if len(train_days) < cfg.valid_days + embargo + 20:
+    n_stop = min(cfg.valid_days, max(10, len(train_days) // 5))  # a short history keeps most days for the fit
+    if len(train_days) < n_stop + embargo + 20:
         raise ValueError(f"peer baseline: {len(train_days)} training days are too few for "
-                         f"{cfg.valid_days} early-stopping days + {embargo} embargo")
-    stop_days = train_days[-cfg.valid_days:]
+                         f"{n_stop} early-stopping days + {embargo} embargo + 20 days to fit on")
+    stop_days = train_days[-n_stop:]
     fit_days = train_days[train_days < stop_days[0] - embargo]
     per_day = max(1.0, float(np.asarray(cache.valid[fit_days]).sum()) / len(fit_days))
     keep = int(cfg.max_rows // per_day)

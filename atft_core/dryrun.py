@@ -3,6 +3,8 @@
 Writes into `output_dir`:
     gate.json               verdict, criteria, metrics, dataset and config
     val_predictions.parquet Date, Code, pred_{h}d, target_{h}d for the validation days
+    test_predictions.parquet the same for the held-out test days (best epoch), when the split has them
+    report/                 signal report of the test days (validation days when there are none)
     metrics.csv             one row per epoch
     checkpoint.pt           the best epoch's model, config and dataset fingerprint
 """
@@ -82,11 +84,15 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
         files["metrics.csv"] = write_history(result.history, output_dir / "metrics.csv")
         files["val_predictions.parquet"] = write_predictions(cache, result.val_days, result.val_pred,
                                                              output_dir / "val_predictions.parquet")
+        if result.test_pred is not None and result.test_days is not None:
+            files["test_predictions.parquet"] = write_predictions(cache, result.test_days, result.test_pred,
+                                                                  output_dir / "test_predictions.parquet")
         if result.checkpoint is not None and result.checkpoint.exists():
             files["checkpoint.pt"] = result.checkpoint
     rep_md = ""
     if result is not None:
-        rep = build_report(files["val_predictions.parquet"], output_dir / "report", horizon=cache.horizons[0],
+        shown = files.get("test_predictions.parquet", files["val_predictions.parquet"])
+        rep = build_report(shown, output_dir / "report", horizon=cache.horizons[0],
                            min_stocks=cfg.data.min_stocks)
         files.update({f"report/{name}": Path(p) for name, p in rep["files"].items()})
         rep_md = report_markdown(rep)
@@ -100,7 +106,9 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
             f"control run (targets shuffled within each training day): |val RankIC| must be <= "
             f"{'n/a' if band is None else f'{band:.4f}'}"))
         gate.passed = gate.passed and control["inside"]
-    baselines = dryrun_baselines(cache, split, metrics, min_stocks=cfg.data.min_stocks, control=control)
+    scored = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")} \
+        if len(split.test) else metrics
+    baselines = dryrun_baselines(cache, split, scored, min_stocks=cfg.data.min_stocks, control=control)
     report = {"passed": gate.passed, "criteria": gate.to_dict()["criteria"], "metrics": metrics, "error": error,
               "baselines": {k: v for k, v in baselines.items() if k != "markdown"},
               "dataset": dataset_info(cache), "config": cfg.to_dict()}
@@ -117,7 +125,13 @@ def _metrics(result: TrainResult | None, gpu: dict[str, Any]) -> dict[str, Any]:
     best = result.val_metrics
     h0 = min(best)
     hist = result.history
-    return {
+    test = {}
+    if result.test_metrics:
+        t = result.test_metrics[h0]
+        test = {"test_rankic": t["rankic"], "test_ic": t["ic"], "test_rankic_ir": t["rankic_ir"],
+                "test_sharpe": t["ls_sharpe"], "test_days": len(result.test_days),
+                "test_per_horizon": {f"{h}d": m for h, m in result.test_metrics.items()}}
+    return {**test,
         "val_rankic": best[h0]["rankic"], "val_ic": best[h0]["ic"], "val_rankic_ir": best[h0]["rankic_ir"],
         "val_sharpe": best[h0]["ls_sharpe"], "val_ls_mean": best[h0]["ls_mean"], "val_days": len(result.val_days),
         "per_horizon": {f"{h}d": m for h, m in best.items()},

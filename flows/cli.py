@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dryrun", help="build cache, train briefly, apply the gate (the nightly go/no-go)")
     _add_gate_args(p)
 
+    p = sub.add_parser("train", help="train one configuration to convergence (early stopping on validation "
+                                     f"RankIC, up to {TRAIN_MAX_EPOCHS} epochs unless the config or "
+                                     "--max-epochs says otherwise); same run folder as dryrun")
+    _add_gate_args(p)
+
     p = sub.add_parser("pipeline", help="the full flow: cache -> gate -> (mode hpo) HPO study")
     _add_gate_args(p)
     p.add_argument("--mode", choices=["dryrun", "hpo"], default="dryrun")
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None)
 
     p = sub.add_parser("report", help="signal report of a predictions file (IC series, deciles, equity curve)")
-    p.add_argument("--predictions", required=True, help="val_predictions.parquet written by a dry run")
+    p.add_argument("--predictions", required=True, help="test_predictions.parquet (or val_) written by a dry run")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--horizon", type=int, default=1)
     p.add_argument("--min-stocks", type=int, default=20)
@@ -125,6 +130,40 @@ def _add_hpo_parser(sub: Any) -> None:
                         "for K > 1); local: K processes here; auto: the pool only under a deployment")
 
 
+# `atft train`: epochs when neither --max-epochs nor the config's train.max_epochs is given; early
+# stopping (train.patience) ends the run long before on the demo (best epochs 2-6 measured).
+TRAIN_MAX_EPOCHS = 20
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from atft_core.config import read_yaml_mapping
+    if args.max_epochs is None:
+        raw = read_yaml_mapping(args.config, "config file", "sections (data, model, ...)") if args.config else {}
+        train = raw.get("train")
+        if not (isinstance(train, dict) and "max_epochs" in train):
+            args.max_epochs = TRAIN_MAX_EPOCHS
+    return cmd_pipeline(args, "dryrun")
+
+
+def write_best_config(base_config: str | None, best_params: dict[str, Any], path: Path) -> Path:
+    """The study's best trial as a full config YAML that `atft train --config` accepts."""
+    import yaml
+
+    from atft_core.hpo.study import apply_params
+    cfg = apply_params(_config(base_config), best_params)
+    path.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+    return path
+
+
+def _plain(o: Any) -> Any:
+    """Tuples as lists: YAML's safe dumper writes no Python-specific tags."""
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    return o
+
+
 def _config(path: str | None):
     from atft_core.config import DryRunConfig
     return DryRunConfig.from_yaml(path) if path else DryRunConfig()
@@ -135,7 +174,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
                  if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))
-    print(f"wrote {args.out} and {args.out}.oracle.json")
+    print(f"wrote {args.out}, {args.out}.oracle.json and {args.out}.oracle.parquet")
     print(json.dumps(oracle.get("oracle", oracle), indent=1, default=str)[:2000])
     return 0
 
@@ -209,15 +248,20 @@ def _num(v: Any) -> str:
 
 
 def _print_comparison(run_dir: str | None) -> None:
-    """Validation RankIC of the model next to the ridge baseline and (demo data) the oracle."""
+    """RankIC of the model next to the LightGBM peer, ridge and (demo data) the oracle, on the days
+    the run's comparison was scored on (the held-out test days; validation when it has none)."""
     path = Path(run_dir or "") / "gate.json"
     if not run_dir or not path.exists():
         return
     report = json.loads(path.read_text())
-    model = report.get("metrics", {}).get("val_rankic")
-    ridge = (report.get("baselines", {}).get("ridge") or {}).get("rankic")
-    oracle = (report.get("baselines", {}).get("oracle") or {}).get("rankic")
-    line = f"  val RankIC (1d): model {_num(model)} | ridge {_num(ridge)}"
+    base = report.get("baselines", {})
+    which = base.get("days", "validation")
+    metrics = report.get("metrics", {})
+    model = metrics.get("test_rankic") if which == "test" else metrics.get("val_rankic")
+    ridge = (base.get("ridge") or {}).get("rankic")
+    peer = (base.get("peer") or {}).get("rankic")
+    oracle = (base.get("oracle") or {}).get("rankic")
+    line = f"  {which} RankIC (1d): model {_num(model)} | LightGBM peer {_num(peer)} | ridge {_num(ridge)}"
     if oracle:
         line += f" | oracle {_num(oracle)}"
         if model is not None:
@@ -229,6 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from atft_core.evaluate.report import build_report, report_markdown
     report = build_report(args.predictions, args.output_dir, horizon=args.horizon, min_stocks=args.min_stocks)
     print(report_markdown(report))
+    _print_comparison(str(Path(args.predictions).parent))  # a run folder's gate.json holds the baselines
     print(f"wrote {', '.join(report['files'])} to {args.output_dir}")
     return 0
 
@@ -250,11 +295,14 @@ def cmd_hpo(args: argparse.Namespace) -> int:
     print(f"best validation RankIC: {'n/a' if best is None else f'{best:+.4f}'} (trial {summary['best_trial']})")
     for name, value in summary["best_params"].items():
         print(f"  {name} = {value}")
+    if summary["best_params"]:
+        best = write_best_config(args.config, summary["best_params"], Path(args.output_dir) / "best_config.yaml")
+        print(f"best trial as a config: {best} (train it: atft train --config {best})")
     print(f"wrote {args.output_dir}/hpo.json, trials.csv, plots/")
     return 0 if c["complete"] > 0 else 1
 
 
-COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build_cache,
+COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build_cache, "train": cmd_train,
             "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report}
 
 

@@ -47,6 +47,7 @@ def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DAT
         logging.getLogger("atft").info("generating the demo market at %s (once; later runs reuse it)", demo)
         generate_demo(tmp, DemoConfig())
         Path(f"{tmp}.oracle.json").replace(f"{demo}.oracle.json")
+        Path(f"{tmp}.oracle.parquet").replace(f"{demo}.oracle.parquet")
         tmp.replace(demo)
     return str(demo)
 

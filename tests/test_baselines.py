@@ -17,7 +17,7 @@ from atft_core.evaluate.baselines import comparison_markdown, fit_ridge, oracle_
 from atft_core.evaluate.controls import control_verdict, noise_band, null_band, shuffled_target_cache
 from atft_core.evaluate.metrics import daily_ic
 
-DATA = DataConfig(window=1, min_stocks=20, split=SplitConfig(val_days=60))
+DATA = DataConfig(window=1, min_stocks=20, split=SplitConfig(val_days=60, test_days=0))  # ridge on validation
 
 
 def synthetic_cache(tmp_path: Path, *, days: int = 200, stocks: int = 80, features: int = 6, signal: float = 1.0,

@@ -1,5 +1,9 @@
-"""Acceptance on the default demo market: the model beats the ridge baseline and reaches a stated
-fraction of the oracle, with the default configuration the nightly dry run uses (~90 s on 2 cores).
+"""Acceptance on the default demo market, held-out test days: the default 2-epoch dry run beats the
+ridge baseline, the LightGBM peer and the oracle are scored on the same test days.
+
+Seed 1: the defaults were chosen on seed 0's validation days only, so these test days are unseen
+by every choice made. The full comparison (model trained to convergence vs the peer, seeds 1-3)
+is `python -m bench.signal --goals` (README, Performance): a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -10,19 +14,22 @@ from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.dryrun import run_dryrun
 
 
-def test_default_dry_run_beats_ridge_and_reaches_half_the_oracle(tmp_path):
+def test_default_dry_run_beats_ridge_on_held_out_test_days(tmp_path):
     data = tmp_path / "demo.parquet"
-    generate_demo(data, DemoConfig())
+    generate_demo(data, DemoConfig(seed=1))
     cfg = DryRunConfig()
     cfg.train.progress = False
     result = run_dryrun(build_cache(data, tmp_path / "cache", progress=False, require=cfg.data).path, cfg,
                         tmp_path / "run")
-    model = result.metrics["val_rankic"]
-    ridge = result.baselines["ridge"]["rankic"]
-    oracle = result.baselines["oracle"]["rankic"]
-    print(f"val RankIC: model {model:.4f}, ridge {ridge:.4f}, oracle {oracle:.4f} ({model / oracle:.0%})")
+    m, b = result.metrics, result.baselines
+    model, ridge, peer, oracle = m["test_rankic"], b["ridge"]["rankic"], b["peer"]["rankic"], b["oracle"]["rankic"]
+    print(f"test RankIC: model {model:.4f}, LightGBM peer {peer:.4f}, ridge {ridge:.4f}, oracle {oracle:.4f} "
+          f"({model / oracle:.0%}); validation {m['val_rankic']:.4f}")
     assert result.gate.passed
+    assert b["days"] == "test" and m["test_days"] == 120
+    assert b["ridge"]["eval_days"] == b["peer"]["eval_days"] == b["oracle"]["n_days"] == 120  # the same days
+    assert (tmp_path / "run" / "test_predictions.parquet").exists()
     assert ridge <= 0.6 * oracle  # the planted signal is mostly beyond a linear last-day model
-    assert model > ridge + 0.005  # measured: 0.089 vs 0.073
-    assert model >= 0.5 * oracle  # measured: 59 % (the issue aims for 80 %: see the README)
-    assert result.metrics["train_days_per_epoch"] == 600  # every training day, both epochs
+    assert peer > ridge + 0.02  # the peer finds the non-linear, temporal and sector parts
+    assert model > ridge + 0.005
+    assert "LightGBM peer" in b["markdown"] and "oracle (demo, same days)" in b["markdown"]

@@ -44,7 +44,9 @@ and sector-level noise. None of them carries signal beyond what leaks through mu
 Targets: target_h[t] = price[t+h] / price[t] - 1 from the simulated prices, null when day t+h is
 past the stock's life, halted, or past the data end (never a backward-looking fallback).
 
-Oracle (`PATH.oracle.json`): the generator parameters, which features carry the signal and which
+Oracle (`PATH.oracle.json`, and `PATH.oracle.parquet` with Date, Code, mu: the planted expected
+return per row, so the oracle can be scored on exactly the days a model is scored on): the generator
+parameters, which features carry the signal and which
 are market-level, and per horizon the mean daily IC / RankIC of mu_t (the one-day conditional
 expectation, known at t) against target_h, from `atft_core.evaluate.metrics.daily_ic`. mu_t is used for
 every horizon because it is the achievable predictor: summing future mu would use information
@@ -185,9 +187,21 @@ def generate_demo(out: str | Path, cfg: DemoConfig) -> dict:
     oracle_path = Path(str(out) + ".oracle.json")
     oracle_tmp = oracle_path.with_name(oracle_path.name + ".tmp")
     oracle_tmp.write_text(json.dumps(oracle, indent=2))
+    mu_path = Path(str(out) + ".oracle.parquet")
+    mu_tmp = mu_path.with_name(mu_path.name + ".tmp")
+    _write_mu(mu_tmp, dates, static.codes, mu_all)
     os.replace(tmp, out)
     os.replace(oracle_tmp, oracle_path)
+    os.replace(mu_tmp, mu_path)
     return oracle
+
+
+def _write_mu(path: Path, dates: np.ndarray, codes: np.ndarray, mu: np.ndarray) -> None:
+    """Long table Date, Code, mu (float64) of the published cells of ``mu [days, S]``."""
+    di, si = np.nonzero(np.isfinite(mu))
+    table = pa.table({"Date": pa.array(dates[di].astype("datetime64[D]"), type=pa.date32()),
+                      "Code": pa.array(codes[si]), "mu": pa.array(mu[di, si])})
+    pq.write_table(table, path, compression="snappy")
 
 
 def trading_days(start: str, days: int) -> np.ndarray:

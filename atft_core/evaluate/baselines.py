@@ -114,9 +114,15 @@ def fit_ridge(cache: Cache, days: np.ndarray, alpha: float = 1.0, horizon_index:
     return RidgeModel(coef=coef, intercept=g.y_mean, feature_mean=g.x_mean, n_rows=g.n)
 
 
+def eval_days(split: Split) -> np.ndarray:
+    """The days comparisons are scored on: the held-out test days, or validation when there are none."""
+    return np.asarray(split.test if len(split.test) else split.val)
+
+
 def ridge_baseline(cache: Cache, split: Split, alpha: float = 1.0, horizon_index: int = 0,
-                   min_stocks: int = 20, quantile: float = 0.1, max_train_days: int | None = None) -> dict[str, Any]:
-    """Ridge on the last day's features, fit on ``split.train``, scored on ``split.val``.
+                   min_stocks: int = 20, quantile: float = 0.1, max_train_days: int | None = None,
+                   days: np.ndarray | None = None) -> dict[str, Any]:
+    """Ridge on the last day's features, fit on ``split.train``, scored on `days` (default `eval_days`).
 
     Returns the validation metrics of `metrics.summarize` (ic, ic_ir, rankic, rankic_ir, ls_mean,
     ls_sharpe, n_days; NaN as None) against the raw forward returns of horizon `horizon_index`, plus
@@ -129,14 +135,15 @@ def ridge_baseline(cache: Cache, split: Split, alpha: float = 1.0, horizon_index
     if max_train_days is not None and len(train) > max_train_days:
         train = train[np.unique(np.linspace(0, len(train) - 1, num=max_train_days).round().astype(int))]
     model = fit_ridge(cache, train, alpha, horizon_index)
-    pred = model.predict(cache, split.val)
-    target = np.where(cache.valid[split.val], cache.y[split.val, :, horizon_index], np.nan)
+    days = eval_days(split) if days is None else np.asarray(days)
+    pred = model.predict(cache, days)
+    target = np.where(cache.valid[days], cache.y[days, :, horizon_index], np.nan)
     out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
     names = cache.feature_names
     top = np.argsort(-np.abs(model.coef))[:5]
     out.update({
         "model": "ridge(last-day features)", "alpha": alpha, "horizon": int(cache.horizons[horizon_index]),
-        "train_days": len(train), "val_days": len(split.val), "train_rows": model.n_rows,
+        "train_days": len(train), "val_days": len(split.val), "eval_days": len(days), "train_rows": model.n_rows,
         "top_coefficients": {names[j]: round(float(model.coef[j]), 6) for j in top} if len(names) else {},
     })
     return out
@@ -183,6 +190,42 @@ def oracle_baseline(data_path_or_manifest: str | Path | dict[str, Any] | Cache,
             "note": "planted expected return mu_t vs realised target, mean over all days of the panel"}
 
 
+def oracle_on_days(cache: Cache, days: np.ndarray, horizon_index: int = 0, min_stocks: int = 20,
+                   quantile: float = 0.1) -> dict[str, Any] | None:
+    """The demo oracle scored on exactly `days` (cache day indices), like a model: None off the demo.
+
+    Reads the planted expected return (`PATH.oracle.parquet`: Date, Code, mu) next to the demo panel,
+    places it on the cache grid and scores it with `metrics.summarize` against the raw targets.
+    """
+    source = cache.manifest.get("source")
+    if not source or str(source).startswith("s3://"):
+        return None
+    path = Path(str(source) + ".oracle.parquet")
+    if not path.is_file():
+        return None
+    import polars as pl
+
+    days = np.asarray(days, dtype=np.int64)
+    date_pos = {d: i for i, d in enumerate(np.asarray(cache.dates)[days])}
+    code_pos = {c: j for j, c in enumerate(cache.codes)}
+    try:
+        df = pl.read_parquet(path, columns=["Date", "Code", "mu"]).with_columns(pl.col("Date").cast(pl.String))
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        log.warning("ignoring unreadable oracle file %s: %s", path, exc)
+        return None
+    df = df.filter(pl.col("Date").is_in(list(date_pos)))
+    di = np.array([date_pos[d] for d in df["Date"].to_list()], dtype=np.int64)
+    si = np.array([code_pos.get(c, -1) for c in df["Code"].to_list()], dtype=np.int64)
+    ok = si >= 0
+    pred = np.full((len(days), cache.x.shape[1]), np.nan)
+    pred[di[ok], si[ok]] = df["mu"].to_numpy()[ok]
+    target = np.where(cache.valid[days], cache.y[days, :, horizon_index], np.nan)
+    out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
+    out.update({"path": str(path), "horizon": int(cache.horizons[horizon_index]), "days": len(days),
+                "note": "planted expected return mu_t vs realised target, on the same days as the model"})
+    return out
+
+
 def _num(v: Any) -> float | None:
     try:
         f = float(v)
@@ -192,8 +235,9 @@ def _num(v: Any) -> float | None:
 
 
 def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | None,
-                        oracle: dict[str, Any] | None, control: dict[str, Any] | None = None) -> str:
-    """Markdown table: model vs ridge vs oracle (IC, RankIC, RankIC IR, share of the oracle RankIC).
+                        oracle: dict[str, Any] | None, control: dict[str, Any] | None = None,
+                        peer: dict[str, Any] | None = None) -> str:
+    """Markdown table: model vs LightGBM peer vs ridge vs oracle (IC, RankIC, RankIC IR, % of oracle).
 
     Each argument is a metrics dict with keys ic / rankic / rankic_ir (the gate's ``val_ic`` /
     ``val_rankic`` / ``val_rankic_ir`` are read too) or None (shown as n/a). `control`, when given,
@@ -211,7 +255,10 @@ def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | No
         return "n/a" if v is None or not o_ric else f"{100.0 * v / o_ric:.0f} %"
 
     lines = ["| predictor | IC | RankIC | RankIC IR | % of oracle RankIC |", "|---|---|---|---|---|"]
-    rows = [("model", model), ("ridge (last-day features)", ridge), ("oracle (demo, all days)", oracle)]
+    where = "same days" if oracle is not None and "path" in oracle and str(oracle["path"]).endswith(".parquet") \
+        else "all days"
+    rows = [("model", model), ("LightGBM peer (Alpha158-style features)", peer), ("ridge (last-day features)", ridge),
+            (f"oracle (demo, {where})", oracle)]
     if control is not None:
         rows.append(("model on shuffled targets (control)", control))
     for name, m in rows:
@@ -235,18 +282,31 @@ def dryrun_baselines(cache: Cache, split: Split, model_metrics: dict[str, Any] |
                      control: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the dry run reports next to its model: ridge, oracle, optional control, markdown.
 
-    ``{"ridge": ridge_baseline(...) or None, "oracle": oracle_baseline(...) (None off the demo),
-    "control": control (as given), "markdown": comparison_markdown(...)}``, on the first horizon
-    (the gate's). A ridge that cannot be fit (too few rows) is None with a warning, never a crash:
-    the baseline must not fail the gate.
+    ``{"ridge": ridge_baseline(...) or None, "peer": peer_baseline(...) or None, "oracle": the oracle on
+    the same days (`oracle_on_days`; the all-days `oracle_baseline` for an older demo; None off the
+    demo), "control": control (as given), "days": "test" | "validation", "markdown": ...}``, on the
+    first horizon (the gate's) and the held-out test days (validation when the split has none).
+    `model_metrics` are the model's metrics on those same days (keys ic / rankic / rankic_ir).
+    A baseline that cannot be fit (too few rows) is None with a warning, never a crash: the
+    baselines must not fail the gate.
     """
+    from atft_core.evaluate.peer import peer_baseline
+
+    days = eval_days(split)
     ridge: dict[str, Any] | None
     try:
         ridge = ridge_baseline(cache, split, min_stocks=min_stocks, max_train_days=max_train_days)
     except (ValueError, np.linalg.LinAlgError) as exc:
         log.warning("ridge baseline skipped: %s", exc)
         ridge = None
-    oracle = oracle_baseline(cache, horizon=cache.horizons[0])
-    return {"ridge": ridge, "oracle": oracle, "control": control,
-            "markdown": "### Model vs baselines (validation, "
-                        f"{cache.horizons[0]}d)\n\n" + comparison_markdown(model_metrics, ridge, oracle, control)}
+    peer: dict[str, Any] | None
+    try:
+        peer = peer_baseline(cache, split, days, min_stocks=min_stocks)
+    except ValueError as exc:
+        log.warning("LightGBM peer skipped: %s", exc)
+        peer = None
+    oracle = oracle_on_days(cache, days, min_stocks=min_stocks) or oracle_baseline(cache, horizon=cache.horizons[0])
+    which = "test" if len(split.test) else "validation"
+    return {"ridge": ridge, "peer": peer, "oracle": oracle, "control": control, "days": which,
+            "markdown": f"### Model vs baselines ({which}, {len(days)} days, {cache.horizons[0]}d)\n\n"
+                        + comparison_markdown(model_metrics, ridge, oracle, control, peer)}

@@ -16,6 +16,7 @@ from atft_core.model.blocks import (
     TemporalFusionBlock,
     VariableSelectionNetwork,
 )
+from atft_core.model.cross_section import CrossSectionContext
 from atft_core.model.graph import GraphAttentionLayer, build_edges
 
 __all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "build_model", "resolve_return_feature"]
@@ -120,6 +121,7 @@ class ATFTGATFAN(nn.Module):
         self.vsn = VariableSelectionNetwork(n_features, _FAN_STREAMS, cfg.vsn_var_dim, d, cfg.dropout,
                                             d_context=d)
         self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
+        self.cross_section = CrossSectionContext(d, cfg.dropout) if cfg.cross_section else None
         gat_heads = tuple(cfg.gat_heads) or (1,)
         # A shorter heads tuple than layers repeats its last entry (HPO may vary the layer count).
         self.gat = nn.ModuleList(
@@ -165,6 +167,8 @@ class ATFTGATFAN(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.n_features:
             raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
         h, aux_loss = self.encode(x, static)
+        if self.cross_section is not None:
+            h = self.cross_section(h, static[:, 1], day_id)
         if len(self.gat):
             edge_index = self.edges(x, static, day_id)
         else:  # gat_layers = 0 (an ablation): no graph to build

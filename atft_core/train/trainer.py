@@ -33,6 +33,7 @@ from atft_core.model import build_model
 from atft_core.train import checkpoint
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
+from atft_core.train.targets import training_targets
 
 log = logging.getLogger("atft_core.train.trainer")
 
@@ -69,6 +70,10 @@ class TrainResult:
     loss_finite: bool = True
     checkpoint: Path | None = None
     val_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # held-out test days, predicted once by the best epoch's weights (empty when the split has none)
+    test_pred: np.ndarray | None = None  # [n_test_days, S, H]
+    test_days: np.ndarray | None = None
+    test_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -92,6 +97,9 @@ class Trainer:
         # thread gathers the next batch over the memory map while the current step runs.
         self.resident = fits_on_device(cache, self.device)
         self.grid = GridTensors(cache, cfg.data.window, self.device if self.resident else "cpu")
+        if cfg.loss.target_transform != "zscore":  # the loss reads grid.y_z; metrics always use the raw y
+            self.grid.y_z = torch.from_numpy(training_targets(cache.y, cache.y_z, cache.valid,
+                                                              cfg.loss.target_transform)).to(self.grid.y_z.device)
         self.prefetch = self.device.type == "cpu" or not self.resident
         self.horizons = cache.horizons
         model = model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)
@@ -187,6 +195,7 @@ class Trainer:
         best = (-math.inf, -1)
         best_pred: np.ndarray | None = None
         best_metrics: dict[int, dict[str, Any]] = {}
+        best_state: dict[str, torch.Tensor] | None = None
         stale = 0
         h0 = self.horizons[0]
         start = self.resume(cfg.train.resume_from) if cfg.train.resume_from else 0
@@ -213,6 +222,8 @@ class Trainer:
             score = m["rankic"] if m["rankic"] is not None else -math.inf
             if score > best[0] or best_pred is None:
                 best, best_pred, best_metrics, stale = (score, epoch), pred, metrics, 0
+                if len(self.split.test):  # kept to score the test days once, with the epoch validation chose
+                    best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 if checkpoint_path is not None:
                     self.save_checkpoint(checkpoint_path, epoch, m["rankic"])
             else:
@@ -223,9 +234,16 @@ class Trainer:
                 log.info("early stop: validation RankIC has not improved for %d epochs", stale)
                 break
         assert best_pred is not None
+        test_pred, test_metrics = None, {}
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+            test_pred, test_metrics = self.evaluate(self.split.test)
+            log.info("test (%d days, epoch %d): RankIC %s", len(self.split.test), best[1],
+                     _fmt(test_metrics[h0]["rankic"]))
         return TrainResult(history=history, best_epoch=best[1], best_rankic=best[0], val_pred=best_pred,
                            val_days=self.split.val, train_days_per_epoch=history[0]["train_days"] if history else 0,
-                           checkpoint=checkpoint_path, val_metrics=best_metrics)
+                           checkpoint=checkpoint_path, val_metrics=best_metrics, test_pred=test_pred,
+                           test_days=self.split.test if test_pred is not None else None, test_metrics=test_metrics)
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
         """Weights, optimiser and scheduler state, config, and a description of the data (see checkpoint.py)."""

@@ -1,0 +1,248 @@
+"""Signal benchmark: does ATFT-GAT-FAN beat the model a quant would pick instead, on held-out days?
+
+    python -m bench.signal --goals      # seeds 1,2,3: model vs LightGBM peer vs ridge vs oracle (test days)
+    python -m bench.signal --ablation   # each change on its own, mean and spread over seeds
+
+Every number is a mean daily 1-day RankIC (`atft_core.evaluate.metrics`). Validation days pick the
+epoch (early stopping) and were the only days used to choose defaults (seed 0); the tables report
+the held-out test days of seeds that were not used for tuning. Writes `bench/signal_*.json|md`.
+One torch thread (TrainConfig.cpu_threads), LightGBM on two: the box is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atft_core.config import DryRunConfig
+from atft_core.data.batches import make_split
+from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
+from atft_core.evaluate.controls import control_result, shuffled_target_cache
+from atft_core.evaluate.metrics import summarize
+from atft_core.evaluate.peer import fit_peer
+from atft_core.train.trainer import Trainer
+from bench.common import bench_dir
+
+OUT = Path(__file__).resolve().parent
+
+# Each row changes one thing against "base" (the previous defaults), except the "new defaults" row.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "base (old defaults)": {},
+    "rank-gauss targets": {"loss.target_transform": "rank"},
+    "cross-section context": {"model.cross_section": True},
+    "no FAN (fan_k 0)": {"model.fan_k": 0},
+    "window 20": {"data.window": 20},
+    "hidden 64": {"model.hidden": 64},
+    "sector edges 32": {"model.graph_sector_edges": 32},
+    "dropout 0.1": {"model.dropout": 0.1},
+    "dropout 0.4": {"model.dropout": 0.4},
+    "weight decay 0.1": {"train.weight_decay": 0.1},
+    "lr 1e-3": {"train.lr": 1e-3},
+}
+
+
+def old_defaults() -> DryRunConfig:
+    """The configuration before this benchmark changed the defaults (the ablation's base)."""
+    cfg = DryRunConfig()
+    cfg.loss.target_transform = "zscore"
+    cfg.model.cross_section = False
+    return cfg
+
+
+def apply(cfg: DryRunConfig, overrides: dict[str, Any]) -> DryRunConfig:
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def demo_cache(seed: int, days: int = 750, stocks: int = 300) -> Path:
+    """The demo panel of `seed` and its cache under the bench folder (generated once)."""
+    root = bench_dir() / "signal" / f"demo-s{seed}-d{days}-n{stocks}"
+    data = root / "demo.parquet"
+    if not data.exists() or not Path(str(data) + ".oracle.parquet").exists():
+        generate_demo(data, DemoConfig(seed=seed, days=days, stocks=stocks))
+    return build_cache(data, root / "cache", progress=False).path
+
+
+def train_eval(cache_path: Path, cfg: DryRunConfig, *, control_seed: int | None = None) -> dict[str, Any]:
+    """Train `cfg` on the cache; validation picks the epoch; returns val and test 1-day RankIC."""
+    cache = open_cache(cache_path)
+    cfg = copy.deepcopy(cfg)
+    cfg.train.progress = False
+    split = make_split(cache, cfg.data)
+    train_cache = cache if control_seed is None else shuffled_target_cache(cache, control_seed, days=split.train)
+    t0 = time.perf_counter()
+    res = Trainer(train_cache, cfg, split=split).fit()
+    out = {"val_rankic": res.val_metrics[cache.horizons[0]]["rankic"],
+           "test_rankic": res.test_metrics[cache.horizons[0]]["rankic"] if res.test_metrics else None,
+           "best_epoch": res.best_epoch, "epochs": len(res.history), "seconds": round(time.perf_counter() - t0, 1),
+           "val_curve": [round(r["val_rankic"], 4) for r in res.history]}
+    if control_seed is not None:
+        c = control_result(cache, split, res.val_pred, res.val_days, control_seed, min_stocks=cfg.data.min_stocks)
+        out["control"] = {k: c[k] for k in ("rankic", "band", "inside")}
+    return out
+
+
+def baselines(cache_path: Path, cfg: DryRunConfig) -> dict[str, Any]:
+    cache = open_cache(cache_path)
+    split = make_split(cache, cfg.data)
+    ms = cfg.data.min_stocks
+    out: dict[str, Any] = {}
+    peer = fit_peer(cache, split.train, split.embargo)
+    out["peer_rounds"], out["peer_seconds"] = peer.best_iteration, round(peer.fit_seconds, 1)
+    for name, days in (("val", split.val), ("test", split.test)):
+        out[f"ridge_{name}"] = ridge_baseline(cache, split, days=days, min_stocks=ms)["rankic"]
+        target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
+        out[f"peer_{name}"] = summarize(peer.predict(cache, days), target, min_stocks=ms).rankic
+        oracle = oracle_on_days(cache, days, min_stocks=ms)
+        out[f"oracle_{name}"] = oracle["rankic"] if oracle else None
+    return out
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: list[str], tag: str) -> dict:
+    path = OUT / f"signal_ablation{tag}.json"
+    protocol = {"seeds": seeds, "max_epochs": epochs, "demo_days": days, "stocks": stocks}
+    results: dict[str, Any] = {"protocol": protocol, "rows": {}}
+    if path.exists():  # rows of an earlier run of the same protocol are kept (resume / add rows)
+        old = json.loads(path.read_text())
+        if old.get("protocol") == protocol:
+            results["rows"] = {k: {int(s): r for s, r in v.items()} for k, v in old["rows"].items()}
+    for name in rows:
+        per_seed = results["rows"].get(name, {})
+        if all(seed in per_seed for seed in seeds):
+            continue
+        for seed in seeds:
+            cfg = apply(old_defaults(), ABLATIONS[name]) if name in ABLATIONS else new_defaults_row()
+            cfg.train.max_epochs = epochs
+            cfg.train.seed = seed
+            if seed not in per_seed:
+                per_seed[seed] = train_eval(demo_cache(seed, days, stocks), cfg)
+            logging.info("%s seed %d: %s", name, seed, per_seed[seed])
+        results["rows"][name] = per_seed
+        path.write_text(json.dumps(results, indent=1))  # partial results survive an interrupted run
+    (OUT / f"signal_ablation{tag}.md").write_text(ablation_markdown(results))
+    return results
+
+
+def new_defaults_row() -> DryRunConfig:
+    """The combination the ablation kept (what `DryRunConfig()` now defaults to)."""
+    cfg = old_defaults()
+    cfg.loss.target_transform = "rank"
+    cfg.model.cross_section = True
+    return cfg
+
+
+def ablation_markdown(results: dict) -> str:
+    p = results["protocol"]
+    lines = [f"Ablation: demo {p['demo_days']} days x {p['stocks']} stocks, up to {p['max_epochs']} epochs "
+             f"(validation picks the epoch), seeds {p['seeds']}; 1-day RankIC, mean +- std over seeds.", "",
+             "| change | val RankIC | test RankIC | best epoch | seconds/run |", "|---|---|---|---|---|"]
+    for name, per_seed in results["rows"].items():
+        runs = list(per_seed.values())
+        v, vs = _stats([r["val_rankic"] for r in runs])
+        t, ts = _stats([r["test_rankic"] for r in runs])
+        e = statistics.fmean(r["best_epoch"] for r in runs)
+        s = statistics.fmean(r["seconds"] for r in runs)
+        lines.append(f"| {name} | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} | {e:.1f} | {s:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[int]) -> dict:
+    results: dict[str, Any] = {"seeds": {}, "max_epochs": epochs, "patience": patience}
+    for seed in seeds:
+        path = demo_cache(seed)
+        cfg = DryRunConfig()
+        cfg.train.seed = seed
+        row = baselines(path, cfg)
+        dry = train_eval(path, cfg)  # the default dry run (2 epochs)
+        row["dryrun_test"], row["dryrun_val"] = dry["test_rankic"], dry["val_rankic"]
+        long = copy.deepcopy(cfg)
+        long.train.max_epochs = epochs
+        long.train.patience = patience
+        trained = train_eval(path, long)
+        row["model_test"], row["model_val"], row["model_epochs"] = (trained["test_rankic"], trained["val_rankic"],
+                                                                    trained["epochs"])
+        row["model_best_epoch"], row["model_seconds"] = trained["best_epoch"], trained["seconds"]
+        row["dryrun_seconds"] = dry["seconds"]
+        if seed in control_seeds:
+            row["control"] = train_eval(path, cfg, control_seed=seed)["control"]
+        results["seeds"][seed] = row
+        logging.info("seed %d: %s", seed, row)
+        (OUT / "signal_goals.json").write_text(json.dumps(results, indent=1))
+    (OUT / "signal_goals.md").write_text(goals_markdown(results))
+    return results
+
+
+def goals_markdown(results: dict) -> str:
+    rows = results["seeds"]
+    lines = [f"| seed | model (<= {results['max_epochs']} epochs) | 2-epoch dry run | LightGBM peer | ridge | oracle "
+             "| model / oracle | control (band) |", "|---|---|---|---|---|---|---|---|"]
+    for seed, r in rows.items():
+        c = r.get("control")
+        ctl = "not run" if c is None else \
+            f"{c['rankic']:+.4f} (+-{c['band']:.4f}, {'inside' if c['inside'] else 'OUTSIDE'})"
+        lines.append(f"| {seed} | {r['model_test']:.4f} (epoch {r['model_best_epoch']}) | {r['dryrun_test']:.4f} | "
+                     f"{r['peer_test']:.4f} | {r['ridge_test']:.4f} | {r['oracle_test']:.4f} | "
+                     f"{r['model_test'] / r['oracle_test']:.0%} | {ctl} |")
+    mean = {k: statistics.fmean(r[k] for r in rows.values())
+            for k in ("model_test", "dryrun_test", "peer_test", "ridge_test", "oracle_test")}
+    lines.append(f"| mean | {mean['model_test']:.4f} | {mean['dryrun_test']:.4f} | {mean['peer_test']:.4f} | "
+                 f"{mean['ridge_test']:.4f} | {mean['oracle_test']:.4f} | "
+                 f"{mean['model_test'] / mean['oracle_test']:.0%} | |")
+    checks = [
+        ("model >= LightGBM peer on every seed", all(r["model_test"] >= r["peer_test"] for r in rows.values())),
+        ("model >= 80 % of the oracle on the mean", mean["model_test"] >= 0.8 * mean["oracle_test"]),
+        ("2-epoch dry run >= ridge on every seed", all(r["dryrun_test"] >= r["ridge_test"] for r in rows.values())),
+        ("shuffled-target control inside its band (seeds run)",
+         all(r["control"]["inside"] for r in rows.values() if "control" in r)),
+    ]
+    lines += ["", *[f"- {'PASS' if ok else 'FAIL'}: {name}" for name, ok in checks]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--goals", action="store_true")
+    ap.add_argument("--seeds", default=None, help="comma list (ablation default 1,2,3; goals 1,2,3)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=3, help="goals: early-stopping patience of the long run")
+    ap.add_argument("--control-seeds", default=None, help="goals: seeds that also get a control run (default all)")
+    ap.add_argument("--days", type=int, default=750)
+    ap.add_argument("--stocks", type=int, default=300)
+    ap.add_argument("--rows", default=None, help="comma list of ablation rows (default: all, then 'new defaults')")
+    ap.add_argument("--tag", default="", help="suffix of the output files (e.g. -screen)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("atft_core", "atft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    seeds = [int(s) for s in (args.seeds or "1,2,3").split(",")]
+    if args.ablation:
+        rows = args.rows.split(",") if args.rows else [*ABLATIONS, "new defaults"]
+        run_ablation(seeds, args.epochs, args.days, args.stocks, rows, args.tag)
+        print((OUT / f"signal_ablation{args.tag}.md").read_text())
+    if args.goals:
+        control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
+        run_goals(seeds, args.epochs, args.patience, control)
+        print((OUT / "signal_goals.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

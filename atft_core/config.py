@@ -106,7 +106,13 @@ class TrainConfig:
     max_train_days: int | None = None  # explicit cap only; None = every training day every epoch
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the model (measured in bench/)
+    compile: bool = False  # torch.compile the model (bench/); mode reduce-overhead with static shapes on CUDA
+    # Pad every training batch to all stocks of the cache (fixed shapes, masked rows): "auto" = on for
+    # CUDA (lets the step be compiled / CUDA-graph captured), off on CPU where padding only costs time.
+    static_shapes: str = "auto"  # auto | on | off
+    # Training steps between reads of the loss parts and the finite check (the only host sync of the
+    # loop); the epoch's end always reads. A NaN is still reported with its epoch, batch and days.
+    log_every: int = 50
     # Intra-op threads on CPU (0 = torch's default, one per core). The demo-sized model's ops are
     # too small to gain from a second thread, and on a shared box spinning threads made steps 5x
     # slower (measured): one thread is the robust default. Ignored on CUDA.

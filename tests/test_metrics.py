@@ -191,7 +191,7 @@ def test_full_panel_size_runs():
 
 
 def test_day_blocks_do_not_change_results(monkeypatch):
-    from atft_core import metrics
+    from atft_core.evaluate import metrics
 
     pred, target = _panel(seed=7, days=23, stocks=50)
     whole = summarize(pred, target, min_stocks=20)

@@ -18,14 +18,15 @@ non-fused CPU optimiser keeps its step counters as host scalars and reads them (
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["SyncCounter", "SYNC_OPS"]
+__all__ = ["SyncCounter", "SYNC_OPS", "allowed_sync"]
 
 SYNC_OPS: frozenset[str] = frozenset({
     "_local_scalar_dense", "nonzero", "nonzero_static_placeholder", "unique", "_unique", "_unique2",
@@ -118,3 +119,20 @@ class SyncCounter:
         for m in reversed(self._modes):
             m.__exit__(*exc)
         self._modes = []
+
+
+@contextmanager
+def allowed_sync() -> Iterator[None]:
+    """A sync made on purpose (the trainer's read once per log interval): lifts CUDA's sync debug mode.
+
+    Under ``torch.cuda.set_sync_debug_mode("error")`` every other sync raises; this one is allowed.
+    """
+    if not torch.cuda.is_available():
+        yield
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)

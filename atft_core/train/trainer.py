@@ -37,6 +37,7 @@ from atft_core.evaluate.metrics import summarize_horizons
 from atft_core.model import build_model
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
+from atft_core.train.syncs import allowed_sync
 
 log = logging.getLogger("atft_core.train.trainer")
 
@@ -193,7 +194,8 @@ class Trainer:
     def _read(self, acc: torch.Tensor, bad: torch.Tensor, bad_loss: torch.Tensor, names: list[str],
               sums: dict[str, float], epoch: int, day_batches: list[np.ndarray]) -> None:
         """Read the summed parts and the finite check in one transfer; raise on a non-finite loss."""
-        host = torch.cat([acc, bad.view(1).to(acc.dtype), bad_loss.view(1).to(acc.dtype)]).cpu().tolist()
+        with allowed_sync():
+            host = torch.cat([acc, bad.view(1).to(acc.dtype), bad_loss.view(1).to(acc.dtype)]).cpu().tolist()
         b_bad, loss_bad = int(host[-2]), host[-1]
         if b_bad >= 0:
             dates = [self.cache.dates[int(d)] for d in day_batches[b_bad]]

@@ -17,6 +17,7 @@ non-fused CPU optimiser keeps its step counters as host scalars and reads them (
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,9 @@ class _Dispatch(TorchDispatchMode):
             self.owner.record(f"aten::{name}(boolean mask)")  # runs nonzero below the dispatcher
         elif name in ("_to_copy", "copy_") and self.owner.device_to_host(func, args, kwargs):
             self.owner.record(f"aten::{name}(to host)")
+            out = func(*args, **kwargs)
+            self.owner.host_copies.add(out)  # reading it afterwards (tolist) is the same sync, counted here
+            return out
         return func(*args, **kwargs)
 
 
@@ -71,7 +75,7 @@ class _Function(TorchFunctionMode):
         # a device tensor's read shows up below as its copy to the host; a CPU tensor's read stands
         # for the same read of the CUDA run
         if name in ("tolist", "numpy") and args and isinstance(args[0], torch.Tensor) \
-                and args[0].device.type == "cpu":
+                and args[0].device.type == "cpu" and args[0] not in self.owner.host_copies:
             if not self.owner.ignored(args[0]):
                 self.owner.record(f"Tensor.{name}")
         return func(*args, **kwargs)
@@ -86,6 +90,7 @@ class SyncCounter:
 
     def __init__(self, ignore: Iterable[torch.Tensor] = ()):
         self.counts: Counter[str] = Counter()
+        self.host_copies: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
         self._ignore = {id(t) for t in ignore}
         self._modes: list[Any] = []
 

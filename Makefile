@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dryrun test bench lint up down clean postgres
+.PHONY: install dryrun test bench lint up down clean postgres gpu-wheels gpu-check
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -47,3 +47,28 @@ down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The GPU check (bench/gpu_check.py), for a lent GPU machine: its own python3 and torch, no network.
+# `make gpu-wheels` (here, with network) downloads cp312 manylinux wheels of what the check imports
+# beyond torch into .whl/ (ignored; the device call carries it); `make gpu-check` (there) installs
+# those its python3 lacks into GPU_SITE, offline, and writes one JSON (GPU_CHECK_OUT).
+# numpy and pyarrow are in the device image; pyarrow's wheel alone (55 MB) plus polars' (55 MB) would
+# pass the 64 MiB a device call carries, so they are left to GPU_WHEELS_EXTRA.
+GPU_PY ?= python3
+GPU_SITE ?= /tmp/atft-gpu-site
+GPU_CHECK_OUT ?= gpu_check.json
+GPU_CHECK_ARGS ?=
+PIP ?= $(PYTHON) -m pip
+GPU_WHEELS ?= polars==2.1.0 polars-runtime-32==2.1.0 pyyaml==6.0.4 nvidia-ml-py==13.615.71 tqdm==4.70.1
+GPU_WHEELS_EXTRA ?=
+
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS) $(GPU_WHEELS_EXTRA)
+	@du -sh .whl
+
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m bench.gpu_check --wheels .whl --site $(GPU_SITE) --out $(GPU_CHECK_OUT) \
+	  $(GPU_CHECK_ARGS)

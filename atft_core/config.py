@@ -114,9 +114,18 @@ class ModelConfig:
 
     @classmethod
     def reference(cls) -> "ModelConfig":
-        """Sizes of the production system this replaces (~20M parameters at ~400 features)."""
+        """The production config's named sizes (hidden 256): 4.3M parameters at 300 features, 4.8M at 400."""
         return cls(hidden=256, lstm_layers=1, attn_heads=8, dropout=0.1, fan_k=5, gat_layers=2,
                    gat_heads=(8, 4), graph_topk=16, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
+
+    @classmethod
+    def reference_20m(cls) -> "ModelConfig":
+        """The parameter count of the system this replaces (~20M): 20.7M at 300 features, 21.5M at 400.
+
+        `reference()` widened to hidden 576 with a 2-layer LSTM. Memory for one day of 4,000 stocks
+        (window 10, 300 features, fp32 training) is estimated in the README's performance section.
+        """
+        return dataclasses.replace(cls.reference(), hidden=576, lstm_layers=2)
 
 
 @dataclass
@@ -145,7 +154,13 @@ class TrainConfig:
     max_train_days: int | None = None  # explicit cap only; None = every training day every epoch
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the model (measured in bench/)
+    compile: bool = False  # torch.compile the model (bench/); mode reduce-overhead with static shapes on CUDA
+    # Pad every training batch to all stocks of the cache (fixed shapes, masked rows): "auto" = on for
+    # CUDA (lets the step be compiled / CUDA-graph captured), off on CPU where padding only costs time.
+    static_shapes: str = "auto"  # auto | on | off
+    # Training steps between reads of the loss parts and the finite check (the only host sync of the
+    # loop); the epoch's end always reads. A NaN is still reported with its epoch, batch and days.
+    log_every: int = 50
     # Intra-op threads on CPU (0 = torch's default, one per core). The demo-sized model's ops are
     # too small to gain from a second thread, and on a shared box spinning threads made steps 5x
     # slower (measured): one thread is the robust default. Ignored on CUDA.

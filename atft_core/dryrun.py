@@ -30,8 +30,8 @@ from atft_core.evaluate.controls import control_result, shuffled_target_cache
 from atft_core.evaluate.gate import Criterion, GateResult, evaluate_gate
 from atft_core.evaluate.report import build_report, report_markdown
 from atft_core.rundir import write_json
-from atft_core.train.gpu_monitor import GpuMonitor
-from atft_core.train.trainer import Trainer, TrainResult
+from atft_core.train.gpu_monitor import monitor_for_device
+from atft_core.train.trainer import Trainer, TrainResult, resolve_device
 
 log = logging.getLogger("atft_core.dryrun")
 
@@ -60,7 +60,8 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
     split = make_split(cache, cfg.data)  # the Trainer's own split (same function, same config)
     # control run: train on targets shuffled among each training day's names; validation stays real
     train_cache = cache if control_seed is None else shuffled_target_cache(cache, control_seed, days=split.train)
-    monitor = GpuMonitor()
+    # the trainer's own device: its CUDA index is watched, and a CUDA run must show its utilisation
+    monitor = monitor_for_device(resolve_device(cfg.train.device))
     monitor.start()
     result: TrainResult | None = None
     error: str | None = None

@@ -232,7 +232,7 @@ def _sync(device: torch.device) -> None:
 
 def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, Any]:
     from atft_core.data.cache import open_cache
-    from atft_core.train.gpu_monitor import GpuMonitor
+    from atft_core.train.gpu_monitor import monitor_for_device
     from atft_core.train.trainer import Trainer, resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -250,8 +250,10 @@ def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, An
         res["gate_passed"] = result.gate.passed
         res["val_rankic"] = result.metrics.get("val_rankic")
     else:
-        monitor = GpuMonitor()
+        monitor = monitor_for_device(device)
         monitor.start()
+        # FeedGrid hands out eager batches only (this variant compares data feeding, not shapes)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, static_shapes="off"))
         try:
             trainer = Trainer(cache, cfg, monitor=monitor)
             feed = FeedGrid(cache, cfg.data.window, device, kind)

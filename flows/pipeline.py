@@ -67,7 +67,8 @@ def atft_pipeline(
     hpo_workers: HPO workers sharing the study: runs of `atft-hpo-worker/gpu` (PostgreSQL storage when
     more than one), or without the gpu pool processes on this host (a journal file by default).
 
-    require_gpu=None means: required when training runs on the `gpu` pool, not applicable in-process.
+    require_gpu=None means: required when training runs on the `gpu` pool; in-process it is required
+    only when the trainer's device resolves to CUDA (the dry run adds that itself).
     gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"
     or "local" (in-process subflow).
     profile: the panel's column layout ("auto", "atft", "gogooku3"); None keeps the config's.

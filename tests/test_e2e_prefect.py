@@ -87,7 +87,7 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
         # A dry run through the deployments: cpu worker -> run_deployment -> gpu worker.
         params = {"data_path": str(tiny_demo), "config_path": str(tiny_config), "max_epochs": 1,
                   "output_dir": str(out), "cache_dir": str(tmp_path / "cache"),
-                  "require_gpu": "false",  # no GPU on this machine; the rest of the gate still applies
+                  "require_gpu": "false", "device": "cpu",  # CPU on any host: a GPU host would require the GPU
                   "min_rankic": -1.0}  # one epoch on a tiny panel: the test is about orchestration
         cmd = [str(PREFECT), "deployment", "run", "atft/dryrun", "--watch"]
         for k, v in params.items():

@@ -126,3 +126,17 @@ def test_implausibly_high_rankic_fails_with_the_look_ahead_hint():
 def test_unscreened_cache_makes_no_lookahead_not_applicable():
     res = evaluate_gate(GOOD, GPU_OK, GateConfig(), completed=True, loss_finite=True, train_days=5)
     assert _by_name(res)["no_lookahead"].passed is None and res.passed
+
+
+def test_gpu_is_required_whenever_the_trainer_ran_on_cuda():
+    on_cuda = {**NO_GPU, "reason": "cannot measure: device 0 is a MIG slice", "trainer_device": "cuda:0"}
+    res = evaluate_gate(GOOD, on_cuda, GateConfig(require_gpu=False), **RUN_OK)
+    gpu = _by_name(res)["gpu_util_mean"]
+    assert not res.passed and gpu.passed is False
+    assert "the trainer ran on cuda:0" in gpu.note and "cannot measure" in gpu.note
+    measured = {**GPU_OK, "trainer_device": "cuda:1", "scope_note": "device-wide utilisation (...)"}
+    gpu = _by_name(evaluate_gate(GOOD, measured, GateConfig(), **RUN_OK))["gpu_util_mean"]
+    assert gpu.passed is True and "device-wide" in gpu.note
+    on_cpu = {**NO_GPU, "reason": "the trainer ran on cpu: no GPU to measure", "trainer_device": "cpu"}
+    gpu = _by_name(evaluate_gate(GOOD, on_cpu, GateConfig(), **RUN_OK))["gpu_util_mean"]
+    assert gpu.passed is None and "not applicable" in gpu.note

@@ -4,8 +4,16 @@ A batch holds one or more complete days; a day is never split, because every cro
 and metric is defined per day. The window of L days for all stocks of day t is the slice
 ``x[t-L+1 : t+1]``, so gathering a batch is a slice plus a row selection: no per-sample Python.
 
-Shapes (S = stocks in the batch summed over its days, L = window, F = features, H = horizons):
+Shapes (S = stocks in the batch summed over its days, L = window, F = features, H = horizons,
+G = days in the batch, N = widest day):
     x [S, L, F]   static [S, 2]   y [S, H]   y_z [S, H]   y_mask [S, H]   day_id [S]   stock [S]
+    layout [G, N]: row of each (day, slot), S for an empty slot (the loss's per-day view)
+
+No host sync: every index (which stocks trade on each day, the day layout) is computed on the host
+from the cache's numpy `valid` grid before anything runs on the device, then uploaded; nothing is
+read back. `gather_static` pads every day to all S_total stocks of the cache (rows without data are
+masked), so a batch's shapes depend only on the number of days: the step can be compiled with
+static shapes or captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class Batch:
     day_id: torch.Tensor  # [S] long: position of the row's day within `days`
     stock: torch.Tensor  # [S] long: stock index in the cache
     days: torch.Tensor  # [n_days] long: cache day indices
+    layout: torch.Tensor | None = None  # [G, N] long: row of each (day, slot), S = empty slot
 
 
 def eligible_days(cache: Cache, window: int, min_stocks: int) -> np.ndarray:
@@ -141,29 +150,83 @@ class GridTensors:
         self.y_z = y_z.to(self.device)
         self.valid = valid.to(self.device)
         self.static = torch.from_numpy(cache.static).to(self.device)
+        self.valid_host = np.asarray(cache.valid).astype(bool)  # [T, S_total]: batch indices are made from it
 
     def gather(self, days: np.ndarray | torch.Tensor) -> Batch:
-        """Batch of whole days: every stock with a row on that day (targets may be unknown)."""
-        days_t = torch.as_tensor(np.asarray(days), dtype=torch.long, device=self.device)
+        """Batch of whole days: every stock with a row on that day (targets may be unknown).
+
+        Rows are day-major, stocks ascending within a day. Indices come from the host copy of
+        `valid` (numpy), so the device is never asked for a shape.
+        """
+        days_np = self._days(days)
         L = self.window
-        xs, stocks, day_ids = [], [], []
-        for k, t in enumerate(days_t.tolist()):
-            if t < L - 1:
-                raise IndexError(f"day {t} has fewer than window={L} days of history")
-            idx = torch.nonzero(self.valid[t], as_tuple=False).squeeze(1)  # [S_t]
-            xs.append(self.x[t - L + 1:t + 1].index_select(1, idx).transpose(0, 1))  # [S_t, L, F]
-            stocks.append(idx)
-            day_ids.append(torch.full_like(idx, k))
-        stock = torch.cat(stocks)
-        day_id = torch.cat(day_ids)
+        per_day = [np.flatnonzero(self.valid_host[t]) for t in days_np]  # host: [S_t] each
+        counts = np.array([len(i) for i in per_day], dtype=np.int64)
+        stock_np = np.concatenate(per_day) if per_day else np.zeros(0, np.int64)
+        day_np = np.repeat(np.arange(len(days_np)), counts)
+        time_np = days_np[day_np][:, None] + np.arange(-L + 1, 1)[None, :]  # [S, L] cache day of each step
+        width = int(counts.max()) if len(counts) else 0
+        layout_np = np.full((len(days_np), width), len(stock_np), dtype=np.int64)
+        slot = np.arange(len(stock_np)) - np.repeat(np.cumsum(counts) - counts, counts)
+        layout_np[day_np, slot] = np.arange(len(stock_np))
+        stock, day_id, t_idx, days_t, layout = (self._upload(a) for a in
+                                                (stock_np, day_np, time_np, days_np, layout_np))
+        x = self.x[t_idx, stock[:, None]]  # [S, L, F] in one gather
         rows = days_t[day_id]
+        return self._finish(x, stock, rows, day_id, days_t, layout, self.valid[rows, stock])
+
+    def gather_static(self, days: np.ndarray | torch.Tensor, n_days: int | None = None) -> Batch:
+        """Batch of whole days padded to a fixed shape: every stock of the cache on every day.
+
+        S = n_days * S_total rows, day k at rows k*S_total .. (k+1)*S_total - 1. A stock without a row
+        that day (and every row of the padding days added when ``len(days) < n_days``) has
+        ``y_mask`` False and ``day_id`` -1, so it is left out of the loss and never joins a real
+        day's graph. The shapes depend only on ``n_days``; the loss and gradients equal `gather`'s.
+        """
+        days_np = self._days(days)
+        n_days = len(days_np) if n_days is None else int(n_days)
+        if len(days_np) > n_days:
+            raise ValueError(f"{len(days_np)} days do not fit a static batch of {n_days}")
+        real = np.arange(n_days) < len(days_np)
+        padded = np.concatenate([days_np, np.full(n_days - len(days_np), days_np[0] if len(days_np) else
+                                                  self.window - 1, np.int64)])
+        n_stocks = self.x.shape[1]
+        L = self.window
+        time_np = padded[:, None] + np.arange(-L + 1, 1)[None, :]  # [G, L]
+        t_idx, days_t, real_t = self._upload(time_np), self._upload(padded), self._upload(real)
+        x = self.x[t_idx].permute(0, 2, 1, 3).reshape(n_days * n_stocks, L, -1)  # [G*S_total, L, F]
+        stock = torch.arange(n_stocks, device=self.device).repeat(n_days)
+        k = torch.arange(n_days, device=self.device).repeat_interleave(n_stocks)
+        rows = days_t.repeat_interleave(n_stocks)
+        has_row = self.valid[rows, stock].bool() & real_t.repeat_interleave(n_stocks)
+        day_id = torch.where(has_row, k, torch.full_like(k, -1))
+        layout = torch.arange(n_days * n_stocks, device=self.device).view(n_days, n_stocks)
+        return self._finish(x, stock, rows, day_id, days_t[: len(days_np)], layout, has_row)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _days(self, days: np.ndarray | torch.Tensor) -> np.ndarray:
+        days_np = (days.cpu().numpy() if torch.is_tensor(days) else np.asarray(days)).astype(np.int64).reshape(-1)
+        short = days_np[days_np < self.window - 1]
+        if len(short):
+            raise IndexError(f"day {int(short[0])} has fewer than window={self.window} days of history")
+        return days_np
+
+    def _upload(self, a: np.ndarray) -> torch.Tensor:
+        """Host array -> device tensor without a blocking copy (pinned + non_blocking on CUDA)."""
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _finish(self, x: torch.Tensor, stock: torch.Tensor, rows: torch.Tensor, day_id: torch.Tensor,
+                days_t: torch.Tensor, layout: torch.Tensor, has_row: torch.Tensor) -> Batch:
         y = self.y[rows, stock]
         y_z = self.y_z[rows, stock]
-        mask = torch.isfinite(y_z) & torch.isfinite(y)
+        mask = torch.isfinite(y_z) & torch.isfinite(y) & has_row.bool()[:, None]
         # the categories of that day (a stock that changed section is seen in the section it had then)
-        return Batch(x=torch.cat(xs).float(), static=self.static[rows, stock].long(), y=y,
+        return Batch(x=x.float(), static=self.static[rows, stock].long(), y=y,
                      y_z=torch.where(mask, y_z, torch.zeros_like(y_z)), y_mask=mask,
-                     day_id=day_id, stock=stock, days=days_t)
+                     day_id=day_id, stock=stock, days=days_t, layout=layout)
 
 
 def make_split(cache: Cache, cfg: DataConfig) -> Split:

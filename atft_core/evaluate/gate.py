@@ -2,9 +2,11 @@
 
 Criteria (thresholds from `GateConfig`):
 
-- ``gpu_util_mean > min_gpu_util``: NVML utilisation sampled while training steps ran. Without a
-  GPU it fails when ``require_gpu`` (the GPU pool) and is *not applicable* otherwise (a local CPU
-  run), with the monitor's reason in the note;
+- ``gpu_util_mean > min_gpu_util``: NVML utilisation sampled while training steps ran, on the
+  trainer's own device (this process's share where NVML offers it; the note says when it is
+  device-wide). Required whenever the trainer ran on CUDA (``gpu["trainer_device"]``) or
+  ``require_gpu`` is set (the GPU pool): then a GPU that cannot be measured (no NVML, a MIG slice,
+  a failed read) fails. *Not applicable* otherwise (a CPU run), with the monitor's reason in the note;
 - ``val_rankic > min_rankic``: mean daily validation RankIC. An undefined (NaN / missing) RankIC
   fails: NaN compares False with everything and must never slip through as a pass;
 - ``no_lookahead``: no input feature is a look-ahead suspect of the cache's leak screen
@@ -99,18 +101,23 @@ def _finite(x: Any) -> float | None:
 
 def _gpu_criterion(gpu: dict[str, Any], cfg: GateConfig) -> Criterion:
     name = "gpu_util_mean"
+    on_cuda = str(gpu.get("trainer_device") or "").startswith("cuda")
+    required = cfg.require_gpu or on_cuda
+    why = f"the trainer ran on {gpu['trainer_device']}" if on_cuda else "require_gpu is set (GPU pool)"
     if not gpu.get("available", False):
         reason = gpu.get("reason") or "no GPU monitor result"
-        if cfg.require_gpu:
-            return Criterion(name, None, cfg.min_gpu_util, False, f"GPU required but unavailable: {reason}")
+        if required:
+            return Criterion(name, None, cfg.min_gpu_util, False, f"GPU required ({why}) but {reason}")
         return Criterion(name, None, cfg.min_gpu_util, None, f"not applicable: {reason}")
     util = _finite(gpu.get("util_mean"))
     if util is None:
-        why = gpu.get("reason") or "no utilisation samples"
-        return Criterion(name, None, cfg.min_gpu_util, False, f"GPU present but not measured: {why}")
+        reason = gpu.get("reason") or "no utilisation samples"
+        return Criterion(name, None, cfg.min_gpu_util, False, f"cannot measure: GPU present but {reason}")
     note = f"{gpu.get('n_samples', '?')} NVML samples while training steps ran"
     if gpu.get("device"):
         note += f" on {gpu['device']}"
+    if gpu.get("scope_note"):
+        note += f"; {gpu['scope_note']}"
     return Criterion(name, util, cfg.min_gpu_util, util > cfg.min_gpu_util, note)
 
 

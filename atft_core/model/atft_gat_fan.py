@@ -17,7 +17,7 @@ from atft_core.model.blocks import (
     VariableSelectionNetwork,
 )
 from atft_core.model.cross_section import CrossSectionContext
-from atft_core.model.graph import GraphAttentionLayer, build_edges
+from atft_core.model.graph import GraphAttentionLayer, build_edges_fixed
 
 __all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "build_model", "resolve_return_feature"]
 
@@ -77,8 +77,8 @@ class ATFTGATFAN(nn.Module):
     NaN inputs are read as 0 (the cache's neutral z-score).
 
     ``torch.compile``: `encode` (FAN + TFT) and `decode` (GAT + heads) have no data-dependent Python
-    control flow; edge building (`build_edges`, topk / unique with data-dependent sizes) is between
-    them and runs eagerly. Compiling the whole model works (checked on CPU) with graph breaks at the
+    control flow; edge building (`build_edges_fixed`: fixed-shape topk and sort, no host sync) is
+    between them. Compiling the whole model works (checked on CPU) with graph breaks at the
     LSTM (Dynamo does not trace RNNs by default; it runs as its cuDNN kernel) and at the edges;
     `decode` compiles with ``fullgraph=True``; inductor leaves FAN's complex FFT to eager kernels.
     On CUDA ``index_add_`` (graph aggregation) is not bitwise deterministic run to run.
@@ -147,15 +147,16 @@ class ATFTGATFAN(nn.Module):
         h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
         return h, self.cfg.fan_aux_weight * fan.aux_loss()
 
-    def edges(self, x: Tensor, static: Tensor, day_id: Tensor) -> Tensor:
-        """The day graph for this batch (`build_edges` on the return feature's window)."""
-        return build_edges(x[:, :, self.return_feature_idx], day_id, static[:, 1],
-                           self.cfg.graph_topk, self.cfg.graph_sector_edges)
+    def edges(self, x: Tensor, static: Tensor, day_id: Tensor) -> tuple[Tensor, Tensor]:
+        """The day graph for this batch: ``(edge_index [2, E], keep [E])`` from `build_edges_fixed`."""
+        return build_edges_fixed(x[:, :, self.return_feature_idx], day_id, static[:, 1],
+                                 self.cfg.graph_topk, self.cfg.graph_sector_edges)
 
-    def decode(self, h: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor | None]:
+    def decode(self, h: Tensor, edge_index: Tensor, edge_mask: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
         """GAT across stocks and heads: ``h [S, D] -> (pred [S, H], quantiles [S, H, Q] or None)``."""
         for layer in self.gat:
-            h = layer(h, edge_index)
+            h = layer(h, edge_index, edge_mask=edge_mask)
         outs = [head(h) for head in self.heads]
         pred = torch.stack([p for p, _ in outs], dim=1)
         if not self.quantiles:
@@ -170,10 +171,10 @@ class ATFTGATFAN(nn.Module):
         if self.cross_section is not None:
             h = self.cross_section(h, static[:, 1], day_id)
         if len(self.gat):
-            edge_index = self.edges(x, static, day_id)
+            edge_index, edge_mask = self.edges(x, static, day_id)
         else:  # gat_layers = 0 (an ablation): no graph to build
-            edge_index = torch.empty(2, 0, dtype=torch.long, device=x.device)
-        pred, quantiles = self.decode(h, edge_index)
+            edge_index, edge_mask = torch.empty(2, 0, dtype=torch.long, device=x.device), None
+        pred, quantiles = self.decode(h, edge_index, edge_mask)
         return {"pred": pred, "quantiles": quantiles, "aux_loss": aux_loss}
 
 

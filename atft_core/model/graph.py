@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GraphAttentionLayer", "build_edges", "scatter_softmax"]
+__all__ = ["GraphAttentionLayer", "build_edges", "build_edges_fixed", "scatter_softmax"]
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def build_edges(
     sector_edges: int,
     chunk: int = 512,
 ) -> Tensor:
-    """Edges for graph attention across the stocks of each day in the batch.
+    """Edges for graph attention across the stocks of each day in the batch, as a compact list.
 
     Args:
         ret_window: ``[S, L]`` each stock's return window (NaN counts as 0).
@@ -48,15 +48,37 @@ def build_edges(
     Returns:
         ``edge_index [2, E]`` long on ``ret_window``'s device: the union of correlation, sector and
         self-loop edges, without duplicates, sorted by destination then source.
-        ``E <= S * (topk + sector_edges + 1)``.
+        ``E <= S * (topk + sector_edges + 1)``. Its size is data dependent (one host sync); the
+        model uses `build_edges_fixed` instead.
+    """
+    edge_index, keep = build_edges_fixed(ret_window, day_id, sector, topk, sector_edges, chunk)
+    return edge_index[:, keep]
+
+
+@torch.no_grad()
+def build_edges_fixed(
+    ret_window: Tensor,
+    day_id: Tensor,
+    sector: Tensor,
+    topk: int,
+    sector_edges: int,
+    chunk: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """`build_edges` with a fixed shape and no host sync: every stock gets C = 1 + k + sector_edges slots.
+
+    Arguments as `build_edges` (k = min(topk, S - 1)). Returns ``(edge_index [2, S * C], keep [S * C]
+    bool)``: slot j of destination i holds a source; ``keep`` is False for an unused or duplicate slot
+    (its source is then i itself, harmless, and `GraphAttentionLayer` gives it no weight).
+    ``edge_index[:, keep]`` is exactly `build_edges`' list (sorted by destination, then source). Shapes
+    depend only on S, so the step can be compiled with static shapes or captured as a CUDA graph.
+    Rows with ``day_id`` -1 (static-shape padding) only ever connect to each other.
     """
     device = ret_window.device
     s = ret_window.shape[0]
     day_id = day_id.to(device=device, dtype=torch.long)
     sector = sector.to(device=device, dtype=torch.long)
     nodes = torch.arange(s, device=device)
-    srcs: list[Tensor] = [nodes]
-    dsts: list[Tensor] = [nodes]
+    cands: list[Tensor] = [nodes[:, None]]  # [S, c] source candidates per destination; s = none
 
     k = min(int(topk), s - 1)
     if k > 0:
@@ -69,40 +91,42 @@ def build_edges(
                 stop = min(start + chunk, s)
                 rows = nodes[start:stop]
                 corr = z[start:stop] @ z.T  # [chunk, S]: the only S-wide buffer
-                other_day = day_id[start:stop, None] != day_id[None, :]
-                corr.masked_fill_(other_day, float("-inf"))
+                corr.masked_fill_(day_id[start:stop, None] != day_id[None, :], float("-inf"))
                 corr[rows - start, rows] = float("-inf")
                 vals, idx = corr.topk(k, dim=1)
-                ok = torch.isfinite(vals)  # a small day may have fewer than k other stocks
-                srcs.append(idx[ok])
-                dsts.append(rows[:, None].expand(-1, k)[ok])
-                del corr, other_day
+                # a small day may have fewer than k other stocks: those slots stay empty
+                cands.append(torch.where(torch.isfinite(vals), idx, s))
+                del corr
+        if len(cands) > 2:
+            cands = [cands[0], torch.cat(cands[1:], 0)]
 
-    if sector_edges > 0:
-        known = torch.nonzero(sector >= 0).squeeze(1)
-        if known.numel() > 1:
-            # One integer key per (day, sector): a 1-D unique is far cheaper than unique(dim=0).
-            d_known, s_known = day_id[known], sector[known]
-            d_known = d_known - d_known.min()
-            pair_key = d_known * (int(s_known.max()) + 1) + s_known
-            _, group = torch.unique(pair_key, return_inverse=True)
-            order = torch.argsort(group, stable=True)
-            g = group[order]
-            sizes = torch.bincount(g)
-            starts = torch.cumsum(sizes, 0) - sizes
-            rank = torch.arange(g.numel(), device=device) - starts[g]
-            n = sizes[g]
-            offsets = torch.arange(1, int(sector_edges) + 1, device=device)
-            partner = (rank[:, None] + offsets[None, :]) % n[:, None]
-            ok = offsets[None, :] < n[:, None]  # offset n would be the stock itself
-            members = known[order]
-            srcs.append(members[(starts[g][:, None] + partner)[ok]])
-            dsts.append(members[:, None].expand(-1, offsets.numel())[ok])
+    n_sec = int(sector_edges)
+    if n_sec > 0:
+        # one integer key per (day, sector); an unknown sector gets a key of its own (no partners)
+        known = sector >= 0
+        key = torch.where(known, day_id * (1 << 32) + sector, (1 << 62) + nodes)
+        order = torch.argsort(key, stable=True)  # groups contiguous, members in index order
+        ks = key[order]
+        is_new = torch.ones(s, dtype=torch.bool, device=device)
+        is_new[1:] = ks[1:] != ks[:-1]
+        start = torch.cummax(torch.where(is_new, nodes, 0), dim=0).values
+        is_end = torch.ones_like(is_new)
+        is_end[:-1] = is_new[1:]
+        end = torch.cummin(torch.where(is_end, nodes + 1, s).flip(0), dim=0).values.flip(0)
+        size = end - start
+        offsets = torch.arange(1, n_sec + 1, device=device)
+        partner = start[:, None] + (nodes - start)[:, None].add(offsets[None, :]) % size[:, None]
+        ok = offsets[None, :] < size[:, None]  # offset = size would be the stock itself
+        sec = torch.empty((s, n_sec), dtype=torch.long, device=device)
+        sec[order] = torch.where(ok, order[partner], s)
+        cands.append(sec)
 
-    src = torch.cat(srcs)
-    dst = torch.cat(dsts)
-    key = torch.unique(dst * s + src)  # dedupe and sort in one pass
-    return torch.stack((key % s, key // s))
+    src = torch.sort(torch.cat(cands, 1), dim=1).values  # [S, C]: sources ascending, empties last
+    keep = src < s
+    keep[:, 1:] &= src[:, 1:] != src[:, :-1]  # a neighbour found twice (correlation and sector) counts once
+    src = torch.where(keep, src, nodes[:, None])
+    dst = nodes[:, None].expand_as(src)
+    return torch.stack((src.reshape(-1), dst.reshape(-1))), keep.reshape(-1)
 
 
 def scatter_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tensor:
@@ -151,8 +175,9 @@ class GraphAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(out_dim)
 
-    def forward(self, x: Tensor, edge_index: Tensor, return_attention: bool = False
-                ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, edge_index: Tensor, return_attention: bool = False,
+                edge_mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """``edge_mask [E]`` bool (from `build_edges_fixed`): False edges get no weight and no message."""
         n = x.shape[0]
         src, dst = edge_index[0], edge_index[1]
         xs = self.lin_src(x).view(n, self.heads, self.d_head)
@@ -160,7 +185,10 @@ class GraphAttentionLayer(nn.Module):
         # Per-edge work in float32: E x heads x d_head, the only edge-sized buffers.
         xs_e = xs.float()[src]  # [E, H, dh]
         e = F.leaky_relu(xs_e + xd.float()[dst], self.negative_slope)
-        alpha = scatter_softmax((e * self.att.float()).sum(-1), dst, n)  # [E, H]
+        scores = (e * self.att.float()).sum(-1)  # [E, H]
+        if edge_mask is not None:
+            scores = scores.masked_fill(~edge_mask[:, None], float("-inf"))
+        alpha = scatter_softmax(scores, dst, n)  # [E, H]
         msg = xs_e * self.attn_dropout(alpha).unsqueeze(-1)
         agg = torch.zeros(n, self.heads, self.d_head, device=x.device, dtype=msg.dtype)
         agg = agg.index_add_(0, dst, msg)

@@ -160,7 +160,19 @@ def _horizon_weights(cfg: LossConfig, horizons: Sequence[int], device: torch.dev
     w = [float(cfg.horizon_weights.get(h, cfg.shortest_horizon_weight if h == shortest else 1.0)) for h in horizons]
     if any(x < 0 for x in w) or sum(w) <= 0:
         raise ValueError(f"loss.horizon_weights must be >= 0 with a positive sum, got {w}")
-    return torch.tensor(w, device=device)
+    return _constant(tuple(w), device)
+
+
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A small constant tensor on `device`, uploaded once (a fresh upload every step is a blocking copy)."""
+    key = (values, str(device), dtype)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return t
 
 
 def compute_loss(
@@ -171,6 +183,8 @@ def compute_loss(
     cfg: LossConfig,
     horizons: Sequence[int],
     quantile_levels: Sequence[float] = (),
+    layout: Tensor | None = None,
+    sync: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
     """Multi-horizon loss of one batch of whole days.
 
@@ -182,11 +196,17 @@ def compute_loss(
         cfg: loss weights and surrogate settings.
         horizons: the H horizons, in column order.
         quantile_levels: the Q levels of ``out["quantiles"]`` (required when it is given).
+        layout: [G, N] long, row of each (day, slot) with S for an empty slot (`Batch.layout`, built
+            on the host). Given, the loss makes no host sync; None derives it from ``day_id`` (one
+            ``unique`` and one read of the widest day: two syncs).
+        sync: False keeps the parts on the device as 0-dim tensors (the trainer sums them and reads
+            them once per log interval); True reads them as floats (one transfer).
 
     Returns:
-        (scalar loss with gradient, parts): parts are detached floats, each the horizon-weighted
-        mean of a per-day-averaged term: ``huber``, ``pinball`` (with quantile heads),
-        ``rankic_sur``, ``ic``, ``sharpe``, ``total``, plus ``n_days`` (days in the batch).
+        (scalar loss with gradient, parts): parts are detached floats (tensors when ``sync`` is
+        False), each the horizon-weighted mean of a per-day-averaged term: ``huber``, ``pinball``
+        (with quantile heads), ``rankic_sur``, ``ic``, ``sharpe``, ``total``, plus ``n_days`` (days
+        in the batch, a float: it is a shape).
     """
     pred = out["pred"]
     if pred is None or pred.dim() != 2:
@@ -205,7 +225,7 @@ def compute_loss(
         )
     # the statistics below need float32 even when the model ran under bf16 autocast
     dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    idx, G = _pad_days(day_id)
+    idx, G = _pad_days(day_id) if layout is None else (layout, layout.shape[0])
     p = _gather(pred.to(dtype), idx, 0.0)  # [G, N, H]
     m = _gather(y_mask.bool() & torch.isfinite(y_z), idx, False)
     zero = torch.zeros((), dtype=dtype, device=pred.device)
@@ -224,7 +244,7 @@ def compute_loss(
 
     if quantiles is not None:
         qs = _gather(quantiles.to(dtype), idx, 0.0)  # [G, N, H, Q]
-        levels = torch.tensor(tuple(quantile_levels), dtype=dtype, device=pred.device)
+        levels = _constant(tuple(float(q) for q in quantile_levels), pred.device, dtype)
         err = y.unsqueeze(-1) - qs
         pin = torch.maximum(levels * err, (levels - 1.0) * err).mean(-1)
         terms["pinball"] = day_mean(torch.where(m, pin, zero).sum(1) / n1)
@@ -253,8 +273,9 @@ def compute_loss(
     w = w / w.sum().clamp(min=_EPS)
     total = (w * loss_h).sum() + 0.0 * pred.sum()  # keeps a graph even when no day counts
     names = list(terms)
-    # one device->host transfer for all parts, not one sync per .item()
-    values = torch.stack([(w * terms[k]).sum() for k in names] + [total]).detach().cpu().tolist()
+    stacked = torch.stack([(w * terms[k]).sum() for k in names] + [total]).detach()
+    # one device->host transfer for all parts (sync=True), not one sync per .item()
+    values = stacked.cpu().tolist() if sync else stacked.unbind()
     parts = dict(zip([*names, "total"], values, strict=True))
     parts["n_days"] = float(G)
     return total, parts

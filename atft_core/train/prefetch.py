@@ -60,7 +60,8 @@ def fits_on_device(cache: Cache, device: torch.device | str, dtype: torch.dtype 
 
 
 def _map_tensors(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-    return dataclasses.replace(batch, **{f.name: fn(getattr(batch, f.name)) for f in dataclasses.fields(batch)})
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return dataclasses.replace(batch, **{k: fn(v) for k, v in fields.items() if torch.is_tensor(v)})
 
 
 def batch_to(batch: Batch, device: torch.device, non_blocking: bool = False) -> Batch:

@@ -6,6 +6,11 @@ Guards against the failures of the system this replaces:
 - validation runs under `torch.no_grad()`, predictions are detached and copied into one
   preallocated grid, metrics are computed once, vectorised, from `atft_core.evaluate.metrics`;
 - a non-finite loss stops training with an error naming the epoch and batch (no silent skip).
+
+No host sync inside a training step: batches are gathered from host-made indices, the loss parts
+and the finite check are summed on the device and read once every `TrainConfig.log_every` steps
+(and at the epoch's end). With static shapes (`TrainConfig.static_shapes`) every batch is padded to
+all stocks of the cache, so the step has one shape and can be compiled with ``reduce-overhead``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from atft_core.model import build_model
 from atft_core.train import checkpoint
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
+from atft_core.train.syncs import allowed_sync
 from atft_core.train.targets import training_targets
 
 log = logging.getLogger("atft_core.train.trainer")
@@ -46,6 +52,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA GPU is visible; use --device auto or cpu")
     return torch.device(name)
+
+
+def resolve_static_shapes(setting: str, device: torch.device) -> bool:
+    """`TrainConfig.static_shapes`: "on", "off", or "auto" (on for CUDA, off elsewhere)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"train.static_shapes must be auto, on or off, got {setting!r}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def seed_everything(seed: int) -> None:
@@ -104,12 +117,18 @@ class Trainer:
         self.horizons = cache.horizons
         model = model or build_model(cache.x.shape[2], self.horizons, cfg.model, cache.feature_names)
         self.model = model.to(self.device)
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.static_shapes = resolve_static_shapes(cfg.train.static_shapes, self.device)
+        self.graphs = cfg.train.compile and self.static_shapes and self.device.type == "cuda"
+        self.forward = (torch.compile(self.model, mode="reduce-overhead" if self.graphs else None,
+                                      dynamic=False if self.static_shapes else None)
+                        if cfg.train.compile else self.model)
         self.monitor = monitor
         self.on_epoch = on_epoch
         self.sampler = DayBatchSampler(self.split.train, cfg.data.days_per_batch, shuffle=True,
                                        seed=cfg.train.seed, max_days=cfg.train.max_train_days)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # fused on CUDA: one kernel, and its step counters live on the device (no host read per step)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                     fused=True if self.device.type == "cuda" else None)
         total = max(1, len(self.sampler) * cfg.train.max_epochs)
         warmup = max(1, int(total * cfg.train.warmup_fraction))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -118,51 +137,82 @@ class Trainer:
                     if self.device.type == "cuda" and cfg.train.amp else nullcontext())
 
     # -- one step -----------------------------------------------------------------------------
-    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def gather(self, days: np.ndarray):
+        """The training batch of `days`: padded to `days_per_batch` x all stocks with static shapes."""
+        if self.static_shapes:
+            return self.grid.gather_static(days, n_days=self.cfg.data.days_per_batch)
+        return self.grid.gather(days)
+
+    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Loss with gradient and its parts as 0-dim device tensors (nothing is read on the host)."""
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         with self.amp:
             out = self.forward(batch.x, batch.static, batch.day_id)
         out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
         loss, parts = compute_loss(out, batch.y_z, batch.y_mask, batch.day_id, self.cfg.loss, self.horizons,
-                                   quantile_levels=tuple(self.cfg.model.quantiles))
+                                   quantile_levels=tuple(self.cfg.model.quantiles), layout=batch.layout, sync=False)
         aux = out.get("aux_loss")
         if aux is not None:  # FAN learns to predict back the frequency components it removed
             loss = loss + aux
-            parts["fan_aux"] = float(aux.detach())
+            parts["fan_aux"] = aux.detach()
         return loss, parts
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         self.sampler.set_epoch(epoch)
-        total, n_batches, n_days = 0.0, 0, 0
-        parts_sum: dict[str, float] = {}
-        source = Prefetcher(self.grid.gather, self.sampler, device=self.device) if self.prefetch else None
-        batches = source if source is not None else (self.grid.gather(days) for days in self.sampler)
+        day_batches = list(self.sampler)  # host arrays: named in a NaN error without a device read
+        log_every = max(1, int(self.cfg.train.log_every))
+        names: list[str] = []
+        sums: dict[str, float] = {}
+        n_days = 0
+        acc: torch.Tensor | None = None  # device: [loss, *parts] summed since the last read
+        bad = torch.full((), -1.0, device=self.device)  # device: first batch with a non-finite loss
+        bad_loss = torch.zeros((), device=self.device)
+        source = Prefetcher(self.gather, day_batches, device=self.device) if self.prefetch else None
+        batches = source if source is not None else (self.gather(days) for days in day_batches)
         if self.cfg.train.progress:
             from tqdm import tqdm
             # disable=None: a bar on a terminal, nothing in log files (the epoch log line says it all)
-            batches = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}", leave=False, mininterval=1.0,
+            batches = tqdm(batches, total=len(day_batches), desc=f"epoch {epoch}", leave=False, mininterval=1.0,
                            disable=None)
         active = self.monitor.active() if self.monitor is not None else nullcontext()
         with active, (source if source is not None else nullcontext()):  # the thread stops on any exit
             for b, batch in enumerate(batches):
                 loss, parts = self._loss(batch)
-                if not torch.isfinite(loss):
-                    days = batch.days.tolist()
-                    raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, batch {b} "
-                                        f"(days {[self.cache.dates[int(d)] for d in days]}); parts={parts}. "
-                                        "Lower the learning rate or check the input features for extreme values")
+                n_days += len(day_batches[b])
+                names = names or [k for k, v in parts.items() if torch.is_tensor(v)]
+                first_bad = torch.isfinite(loss).logical_not() & (bad < 0)
+                bad = torch.where(first_bad, float(b), bad)
+                bad_loss = torch.where(first_bad, loss.detach().float(), bad_loss)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
                 self.opt.step()
                 self.sched.step()
-                total += float(loss.detach())
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v
-                n_batches += 1
-                n_days += batch.days.numel()  # shape only: no device sync
-        return {"train_loss": total / max(1, n_batches), "train_days": n_days,
-                **{f"train_{k}": v / max(1, n_batches) for k, v in parts_sum.items() if k != "total"}}
+                vec = torch.stack([loss.detach().float(), *(parts[k].float() for k in names)])
+                acc = vec if acc is None else acc + vec
+                if (b + 1) % log_every == 0 or b + 1 == len(day_batches):
+                    self._read(acc, bad, bad_loss, names, sums, epoch, day_batches)  # the one sync
+                    acc = None
+        n_batches = max(1, len(day_batches))
+        return {"train_loss": sums.get("loss", 0.0) / n_batches, "train_days": n_days,
+                **{f"train_{k}": v / n_batches for k, v in sums.items() if k not in ("loss", "total")},
+                "train_n_days": n_days / n_batches}
+
+    def _read(self, acc: torch.Tensor, bad: torch.Tensor, bad_loss: torch.Tensor, names: list[str],
+              sums: dict[str, float], epoch: int, day_batches: list[np.ndarray]) -> None:
+        """Read the summed parts and the finite check in one transfer; raise on a non-finite loss."""
+        with allowed_sync():
+            host = torch.cat([acc, bad.view(1).to(acc.dtype), bad_loss.view(1).to(acc.dtype)]).cpu().tolist()
+        b_bad, loss_bad = int(host[-2]), host[-1]
+        if b_bad >= 0:
+            dates = [self.cache.dates[int(d)] for d in day_batches[b_bad]]
+            raise TrainingError(f"non-finite loss ({loss_bad}) at epoch {epoch}, batch {b_bad} (days {dates}). "
+                                "Lower the learning rate or check the input features for extreme values")
+        for k, v in zip(["loss", *names], host[:-2], strict=True):
+            sums[k] = sums.get(k, 0.0) + v
+        log.debug("epoch %d: running train loss sum %.4f", epoch, sums["loss"])
 
     # -- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -173,13 +223,22 @@ class Trainer:
         out = np.full((len(days), n_stocks, len(self.horizons)), np.nan, dtype=np.float32)
         for i in range(0, len(days), days_per_batch):
             chunk = days[i:i + days_per_batch]
-            batch = self.grid.gather(chunk)
+            # static shapes: every chunk padded to days_per_batch x all stocks (one compiled shape)
+            batch = (self.grid.gather_static(chunk, n_days=days_per_batch) if self.static_shapes
+                     else self.grid.gather(chunk))
             if not self.resident:
                 batch = batch_to(batch, self.device, non_blocking=True)
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self.amp:
                 pred = self.forward(batch.x, batch.static, batch.day_id)["pred"]
             # one device->host copy per batch, already detached (no_grad) and in float32
-            out[i + batch.day_id.cpu().numpy(), batch.stock.cpu().numpy()] = pred.float().cpu().numpy()
+            pred_np = pred.float().cpu().numpy()
+            if self.static_shapes:
+                grid = pred_np.reshape(days_per_batch, n_stocks, -1)[:len(chunk)]
+                out[i:i + len(chunk)] = np.where(self.grid.valid_host[chunk][:, :, None], grid, np.nan)
+            else:
+                out[i + batch.day_id.cpu().numpy(), batch.stock.cpu().numpy()] = pred_np
         return out
 
     def evaluate(self, days: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:

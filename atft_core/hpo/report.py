@@ -145,7 +145,9 @@ def _save_optuna_importances(study: optuna.Study, path: Path) -> None:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One plain row per trial (for tables in an orchestrator's UI): number, state, value, params, reason."""
     trials = study.get_trials(deepcopy=False)
-    retry_of = {t.number: optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry_of = {t.number: optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
     retried = {orig: number for number, orig in retry_of.items() if orig is not None}
     rows = []
     for t in trials:

@@ -1,0 +1,156 @@
+"""Flow `atft` and the gpu pool, under the session's Prefect test harness (a real API, no worker):
+
+- a gpu worker that never comes: the run fails within its start deadline, naming the pool and what
+  to check, and the waiting child run is cancelled (a worker that appears later must not train it);
+- inside a deployment a missing GPU deployment fails the run, and training on the cpu worker on
+  purpose (gpu_stage=local) still requires a GPU: Failed, never a green gate without one;
+- a stage that fails after the gate still leaves its report, plots and S3 copy.
+
+A run "from a deployment" is made the way a worker makes it: a flow run created from the deployment,
+then executed by Prefect's `run_flow` (what the worker's subprocess calls), here in this process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from atft_core.rundir import find_run_dir
+from flows.gpu_stage import GPU_DEPLOYMENT, GpuStageFailed
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _drop_gpu_deployment() -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    with _client() as c:
+        try:
+            c.delete_deployment(c.read_deployment_by_name(GPU_DEPLOYMENT).id)
+        except ObjectNotFound:
+            pass
+
+
+@pytest.fixture
+def gpu_deployment_without_worker():
+    """`atft-gpu-stage/gpu` on a `gpu` pool nobody polls; removed afterwards."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from flows.gpu_stage import gpu_stage
+
+    with _client() as c:
+        try:
+            c.create_work_pool(WorkPoolCreate(name="gpu", type="process"))
+        except ObjectAlreadyExists:
+            pass
+    gpu_stage.to_deployment(name="gpu").apply(work_pool_name="gpu")
+    yield
+    _drop_gpu_deployment()
+
+
+def _params(tiny_demo, tiny_config, tmp_path, **extra):
+    return dict(data_path=str(tiny_demo), config_path=str(tiny_config), max_epochs=1, output_dir=str(tmp_path / "runs"),
+                cache_dir=str(tmp_path / "cache"), min_rankic=-1.0, **extra)
+
+
+def _s3_keys(endpoint: str, bucket: str) -> set[str]:
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_gpu_worker_that_never_comes_fails_within_the_deadline_and_the_child_is_cancelled(
+        gpu_deployment_without_worker, tiny_demo, tiny_config, tmp_path, s3_endpoint, s3_bucket, monkeypatch):
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from flows.pipeline import atft_pipeline
+
+    monkeypatch.setenv("ATFT_ARTIFACT_URI", f"s3://{s3_bucket}/nightly")
+    state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, gpu_stage="deployment",
+                                    gpu_start_timeout_s=3), return_state=True)
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, GpuStageFailed)
+    assert "no worker on pool 'gpu'" in str(exc) and "within 3s" in str(exc)
+    assert "prefect worker start --pool gpu" in str(exc)
+
+    with _client() as c:
+        [child] = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["atft-gpu-stage"])))
+        parent = c.read_flow_run(state.state_details.flow_run_id)
+    assert child.state.is_cancelled() and child.work_pool_name == "gpu"
+    assert parent.name.startswith("dryrun-")
+    # What the run had (its provenance) is saved and mirrored even though it failed.
+    run = find_run_dir(tmp_path / "runs", str(parent.id))
+    assert (run / "run.json").is_file() and not (run / "stage.json").exists()
+    assert f"nightly/{run.name}/run.json" in _s3_keys(s3_endpoint, s3_bucket)
+
+
+def _run_from_deployment(name: str, parameters: dict):
+    from prefect.flow_engine import run_flow
+
+    from flows.pipeline import atft_pipeline
+
+    dep_id = atft_pipeline.to_deployment(name=name).apply()
+    with _client() as c:
+        flow_run = c.create_flow_run_from_deployment(dep_id, parameters=parameters)
+    return run_flow(atft_pipeline, flow_run=flow_run, parameters=parameters, return_type="state")
+
+
+def test_inside_a_deployment_a_missing_gpu_deployment_is_an_error_not_a_cpu_fallback(tiny_demo, tiny_config, tmp_path):
+    _drop_gpu_deployment()
+    state = _run_from_deployment("dryrun-no-gpu", _params(tiny_demo, tiny_config, tmp_path))
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, GpuStageFailed) and f"deployment {GPU_DEPLOYMENT} does not exist" in str(exc)
+    assert not (tmp_path / "cache").exists()  # failed before building or training anything
+
+
+def test_inside_a_deployment_training_on_the_cpu_worker_still_requires_a_gpu(tiny_demo, tiny_config, tmp_path):
+    state = _run_from_deployment("dryrun-local", _params(tiny_demo, tiny_config, tmp_path, gpu_stage="local"))
+    assert state.is_failed()  # not green: this machine has no GPU, and the run came from a deployment
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
+    gate = json.loads((run / "gate.json").read_text())
+    assert gate["passed"] is False
+    assert json.loads((run / "stage.json").read_text())["config"]["gate"]["require_gpu"] is True
+
+
+def test_a_stage_failing_after_the_gate_still_publishes_report_and_mirror(tiny_demo, tiny_config, tmp_path,
+                                                                          s3_endpoint, s3_bucket, monkeypatch):
+    from flows.pipeline import atft_pipeline
+
+    monkeypatch.setenv("ATFT_ARTIFACT_URI", f"s3://{s3_bucket}/nightly")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the study's folder should be")
+    # A real failure of the HPO stage: its Optuna storage cannot be opened.
+    state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, mode="hpo", n_trials=1,
+                                    storage=f"sqlite:///{blocker}/optuna.db"), return_state=True)
+    assert state.is_failed()
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
+    for name in ("gate.json", "stage.json", "plots/training.png", "plots/gpu_util.png"):
+        assert (run / name).is_file(), name
+    keys = _s3_keys(s3_endpoint, s3_bucket)
+    assert {f"nightly/{run.name}/{n}" for n in ("gate.json", "stage.json", "plots/training.png")} <= keys
+
+
+def test_gate_and_trials_get_their_own_epochs(tiny_demo, tiny_config, tmp_path, monkeypatch):
+    import flows.hpo_stage
+    from flows.pipeline import atft_pipeline
+
+    seen = []
+    monkeypatch.setattr(flows.hpo_stage, "run_hpo_stage", lambda **kw: seen.append(kw["config"]) or {})
+    state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, mode="hpo", hpo_max_epochs=3),
+                          return_state=True)
+    assert state.is_completed()
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
+    assert json.loads((run / "stage.json").read_text())["config"]["train"]["max_epochs"] == 1  # the gate
+    assert [c.train.max_epochs for c in seen] == [3]  # the trials
+    assert Path(run / "run.json").is_file()

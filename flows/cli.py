@@ -187,12 +187,18 @@ def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
     Raises ConfigError / DatasetError (exit 2) so a bad flag fails in a second, not after a server
     start and a cache build.
     """
-    from atft_core.config import validate_config
-    from flows.pipeline import build_config
+    import dataclasses
 
-    cfg = validate_config(build_config(args.config, max_epochs=args.max_epochs, device=args.device, **overrides))
-    if overrides.get("max_epochs") is None and getattr(args, "hpo_max_epochs", None):
-        validate_config(build_config(args.config, max_epochs=args.hpo_max_epochs, device=args.device))
+    from atft_core.config import validate_config
+
+    # The flow applies the same overrides (build_config); done here without importing Prefect so a
+    # bad flag answers in a second.
+    base = _config(args.config)
+    for epochs in {args.max_epochs, getattr(args, "hpo_max_epochs", None)}:
+        train = {k: v for k, v in (("max_epochs", epochs), ("device", args.device)) if v is not None}
+        gate = {k: v for k, v in overrides.items() if v is not None}
+        cfg = validate_config(dataclasses.replace(base, train=dataclasses.replace(base.train, **train),
+                                                  gate=dataclasses.replace(base.gate, **gate)))
     data = getattr(args, "data_path", None)
     if data and not str(data).startswith("s3://"):
         from atft_core.data.source import resolve_input
@@ -208,8 +214,8 @@ def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
-    from flows.pipeline import run_pipeline
     check_inputs(args, min_gpu_util=args.min_gpu_util, min_rankic=args.min_rankic, require_gpu=args.require_gpu)
+    from flows.pipeline import run_pipeline
     result = run_pipeline(**_flow_params(args, mode or args.mode))
     print(f"run folder: {result['run_dir']}")
     gate = result.get("gate") or {}
@@ -254,8 +260,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
-    from flows.hpo_stage import run_hpo
     check_inputs(args)
+    from flows.hpo_stage import run_hpo
     summary = run_hpo(data_path=args.data_path or str(demo_data_path()), output_dir=args.output_dir,
                       n_trials=args.n_trials, max_epochs=args.max_epochs, study_name=args.study_name,
                       storage=args.storage, parallel=args.parallel, cache_dir=args.cache_dir, config_path=args.config,

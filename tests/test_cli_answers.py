@@ -44,7 +44,8 @@ def assert_one_answer(proc: subprocess.CompletedProcess, code: int, *words: str)
     (["--max-epochs", "-1"], None, ["--max-epochs", "integer >= 1"]),
     ([], "data: {window: 0}\n", ["data.window = 0", "integer >= 1", "--config"]),
     ([], "train: {lr: -1}\n", ["train.lr = -1", "number > 0"]),
-    ([], "train: {max_epochs: 0}\ngate: {min_gpu_util: 1.5}\n", ["2 problems", "train.max_epochs", "gate.min_gpu_util"]),
+    ([], "train: {max_epochs: 0}\ngate: {min_gpu_util: 1.5}\n",
+     ["2 problems", "train.max_epochs", "gate.min_gpu_util"]),
     (["--min-gpu-util", "2"], None, ["--min-gpu-util", "[0, 1]"]),
 ], ids=["max-epochs-0", "max-epochs-negative", "window-0", "lr-negative", "two-problems", "min-gpu-util"])
 def test_bad_flag_or_config_exits_2_before_anything_runs(tmp_path, tiny_demo, flags, config, words):
@@ -71,9 +72,12 @@ def test_missing_data_file_exits_2(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_s3_bucket_that_does_not_exist_exits_2_without_retrying(tmp_path, tiny_config, s3_endpoint):
+def test_s3_bucket_that_does_not_exist_exits_2_without_retrying(prefect_harness, tmp_path, tiny_config, s3_endpoint):
+    from prefect.settings import PREFECT_API_URL
+
+    # Against the session's test server (saves a second temporary-server start; the output is the same).
     env = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": FAKE_KEY_ID, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_DEFAULT_REGION": "us-east-1", "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = atft(["dryrun", "--data-path", "s3://no-such-bucket-atft/panel.parquet", "--config", str(tiny_config),
                  "--output-dir", "runs", "--cache-dir", "cache"], tmp_path, env=env)
     assert_one_answer(proc, 2, "s3://no-such-bucket-atft/panel.parquet", "NoSuchBucket", "bucket name")

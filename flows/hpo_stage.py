@@ -15,29 +15,29 @@ not in the run's own folder. Use PostgreSQL when the workers are on more than on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.config import DryRunConfig
 from atft_core.data.source import S3Options
 from atft_core.hpo.study import HpoConfig, default_storage_url, display_url, worker_file, worker_seed
-from flows.gpu_stage import GpuDispatch, gpu_deployment_for
+from flows.gpu_stage import Deadlines, GpuDispatch, gpu_deployment_for, wait_for_runs
 from tasks.hpo import finish_hpo_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
-_POLL_SECONDS = 3
 
 
 class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
 
 
-@flow(name="atft-hpo-worker", description="One HPO worker on the gpu pool: drains the study's queue of trials.")
+@flow(name="atft-hpo-worker", timeout_seconds=Deadlines.total_s,
+      description="One HPO worker on the gpu pool: drains the study's queue of trials.")
 def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
                     worker_index: int = 0, sampler_seed: int = 0) -> dict[str, Any]:
     # This flow run is its own process (the gpu worker started it): no subprocess needed.
@@ -64,11 +64,16 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
     batch = prepare_hpo_task(hpo.to_dict())
     k = max(1, min(hpo.parallel, hpo.n_trials))
     deployment = gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)
+    if deployment is None and k > 1 and _trains_on_gpu(config.train.device):
+        # One training per GPU: parallel trials on a GPU machine need one gpu worker per GPU.
+        logger.warning("%d in-process HPO workers would share this GPU: running 1. For parallel trials start one "
+                       "gpu worker per GPU (`make up`) and run from a deployment", k)
+        k = 1
     args = {"cache_path": str(cache["path"]), "config": config.to_dict(), "hpo": hpo.to_dict(),
             "output_dir": str(run_dir)}
     seeds = [worker_seed(seed, batch["first_number"], i) for i in range(k)]
     if deployment is not None:
-        reports, errors = _run_on_pool(deployment, args, seeds, run_dir)
+        reports, errors = _run_on_pool(deployment, args, seeds, run_dir, batch_key(batch))
     else:
         reports, errors = _run_in_process(args, seeds)
     summary = finish_hpo_task(hpo.to_dict(), batch, str(run_dir), reports, time.perf_counter() - t0, errors)
@@ -79,6 +84,14 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
         raise HpoStageFailed(f"{len(errors)} of {k} HPO worker(s) failed: {'; '.join(errors)}. "
                              f"Finished trials are kept in {display_url(hpo.storage or '')}")
     return {key: value for key, value in summary.items() if key != "trials"}  # the table is an artifact
+
+
+def _trains_on_gpu(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return device == "cuda" or torch.cuda.is_available()
 
 
 def _run_in_process(args: dict[str, Any], seeds: list[int]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -96,31 +109,29 @@ def _run_in_process(args: dict[str, Any], seeds: list[int]) -> tuple[list[dict[s
     return reports, errors
 
 
-def _run_on_pool(deployment: str, args: dict[str, Any], seeds: list[int],
-                 run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """K runs of the worker deployment, started together, awaited together; reports via the run folder."""
-    from prefect.client.orchestration import get_client
+def batch_key(batch: dict[str, Any]) -> str:
+    """Names one batch of queued trials (storage, study, the batch's own tag). A retried nightly queues a
+    new batch, so its worker runs get new idempotency keys and really run (the parent's run id would
+    hand back the old, finished worker runs and leave the new trials queued)."""
+    where = hashlib.blake2b(str(batch["storage_url"]).encode(), digest_size=6).hexdigest()
+    return f"hpo-{where}-{batch['study_name']}-{batch['batch']}"
+
+
+def _run_on_pool(deployment: str, args: dict[str, Any], seeds: list[int], run_dir: Path,
+                 key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """K runs of the worker deployment, started together, awaited together (within the gpu pool's
+    deadlines); reports via the run folder."""
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
-    parent = str(current_flow_run.id or "local")
     if "@" in str(args["hpo"].get("storage")) and "${" not in str(args["hpo"].get("storage")):
         logger.warning("the storage URL carries a password and becomes a parameter of the worker runs; use a "
                        "${VAR} placeholder filled from the gpu workers' environment instead")
     runs = [run_deployment(deployment, parameters={**args, "worker_index": i, "sampler_seed": s}, timeout=0,
-                           flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{parent}-hpo-w{i}")
+                           flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{key}-w{i}")
             for i, s in enumerate(seeds)]
     logger.info("started %d HPO worker run(s) on %s; waiting for the gpu pool", len(runs), deployment)
-    states: dict[int, Any] = {}
-    with get_client(sync_client=True) as client:
-        while len(states) < len(runs):
-            for i, run in enumerate(runs):
-                if i not in states:
-                    state = client.read_flow_run(run.id).state
-                    if state is not None and state.is_final():
-                        states[i] = state
-            if len(states) < len(runs):
-                time.sleep(_POLL_SECONDS)
+    states = dict(enumerate(wait_for_runs(runs, Deadlines())))
     reports, errors = [], []
     for i, run in enumerate(runs):
         path = worker_file(run_dir, i, "json")

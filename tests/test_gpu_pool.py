@@ -154,3 +154,29 @@ def test_gate_and_trials_get_their_own_epochs(tiny_demo, tiny_config, tmp_path, 
     assert json.loads((run / "stage.json").read_text())["config"]["train"]["max_epochs"] == 1  # the gate
     assert [c.train.max_epochs for c in seen] == [3]  # the trials
     assert Path(run / "run.json").is_file()
+
+
+def test_a_retried_nightly_starts_new_hpo_worker_runs(tmp_path):
+    """The worker runs' idempotency keys come from the study batch: a retry (a new batch of queued
+    trials) creates new runs on the gpu pool; the same batch asked twice gets its one run back."""
+    import dataclasses
+
+    from prefect.deployments import run_deployment
+
+    from atft_core.hpo.study import HpoConfig, default_storage_url, prepare_study
+    from flows.hpo_stage import HPO_WORKER_DEPLOYMENT, batch_key, hpo_worker_flow
+
+    hpo_worker_flow.to_deployment(name="gpu").apply()
+    cfg = HpoConfig(n_trials=2, study_name="nightly", storage=default_storage_url(tmp_path))
+    first = dataclasses.asdict(prepare_study(cfg, cfg.storage))
+    retry = dataclasses.asdict(prepare_study(cfg, cfg.storage))  # the retried nightly queues its trials again
+    assert retry["first_number"] == first["first_number"] + 2
+
+    params = {"cache_path": "unused", "config": {}, "hpo": cfg.to_dict(), "output_dir": str(tmp_path)}
+    runs = [run_deployment(HPO_WORKER_DEPLOYMENT, parameters=params, timeout=0, idempotency_key=f"{batch_key(b)}-w0")
+            for b in (first, first, retry)]
+    assert runs[0].id == runs[1].id  # the same batch: Prefect hands back the run it already has
+    assert runs[2].id != runs[0].id  # a new batch: a new run that drains the new trials
+    with _client() as c:
+        for run in {r.id for r in runs}:
+            c.delete_flow_run(run)

@@ -26,6 +26,7 @@ dryrun: $(STAMP)
 # Installed here when missing (as root, with apt-get); when that is impossible `make test` stops with
 # the reason instead of running a suite whose PostgreSQL test cannot run.
 PG_BIN ?= /usr/lib/postgresql/15/bin
+export ATFT_PG_BIN = $(PG_BIN)  # where tests/test_hpo_postgres.py finds them
 postgres:
 	@test -x $(PG_BIN)/initdb || { \
 	  command -v apt-get >/dev/null || { echo "error: $(PG_BIN)/initdb not found and no apt-get: install PostgreSQL 15 server binaries and set PG_BIN=<their bin dir>" >&2; exit 1; }; \
@@ -35,7 +36,7 @@ postgres:
 	  test -x $(PG_BIN)/initdb || { echo "error: postgresql-15 installed but $(PG_BIN)/initdb is missing: set PG_BIN" >&2; exit 1; }; }
 
 test: $(STAMP) postgres
-	ATFT_PG_BIN=$(PG_BIN) $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

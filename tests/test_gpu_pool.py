@@ -70,7 +70,7 @@ def _s3_keys(endpoint: str, bucket: str) -> set[str]:
 
 def test_gpu_worker_that_never_comes_fails_within_the_deadline_and_the_child_is_cancelled(
         gpu_deployment_without_worker, tiny_demo, tiny_config, tmp_path, s3_endpoint, s3_bucket, monkeypatch):
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     from flows.pipeline import atft_pipeline
 
@@ -83,13 +83,13 @@ def test_gpu_worker_that_never_comes_fails_within_the_deadline_and_the_child_is_
     assert "no worker on pool 'gpu'" in str(exc) and "within 3s" in str(exc)
     assert "prefect worker start --pool gpu" in str(exc)
 
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
     with _client() as c:
-        [child] = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["atft-gpu-stage"])))
+        [child] = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"gpu-{run.name}"])))
         parent = c.read_flow_run(state.state_details.flow_run_id)
     assert child.state.is_cancelled() and child.work_pool_name == "gpu"
     assert parent.name.startswith("dryrun-")
     # What the run had (its provenance) is saved and mirrored even though it failed.
-    run = find_run_dir(tmp_path / "runs", str(parent.id))
     assert (run / "run.json").is_file() and not (run / "stage.json").exists()
     assert f"nightly/{run.name}/run.json" in _s3_keys(s3_endpoint, s3_bucket)
 

@@ -49,7 +49,23 @@ def _stage_run_name() -> str:
 @flow(name="atft-gpu-stage", flow_run_name=_stage_run_name, timeout_seconds=GPU_STAGE_TIMEOUT_S,
       description="Dry-run training on the GPU pool; writes stage.json to the run folder.")
 def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    check_device(str((config.get("train") or {}).get("device", "auto")))
     return train_dryrun_task(cache_path, config, run_dir)
+
+
+def check_device(device: str) -> None:
+    """On the worker that trains: `cuda` asked for and no GPU visible is a setup problem to name, not a crash."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        import os
+        import platform
+
+        raise GpuStageFailed(f"train.device is 'cuda' but this worker ({platform.node()}, CUDA_VISIBLE_DEVICES="
+                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}) sees no CUDA GPU: check the "
+                             "driver (`nvidia-smi`) and the worker's CUDA_VISIBLE_DEVICES, or pass device=auto")
 
 
 def gpu_deployment_for(dispatch: GpuDispatch, name: str = GPU_DEPLOYMENT) -> str | None:

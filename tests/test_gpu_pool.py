@@ -180,3 +180,31 @@ def test_a_retried_nightly_starts_new_hpo_worker_runs(tmp_path):
     with _client() as c:
         for run in {r.id for r in runs}:
             c.delete_flow_run(run)
+
+
+def test_a_gpu_worker_without_a_visible_gpu_names_the_problem(tiny_config, tmp_path, monkeypatch):
+    """device=cuda on a worker whose GPU is gone (driver, CUDA_VISIBLE_DEVICES): a clear Failed, no crash."""
+    import torch
+
+    from flows.gpu_stage import gpu_stage
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the only mock: the GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    config = {"train": {"device": "cuda"}}
+    state = gpu_stage(cache_path=str(tmp_path / "cache"), config=config, run_dir=str(tmp_path / "run"),
+                      return_state=True)
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, GpuStageFailed) and "CUDA_VISIBLE_DEVICES=3" in str(exc) and "nvidia-smi" in str(exc)
+
+
+def test_every_flow_that_can_wait_has_a_timeout():
+    """A flow past its timeout ends Failed (TimeoutError) instead of Running forever."""
+    from flows.gpu_stage import gpu_stage
+    from flows.hpo_stage import hpo_worker_flow
+    from flows.pipeline import atft_pipeline
+
+    for f in (atft_pipeline, gpu_stage, hpo_worker_flow):
+        assert f.timeout_seconds and f.timeout_seconds > 0, f.name
+    # The pipeline outlives its own waits for the gpu pool, so those fail first, with their message.
+    assert atft_pipeline.timeout_seconds > gpu_stage.timeout_seconds

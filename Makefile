@@ -23,12 +23,17 @@ dryrun: $(STAMP)
 	$(BIN)/atft dryrun --output-dir runs
 
 # The PostgreSQL storage test starts a private server from these binaries (Debian: postgresql-15).
+# Installed here when missing (as root, with apt-get); when that is impossible `make test` stops with
+# the reason instead of running a suite whose PostgreSQL test cannot run.
 PG_BIN ?= /usr/lib/postgresql/15/bin
+export ATFT_PG_BIN = $(PG_BIN)  # where tests/test_hpo_postgres.py finds them
 postgres:
-	@test -x $(PG_BIN)/initdb || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-	  (apt-get install -y -q postgresql-15 >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q postgresql-15 >/dev/null)); } || \
-	  echo "note: $(PG_BIN)/initdb not found; the PostgreSQL storage test needs package postgresql-15"
+	@test -x $(PG_BIN)/initdb || { \
+	  command -v apt-get >/dev/null || { echo "error: $(PG_BIN)/initdb not found and no apt-get: install PostgreSQL 15 server binaries and set PG_BIN=<their bin dir>" >&2; exit 1; }; \
+	  [ "$$(id -u)" = 0 ] || { echo "error: $(PG_BIN)/initdb not found: run 'sudo apt-get install postgresql-15' (or set PG_BIN)" >&2; exit 1; }; \
+	  apt-get install -y -q postgresql-15 || { apt-get update -q && apt-get install -y -q postgresql-15; } || \
+	    { echo "error: installing postgresql-15 failed (see above): the PostgreSQL storage test needs it" >&2; exit 1; }; \
+	  test -x $(PG_BIN)/initdb || { echo "error: postgresql-15 installed but $(PG_BIN)/initdb is missing: set PG_BIN" >&2; exit 1; }; }
 
 test: $(STAMP) postgres
 	$(BIN)/python -m pytest -q

@@ -24,7 +24,10 @@ class Problem:
 class DatasetError(ValueError):
     """The input data breaks the contract. The CLI prints it and exits 2; nothing is written."""
 
-    def __init__(self, source: str, problems: list[Problem] | Problem | str):
+    def __init__(self, source: str, problems: list[Problem] | Problem | str, *, transient: bool = False):
+        # transient: the same call may succeed later (an endpoint not answering); everything else
+        # (a missing file, bucket or column) fails the same way again, so it is never retried.
+        self.transient = transient
         if isinstance(problems, str):
             problems = [Problem("", problems)]
         elif isinstance(problems, Problem):
@@ -44,3 +47,17 @@ class DatasetError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, no training days, ...). The message names where."""
+
+
+class ConfigError(ValueError):
+    """Config values (YAML or command-line flags) out of range. Checked before anything runs."""
+
+    def __init__(self, problems: list[str],
+                 hint: str = "correct it in the config file (--config) or with the flag named"):
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            text = f"invalid configuration: {self.problems[0]}; {hint}"
+        else:
+            text = "\n".join([f"invalid configuration: {len(self.problems)} problems ({hint})"]
+                              + [f"  - {p}" for p in self.problems])
+        super().__init__(text)

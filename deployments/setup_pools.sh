@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Create the work pools and the GPU concurrency limit. Safe to run again (idempotent).
-#   cpu: orchestration and cache builds     gpu: training (the atft-gpu-stage deployment)
+# Create the work pools. Safe to run again (idempotent).
+#   cpu: orchestration and cache builds     gpu: training (atft-gpu-stage and atft-hpo-worker runs)
 # Needs PREFECT_API_URL pointing at the server (stack.sh sets it).
+#
+# One training per GPU comes from the gpu workers (one per GPU, `--limit 1`), not from a tag
+# concurrency limit: a tag limit counts across the whole server, so every GPU host would take turns.
 set -euo pipefail
 PREFECT="${PREFECT_BIN:-prefect}"
 
@@ -9,7 +12,8 @@ for pool in cpu gpu; do
   "$PREFECT" --no-prompt work-pool create "$pool" --type process --overwrite >/dev/null
   echo "work pool '$pool' (process) ready"
 done
-# Tasks tagged `gpu` run one at a time across every worker and process: one GPU, one trainer.
-# Creating an existing tag limit updates it in place.
-"$PREFECT" --no-prompt concurrency-limit create gpu 1 >/dev/null
-echo "concurrency limit 'gpu' = 1 ready"
+# A server set up by an earlier version has the server-wide `gpu` tag limit: remove it.
+if "$PREFECT" concurrency-limit inspect gpu >/dev/null 2>&1; then
+  "$PREFECT" --no-prompt concurrency-limit delete gpu >/dev/null
+  echo "removed the server-wide 'gpu' tag limit (one training per GPU is each gpu worker's --limit 1)"
+fi

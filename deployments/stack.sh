@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Local Prefect stack for atft: server + pools + deployments + one cpu and one gpu worker.
+# Local Prefect stack for atft: server + pools + deployments + alert + one cpu worker and one gpu
+# worker per GPU (`--limit 1`, its own CUDA_VISIBLE_DEVICES: one training per GPU).
 #
 #   deployments/stack.sh up      start (or finish starting) everything, print what to try
 #   deployments/stack.sh down    stop workers (SIGINT, they finish their run), then the server
 #   deployments/stack.sh status  what is running
 #
 # State lives in $PREFECT_HOME (default: <repo>/.prefect, gitignored): database, logs, pid files.
-# Environment knobs: ATFT_PREFECT_PORT (default 4200), PREFECT_HOME, PREFECT_BIN.
+# Environment knobs:
+#   ATFT_PREFECT_PORT (default 4200), PREFECT_HOME, PREFECT_BIN
+#   ATFT_PREFECT_HOST (default 127.0.0.1): another address (e.g. 0.0.0.0) for gpu workers on other hosts;
+#     refused unless PREFECT_SERVER_API_AUTH_STRING=user:password is set (the API is never open beyond
+#     loopback). Workers and the CLI then send PREFECT_API_AUTH_STRING (this script sets it for its own).
+#   PREFECT_SERVER_DATABASE_CONNECTION_URL: run the server on PostgreSQL
+#     (postgresql+asyncpg://user:${PASSWORD}@db:5432/prefect) instead of SQLite in $PREFECT_HOME
+#   ATFT_ALERT_WEBHOOK_URL: where an automation POSTs when a run of flow `atft` fails (setup_alerts.py)
+#   ATFT_GPU_IDS: GPU indices to start gpu workers for (default: every GPU `nvidia-smi -L` lists)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,19 +23,35 @@ cd "$ROOT"  # deploy resolves the pull step's {{ $PWD }} to the repository root
 
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-HOST=127.0.0.1
+HOST="${ATFT_PREFECT_HOST:-127.0.0.1}"
 PORT="${ATFT_PREFECT_PORT:-4200}"
-API="http://$HOST:$PORT/api"
+# Clients on this machine reach a server bound to every address through loopback.
+case "$HOST" in 0.0.0.0|::) CLIENT_HOST=127.0.0.1 ;; *) CLIENT_HOST="$HOST" ;; esac
+API="http://$CLIENT_HOST:$PORT/api"
+if [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
+  export PREFECT_API_AUTH_STRING="${PREFECT_API_AUTH_STRING:-$PREFECT_SERVER_API_AUTH_STRING}"
+fi
 if [[ -z "${PREFECT_BIN:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/prefect" ]]; then PREFECT_BIN="$ROOT/.venv/bin/prefect"; else PREFECT_BIN="$(command -v prefect)"; fi
 fi
 export PREFECT_BIN
 PIDS="$PREFECT_HOME"  # <name>.pid and <name>.log side by side
-WORKERS=(cpu gpu)
+
+is_loopback() { case "$1" in 127.*|localhost|::1) return 0 ;; *) return 1 ;; esac; }
+
+# Workers that have a pid file (cpu, gpu-0, gpu-1, ...), whatever `up` started.
+workers() { local f; for f in "$PIDS"/worker-*.pid; do [[ -e "$f" ]] && basename "$f" .pid; done; return 0; }
+
+# GPU indices: ATFT_GPU_IDS if set ("0,1"), else every GPU `nvidia-smi -L` lists; none -> empty.
+gpu_ids() {
+  if [[ -n "${ATFT_GPU_IDS:-}" ]]; then tr ',' ' ' <<<"$ATFT_GPU_IDS"; return 0; fi
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  nvidia-smi -L 2>/dev/null | sed -n 's/^GPU \([0-9][0-9]*\):.*/\1/p' | tr '\n' ' '
+}
 
 alive() { [[ -f "$PIDS/$1.pid" ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 
-healthy() { curl -fsS --max-time 2 "$API/health" >/dev/null 2>&1; }
+healthy() { curl -fsS --max-time 2 "$API/health" >/dev/null 2>&1; }  # /health needs no auth
 
 # Start a command in its own session (process group) so `down` can signal it and its children.
 start_bg() {
@@ -89,13 +114,23 @@ stop_server() {
 }
 
 up() {
+  if ! is_loopback "$HOST" && [[ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
+    echo "refusing to bind $HOST: beyond loopback the Prefect API must not be open. Set" >&2
+    echo "PREFECT_SERVER_API_AUTH_STRING=user:password (long, random) and run again; give remote workers" >&2
+    echo "PREFECT_API_AUTH_STRING=user:password and PREFECT_API_URL=http://<this host>:$PORT/api" >&2
+    exit 2
+  fi
   mkdir -p "$PIDS"
   if alive server; then
     echo "server already running (pid $(cat "$PIDS/server.pid"))"
   else
     # The server must not talk to itself through a client URL inherited from the shell.
     start_bg server env -u PREFECT_API_URL "$PREFECT_BIN" server start --host "$HOST" --port "$PORT"
-    echo "starting Prefect server on $HOST:$PORT (log: $PIDS/server.log)"
+    db="SQLite in $PREFECT_HOME"
+    [[ -n "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}" ]] && db="$(sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#' \
+      <<<"$PREFECT_SERVER_DATABASE_CONNECTION_URL")"
+    echo "starting Prefect server on $HOST:$PORT, database $db (log: $PIDS/server.log)"
+    [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]] && echo "API basic auth on (PREFECT_SERVER_API_AUTH_STRING)"
   fi
   for _ in $(seq 240); do healthy && break; alive server || { tail -20 "$PIDS/server.log"; exit 1; }; sleep 0.5; done
   healthy || { echo "server not healthy after 120s; see $PIDS/server.log"; exit 1; }
@@ -105,21 +140,26 @@ up() {
   "$PREFECT_BIN" --no-prompt deploy --all --prefect-file deployments/prefect.yaml >"$PIDS/deploy.log" 2>&1 \
     || { tail -30 "$PIDS/deploy.log"; exit 1; }
   echo "deployed: atft/dryrun, atft/nightly-hpo (02:00 Asia/Tokyo), atft-gpu-stage/gpu, atft-hpo-worker/gpu"
+  "$(dirname "$PREFECT_BIN")/python" "$ROOT/deployments/setup_alerts.py"
 
-  for pool in "${WORKERS[@]}"; do
-    if alive "worker-$pool"; then
-      echo "worker on '$pool' already running"
-    else
-      start_bg "worker-$pool" "$PREFECT_BIN" worker start --pool "$pool" --name "atft-$pool-$(hostname)"
-      echo "started worker on pool '$pool' (log: $PIDS/worker-$pool.log)"
-    fi
-  done
+  # cpu: the pipelines themselves (they mostly wait for the gpu pool), a few at once.
+  start_worker cpu cpu "" --limit 4
+  # gpu: one worker per GPU, each sees only its GPU and runs one flow run at a time (stage or HPO
+  # worker): one training per GPU, however many runs are queued. No server-wide tag limit: that
+  # would make every GPU host take turns.
+  local ids; ids=$(gpu_ids)
+  if [[ -z "${ids// /}" ]]; then
+    echo "no GPU visible (nvidia-smi -L): one gpu worker for CPU development (training runs on the CPU)"
+    start_worker gpu-0 gpu "" --limit 1
+  else
+    for i in $ids; do start_worker "gpu-$i" gpu "$i" --limit 1; done
+  fi
 
   cat <<EOF
 
-Prefect UI: http://$HOST:$PORT
+Prefect UI: http://$CLIENT_HOST:$PORT
 
-Try (in this shell first: export PREFECT_API_URL=$API):
+Try (in this shell first: export PREFECT_API_URL=$API${PREFECT_API_AUTH_STRING:+ PREFECT_API_AUTH_STRING=...}):
   prefect deployment run atft/dryrun --watch        # cache -> GPU stage on the gpu pool -> gate
       on a machine without a GPU the gate's GPU criterion fails by design; to see a green run:
   prefect deployment run atft/dryrun -p require_gpu=false --watch
@@ -131,14 +171,29 @@ Stop: deployments/stack.sh down   (make down)
 EOF
 }
 
+# start_worker NAME POOL CUDA_DEVICE [worker flags...]: one worker, unless it is already running.
+start_worker() {
+  local name=$1 pool=$2 device=$3; shift 3
+  if alive "worker-$name"; then echo "worker $name on '$pool' already running"; return 0; fi
+  if [[ -n "$device" ]]; then
+    start_bg "worker-$name" env CUDA_VISIBLE_DEVICES="$device" "$PREFECT_BIN" worker start --pool "$pool" \
+      --name "atft-$name-$(hostname)" "$@"
+  else
+    start_bg "worker-$name" "$PREFECT_BIN" worker start --pool "$pool" --name "atft-$name-$(hostname)" "$@"
+  fi
+  echo "started worker $name on pool '$pool'${device:+ (CUDA_VISIBLE_DEVICES=$device)} $* (log: $PIDS/worker-$name.log)"
+}
+
 down() {
   # Workers first: a worker that loses its server mid-run cannot report its runs' states.
-  stop_workers "${WORKERS[@]/#/worker-}"
+  local names; mapfile -t names < <(workers)
+  [[ ${#names[@]} -gt 0 ]] && stop_workers "${names[@]}"
   stop_server
 }
 
 status() {
-  for name in server "${WORKERS[@]/#/worker-}"; do
+  local names; mapfile -t names < <(workers)
+  for name in server "${names[@]}"; do
     if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name.pid"))"; else echo "$name: stopped"; fi
   done
   healthy && echo "API: $API healthy" || echo "API: $API not answering"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atft_core.errors import DatasetError, TrainingError
+from atft_core.errors import ConfigError, DatasetError, TrainingError
 
 log = logging.getLogger("atft")
 
@@ -27,28 +27,38 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
-        logging.getLogger(name).addFilter(_no_traceback_for_answers)
 
 
-_ANSWERS = ("GateFailed", "DatasetError", "CheckpointMismatch")  # outcomes the user acts on, not bugs
+def _at_least(low: int):
+    """argparse type: an integer >= low (a bad value is a usage error, exit 2, before anything runs)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
 
 
-def _no_traceback_for_answers(record: logging.LogRecord) -> bool:
-    """A failed gate or a refused input is an answer: Prefect logs its message, without a traceback."""
-    exc = record.exc_info[1] if record.exc_info else None
-    if exc is not None and type(exc).__name__ in _ANSWERS:
-        record.exc_info, record.exc_text = None, None
-    return True
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value}")
+    return value
 
 
 def _add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
     p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
     p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT), help="each run gets its own folder below this")
-    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--max-epochs", type=_at_least(1), default=None, help="epochs of the gate's dry run")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--min-gpu-util", type=float, default=None)
+    p.add_argument("--min-gpu-util", type=_fraction, default=None)
     p.add_argument("--min-rankic", type=float, default=None)
     p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="fail the gate when no GPU is visible (GPU pool); default: not applicable on CPU")
@@ -94,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="the full flow: cache -> gate -> (mode hpo) HPO study")
     _add_gate_args(p)
     p.add_argument("--mode", choices=["dryrun", "hpo"], default="dryrun")
-    p.add_argument("--n-trials", type=int, default=5)
+    p.add_argument("--n-trials", type=_at_least(1), default=5)
+    p.add_argument("--hpo-max-epochs", type=_at_least(1), default=None,
+                   help="epochs of each HPO trial (default: --max-epochs)")
     p.add_argument("--study-name", default="atft")
     p.add_argument("--storage", default=None)
 
@@ -111,13 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_hpo_parser(sub: Any) -> None:
     p = sub.add_parser("hpo", help="short Optuna study: N trials on K workers sharing one storage")
     p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
-    p.add_argument("--n-trials", type=int, default=5, help="trials this run adds to the study (all workers together)")
-    p.add_argument("--max-epochs", type=int, default=2)
+    p.add_argument("--n-trials", type=_at_least(1), default=5,
+                   help="trials this run adds to the study (all workers together)")
+    p.add_argument("--max-epochs", type=_at_least(1), default=2)
     p.add_argument("--study-name", default="atft")
     p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT / "hpo"), help="hpo.json, trials.csv, plots/")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL or journal:PATH (default: OUTPUT_DIR/optuna.db); "
                    "${VAR} is filled from the environment")
-    p.add_argument("--parallel", type=int, default=1, help="worker processes pulling trials from the study")
+    p.add_argument("--parallel", type=_at_least(1), default=1, help="worker processes pulling trials from the study")
     p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
     p.add_argument("--config", default=None, help="base config YAML (sections data/cache/model/loss/train)")
     p.add_argument("--search-space", default=None, help="search space YAML (default: the packaged one)")
@@ -221,13 +234,46 @@ def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile", "resume_from"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    for name in ("n_trials", "study_name", "storage"):
+    for name in ("n_trials", "hpo_max_epochs", "study_name", "storage"):
         if getattr(args, name, None) is not None:
             params[name] = getattr(args, name)
     return params
 
 
+def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
+    """Everything that can be checked before a flow starts: config ranges, the data path, the device.
+
+    Raises ConfigError / DatasetError (exit 2) so a bad flag fails in a second, not after a server
+    start and a cache build.
+    """
+    import dataclasses
+
+    from atft_core.config import validate_config
+
+    # The flow applies the same overrides (build_config); done here without importing Prefect so a
+    # bad flag answers in a second.
+    base = _config(args.config)
+    for epochs in {args.max_epochs, getattr(args, "hpo_max_epochs", None)}:
+        train = {k: v for k, v in (("max_epochs", epochs), ("device", args.device)) if v is not None}
+        gate = {k: v for k, v in overrides.items() if v is not None}
+        cfg = validate_config(dataclasses.replace(base, train=dataclasses.replace(base.train, **train),
+                                                  gate=dataclasses.replace(base.gate, **gate)))
+    data = getattr(args, "data_path", None)
+    if data and not str(data).startswith("s3://"):
+        from atft_core.data.source import resolve_input
+
+        with resolve_input(data):  # a local path: exists, and a directory holds parquet files
+            pass
+    if cfg.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(["train.device = 'cuda' but no CUDA GPU is visible on this machine"],
+                              hint="use --device auto (a GPU when there is one) or --device cpu")
+
+
 def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
+    check_inputs(args, min_gpu_util=args.min_gpu_util, min_rankic=args.min_rankic, require_gpu=args.require_gpu)
     from flows.pipeline import run_pipeline
     result = run_pipeline(**_flow_params(args, mode or args.mode))
     print(f"run folder: {result['run_dir']}")
@@ -279,6 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
+    check_inputs(args)
     from flows.hpo_stage import hpo_storage, run_hpo
 
     # A storage the workers cannot share is bad input: refused here, before any flow run starts.

@@ -9,21 +9,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from prefect import get_run_logger
 from prefect.runtime import deployment as current_deployment
 
 from atft_core.config import DryRunConfig
+from tasks.expected_errors import expected
 
 DEFAULT_DATA_ROOT = "data"
 GPU_DEPLOYMENT = "atft-gpu-stage/gpu"
+GPU_POOL = "gpu"
+_POLL_SECONDS = 3  # how often a waiting flow asks the API whether its gpu-pool runs finished
 GpuDispatch = Literal["auto", "deployment", "local"]
 
 
+@expected
 class GpuStageFailed(RuntimeError):
-    """A stage's flow run on the gpu pool did not complete, or its deployment is missing."""
+    """A stage's flow run on the gpu pool did not complete in time, or its deployment is missing."""
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long the pipeline waits for the gpu pool: to start a run (a worker picks it up), and in all."""
+
+    start_s: float = 1800.0
+    total_s: float = 5 * 3600.0
+
 
 
 def demo_data_path(data_root: str | Path = DEFAULT_DATA_ROOT) -> Path:
@@ -73,9 +87,10 @@ def build_config(config_path: str | None = None, *, max_epochs: int | None = Non
 def gpu_deployment_for(dispatch: GpuDispatch, name: str = GPU_DEPLOYMENT) -> str | None:
     """The deployment `name` to run a GPU stage on, or None to run it in-process.
 
-    `auto` uses the deployment only when this pipeline itself runs from a deployment (a worker is
-    serving the pools) and the GPU deployment exists; a CLI run against a server stays in-process
-    unless asked (`deployment`), since nothing guarantees a `gpu` worker is listening.
+    `auto` uses the deployment when this pipeline itself runs from a deployment (a worker is serving
+    the pools); a CLI run against a server stays in-process unless asked (`deployment`), since nothing
+    guarantees a `gpu` worker is listening. From a deployment a missing GPU deployment is an error:
+    falling back to the cpu worker would train without a GPU and pass a gate it should fail.
     """
     if dispatch == "local":
         return None
@@ -83,11 +98,9 @@ def gpu_deployment_for(dispatch: GpuDispatch, name: str = GPU_DEPLOYMENT) -> str
         return None
     if deployment_exists(name):
         return name
-    if dispatch == "deployment":
-        raise GpuStageFailed(f"deployment {name} does not exist: run `make up` (or "
-                             "`prefect deploy --all --prefect-file deployments/prefect.yaml`) first")
-    get_run_logger().warning("deployment %s not found: running the GPU stage in-process", name)
-    return None
+    raise GpuStageFailed(f"deployment {name} does not exist, so there is nowhere to train on a GPU: run `make up` "
+                         "(or `prefect deploy --all --prefect-file deployments/prefect.yaml`) first, or pass "
+                         "gpu_stage=local to train on this worker on purpose")
 
 
 def deployment_exists(name: str) -> bool:
@@ -100,3 +113,49 @@ def deployment_exists(name: str) -> bool:
         except ObjectNotFound:
             return False
     return True
+
+
+def wait_for_runs(runs: list[Any], deadlines: Deadlines, poll_s: float = _POLL_SECONDS) -> list[Any]:
+    """Final states of flow runs on the gpu pool, in order. Past a deadline the unfinished ones are
+    cancelled (a worker that picks one up later must not train for nobody) and GpuStageFailed says
+    which pool to check."""
+    from prefect.client.orchestration import get_client
+
+    t0 = time.monotonic()
+    states: dict[int, Any] = {}
+    with get_client(sync_client=True) as client:
+        while True:
+            current = {i: client.read_flow_run(run.id) for i, run in enumerate(runs) if i not in states}
+            states.update({i: fr.state for i, fr in current.items() if fr.state is not None and fr.state.is_final()})
+            if len(states) == len(runs):
+                return [states[i] for i in range(len(runs))]
+            waited = time.monotonic() - t0
+            unstarted = [fr for fr in current.values() if fr.state is None or fr.state.is_scheduled()]
+            if unstarted and waited > deadlines.start_s:
+                _cancel(client, list(current.values()))
+                pool = unstarted[0].work_pool_name or GPU_POOL
+                raise GpuStageFailed(
+                    f"no worker on pool {pool!r} started {', '.join(repr(fr.name) for fr in unstarted)} within "
+                    f"{deadlines.start_s:.0f}s; cancelled. Check that a worker polls it (`prefect worker ls` / the "
+                    f"UI's Work Pools page; start one with `prefect worker start --pool {pool} --limit 1`) and "
+                    f"that the pool and its queue are not paused (`prefect work-pool inspect {pool}`)")
+            if waited > deadlines.total_s:
+                _cancel(client, list(current.values()))
+                pool = next(iter(current.values())).work_pool_name or GPU_POOL
+                raise GpuStageFailed(
+                    f"{', '.join(repr(fr.name) for fr in current.values())} on pool {pool!r} did not finish within "
+                    f"{deadlines.total_s:.0f}s; cancelled. Check the run's logs and the gpu worker's host "
+                    "(is the GPU busy or the worker gone?)")
+            time.sleep(poll_s)
+
+
+def _cancel(client: Any, flow_runs: list[Any]) -> None:
+    """Cancel runs that are not final: a scheduled one directly, a running one through its worker."""
+    from prefect.states import Cancelled, Cancelling
+
+    for fr in flow_runs:
+        if fr.state is not None and fr.state.is_final():
+            continue
+        running = fr.state is not None and (fr.state.is_running() or fr.state.is_pending())
+        client.set_flow_run_state(fr.id, Cancelling() if running else Cancelled(message="deadline passed"),
+                                  force=True)

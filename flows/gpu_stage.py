@@ -14,20 +14,43 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
 
-from flows.common import GpuStageFailed
+from flows.common import Deadlines, GpuStageFailed, wait_for_runs
 from tasks.train import read_stage, train_dryrun_task
 
-_POLL_SECONDS = 3  # how often the waiting pipeline asks the API whether the GPU run finished
+GPU_STAGE_TIMEOUT_S = 4 * 3600  # the stage's own flow timeout: a hung training ends Failed, never Running
 
 
-@flow(name="atft-gpu-stage", description="Dry-run training on the GPU pool; writes stage.json to the run folder.")
+def _stage_run_name() -> str:
+    return "gpu-" + Path(str(current_flow_run.parameters.get("run_dir") or "run")).name
+
+
+@flow(name="atft-gpu-stage", flow_run_name=_stage_run_name, timeout_seconds=GPU_STAGE_TIMEOUT_S,
+      description="Dry-run training on the GPU pool; writes stage.json to the run folder.")
 def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    check_device(str((config.get("train") or {}).get("device", "auto")))
     return train_dryrun_task(cache_path, config, run_dir)
 
 
-def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run the stage on `deployment` (and wait) or in-process; return what it wrote to the run folder."""
+def check_device(device: str) -> None:
+    """On the worker that trains: `cuda` asked for and no GPU visible is a setup problem to name, not a crash."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        import os
+        import platform
+
+        raise GpuStageFailed(f"train.device is 'cuda' but this worker ({platform.node()}, CUDA_VISIBLE_DEVICES="
+                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}) sees no CUDA GPU: check the "
+                             "driver (`nvidia-smi`) and the worker's CUDA_VISIBLE_DEVICES, or pass device=auto")
+
+
+def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path,
+                  deadlines: Deadlines = Deadlines()) -> dict[str, Any]:
+    """Run the stage on `deployment` (and wait, within `deadlines`) or in-process; return what it wrote."""
     params = {"cache_path": str(cache_path), "config": config, "run_dir": str(run_dir)}
     if deployment is None:
         gpu_stage(**params)
@@ -35,15 +58,13 @@ def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any
         from prefect.deployments import run_deployment
 
         logger = get_run_logger()
-        logger.info("starting %s and waiting for a gpu worker", deployment)
-        # timeout=None: wait as long as the GPU queue takes; the gpu concurrency limit may hold it.
-        child = run_deployment(deployment, parameters=params, timeout=None, poll_interval=_POLL_SECONDS,
-                               flow_run_name=f"gpu-{run_dir.name}")
-        state = child.state
-        if state is None or not state.is_completed():
+        logger.info("starting %s; waiting at most %.0fs for a gpu worker to start it, %.0fs in all", deployment,
+                    deadlines.start_s, deadlines.total_s)
+        child = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=f"gpu-{run_dir.name}")
+        [state] = wait_for_runs([child], deadlines)
+        if not state.is_completed():
             raise GpuStageFailed(f"GPU stage run '{child.name}' on pool {child.work_pool_name!r} ended "
-                                 f"{state.name if state else 'without a state'}: "
-                                 f"{(state.message if state else '') or 'see its logs'}")
+                                 f"{state.name}: {state.message or 'see its logs'}")
         logger.info("GPU stage run '%s' completed on pool %r", child.name, child.work_pool_name)
     return read_stage(run_dir)
 

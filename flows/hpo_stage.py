@@ -16,32 +16,40 @@ pool workers may sit on other hosts); K local processes share a journal file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.config import DryRunConfig
 from atft_core.data.source import S3Options
 from atft_core.hpo.config import HpoConfig
 from atft_core.hpo.storage import check_workers, default_storage_url, display_url
 from atft_core.hpo.worker import share, worker_file, worker_seed
-from flows.common import DEFAULT_DATA_ROOT, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from flows.common import (
+    DEFAULT_DATA_ROOT,
+    Deadlines,
+    GpuDispatch,
+    build_config,
+    gpu_deployment_for,
+    resolve_data_path,
+    wait_for_runs,
+)
 from tasks.cache import cached_build
 from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
-_POLL_SECONDS = 3
 
 
 class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
 
 
-@flow(name="atft-hpo-worker", description="One HPO worker on the gpu pool: runs its share of the queued trials.")
+@flow(name="atft-hpo-worker", timeout_seconds=Deadlines.total_s,
+      description="One HPO worker on the gpu pool: runs its share of the queued trials.")
 def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
                     worker_index: int = 0, sampler_seed: int = 0, n_trials: int | None = None) -> dict[str, Any]:
     """`n_trials`: this worker's share of the queued trials; None (a run started by hand) takes every
@@ -52,8 +60,12 @@ def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
 def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig, n_trials: int | None,
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
-                  search_space: str | None = None, dispatch: GpuDispatch = "auto") -> dict[str, Any]:
+                  search_space: str | None = None, dispatch: GpuDispatch = "auto",
+                  deadlines: Deadlines = Deadlines()) -> dict[str, Any]:
     """Queue `n_trials` trials, run them on `workers` workers, publish; the summary (also `run_dir/hpo.json`).
+
+    `deadlines`: how long worker runs on the gpu pool may wait to start and run; past them they are
+    cancelled and the stage fails naming the pool.
 
     `study_dir` holds the default storage (`optuna.db`; `optuna.log` for K > 1 local processes): the
     pipeline passes its output dir so that each nightly run continues the same study; None means `run_dir`.
@@ -73,12 +85,17 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
                     pruner=pruner, seed=seed, max_epochs=config.train.max_epochs, timeout_s=timeout_s, parallel=k,
                     search_space=search_space)
     batch = prepare_hpo_task(hpo.to_dict())
+    if deployment is None and k > 1 and _trains_on_gpu(config.train.device):
+        # One training per GPU: parallel trials on a GPU machine need one gpu worker per GPU.
+        logger.warning("%d in-process HPO workers would share this GPU: running 1. For parallel trials start one "
+                       "gpu worker per GPU (`make up`) and run from a deployment", k)
+        k = 1
     args = {"cache_path": str(cache["path"]), "config": config.to_dict(), "hpo": hpo.to_dict(),
             "output_dir": str(run_dir)}
     if deployment is not None:
         runs = [{"worker_index": i, "sampler_seed": worker_seed(seed, batch["first_number"], i),
                  "n_trials": share(batch["queued"], k, i)} for i in range(k)]
-        reports, errors = _run_on_pool(deployment, args, runs, run_dir)
+        reports, errors = _run_on_pool(deployment, args, runs, run_dir, batch_key(batch), deadlines)
     elif k == 1:
         reports, errors = [hpo_worker_task(**args, worker_index=0, n_trials=batch["queued"],
                                            sampler_seed=worker_seed(seed, batch["first_number"], 0))], []
@@ -107,31 +124,37 @@ def hpo_storage(storage: str | None, study_dir: Path, workers: int, n_trials: in
     return url, k
 
 
-def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any]],
-                 run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """K runs of the worker deployment, started together, awaited together; reports via the run folder."""
-    from prefect.client.orchestration import get_client
+def _trains_on_gpu(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return device == "cuda" or torch.cuda.is_available()
+
+
+def batch_key(batch: dict[str, Any]) -> str:
+    """Names one batch of queued trials (storage, study, the batch's own tag). A retried nightly queues a
+    new batch, so its worker runs get new idempotency keys and really run (the parent's run id would
+    hand back the old, finished worker runs and leave the new trials queued)."""
+    where = hashlib.blake2b(str(batch["storage_url"]).encode(), digest_size=6).hexdigest()
+    return f"hpo-{where}-{batch['study_name']}-{batch['batch']}"
+
+
+def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any]], run_dir: Path,
+                 key: str, deadlines: Deadlines = Deadlines()) -> tuple[list[dict[str, Any]], list[str]]:
+    """K runs of the worker deployment, started together, awaited together (within the gpu pool's
+    deadlines); reports via the run folder."""
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
-    parent = str(current_flow_run.id or "local")
     if "@" in str(args["hpo"].get("storage")) and "${" not in str(args["hpo"].get("storage")):
         logger.warning("the storage URL carries a password and becomes a parameter of the worker runs; use a "
                        "${VAR} placeholder filled from the gpu workers' environment instead")
     runs = [run_deployment(deployment, parameters={**args, **run}, timeout=0,
-                           flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{parent}-hpo-w{i}")
+                           flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{key}-w{i}")
             for i, run in enumerate(runs)]
     logger.info("started %d HPO worker run(s) on %s; waiting for the gpu pool", len(runs), deployment)
-    states: dict[int, Any] = {}
-    with get_client(sync_client=True) as client:
-        while len(states) < len(runs):
-            for i, run in enumerate(runs):
-                if i not in states:
-                    state = client.read_flow_run(run.id).state
-                    if state is not None and state.is_final():
-                        states[i] = state
-            if len(states) < len(runs):
-                time.sleep(_POLL_SECONDS)
+    states = dict(enumerate(wait_for_runs(runs, deadlines)))
     reports, errors = [], []
     for i, run in enumerate(runs):
         path = worker_file(run_dir, i, "json")

@@ -5,6 +5,11 @@ parquet panel ──► build cache ──► GPU stage (dry run) ──► gate
                                                             └──► report, plots, S3 mirror (always)
 ```
 
+"Always" means: on every run that got far enough to have them, failed or not (try/finally): a
+failed GPU stage or HPO stage still leaves its run folder, its report and its S3 copy. Every wait is
+finite: the gpu pool has start and total deadlines (`gpu_start_timeout_s`, `gpu_timeout_s`) and the
+flow itself a `timeout_seconds`.
+
 Everything the flow takes from the environment (the S3 mirror target, S3 read options) is read
 here, once, at the flow boundary, and passed down as typed values. Each run writes into its own
 new folder under `output_dir`; the gate's verdict is read from that folder.
@@ -15,6 +20,7 @@ new folder under `output_dir`; the gate's verdict is read from that folder.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -26,23 +32,34 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 import atft_core
-from atft_core.config import DryRunConfig
+from atft_core.config import DryRunConfig, validate_config
 from atft_core.data.source import S3Options
 from atft_core.publish import ArtifactTarget, redact, redact_url
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
 from flows import hpo_stage
-from flows.common import DEFAULT_DATA_ROOT, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from flows.common import DEFAULT_DATA_ROOT, Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
 from flows.gpu_stage import run_gpu_stage
 from tasks.cache import cached_build
 from tasks.gate import GateFailed, check_gate
 from tasks.publish import mirror_run, publish_report
-from tasks.train import STAGE_FILE
+from tasks.train import STAGE_FILE, read_stage
 
 Mode = Literal["dryrun", "hpo"]
 DEFAULT_OUTPUT_DIR = "runs"
+# Longer than the gpu pool's total deadline plus a nightly HPO study; a run past it ends Failed
+# (TimeoutError) instead of Running forever while the next night's run piles on.
+PIPELINE_TIMEOUT_S = 12 * 3600
 
 
-@flow(name="atft", description="Nightly ATFT-GAT-FAN pipeline: cache -> GPU dry run -> gate -> HPO study.")
+def run_name() -> str:
+    """`dryrun-2026-11-30-0200`, `nightly-hpo-...`: the deployment's name (else the mode) and the UTC start."""
+    name = current_deployment.name or current_flow_run.parameters.get("mode") or "atft"
+    return f"{name}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
+
+
+
+@flow(name="atft", flow_run_name=run_name, timeout_seconds=PIPELINE_TIMEOUT_S,
+      description="Nightly ATFT-GAT-FAN pipeline: cache -> GPU dry run -> gate -> HPO study.")
 def atft_pipeline(
     mode: Mode = "dryrun",
     data_path: str | None = None,
@@ -61,16 +78,24 @@ def atft_pipeline(
     hpo_workers: int = 1,
     profile: str | None = None,
     resume_from: str | None = None,
+    hpo_max_epochs: int | None = None,
+    gpu_start_timeout_s: float = Deadlines.start_s,
+    gpu_timeout_s: float = Deadlines.total_s,
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
+
+    max_epochs: the gate's dry run; hpo_max_epochs: each HPO trial (None: the same as max_epochs).
+    gpu_start_timeout_s / gpu_timeout_s: a gpu-pool run not started / not finished by then is cancelled
+    and this run fails naming the pool.
 
     hpo_workers: HPO workers sharing the study: runs of `atft-hpo-worker/gpu` (PostgreSQL storage when
     more than one), or without the gpu pool processes on this host (a journal file by default).
 
-    require_gpu=None means: required when training runs on the `gpu` pool; in-process it is required
-    only when the trainer's device resolves to CUDA (the dry run adds that itself).
-    gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment), "deployment"
-    or "local" (in-process subflow).
+    require_gpu=None means: required whenever this run comes from a deployment (or trains on the `gpu`
+    pool); in-process it is required when the trainer's device resolves to CUDA (the gate adds that
+    itself). Only an explicit False turns the deployment rule off.
+    gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment; there, a
+    missing gpu deployment fails the run), "deployment" or "local" (in-process subflow).
     profile: the panel's column layout ("auto", "atft", "gogooku3"); None keeps the config's.
     resume_from: a checkpoint.pt to continue training from (same panel layout, else a clear error).
     """
@@ -79,37 +104,65 @@ def atft_pipeline(
     target = ArtifactTarget.from_env()
     s3 = S3Options.from_env()
 
-    gpu_deployment = gpu_deployment_for(gpu_stage)
-    if require_gpu is None:
-        require_gpu = gpu_deployment is not None
     cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
                        min_rankic=min_rankic, require_gpu=require_gpu, profile=profile,
                        resume_from=resume_from)
+    hpo_cfg = build_config(config_path, max_epochs=hpo_max_epochs or max_epochs, device=device, profile=profile)
+    validate_config(cfg)  # before anything is read or written: ranges, not only types
+    validate_config(hpo_cfg)
+    gpu_deployment = gpu_deployment_for(gpu_stage)
+    if require_gpu is None:
+        require_gpu = current_deployment.id is not None or gpu_deployment is not None
+        cfg = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, require_gpu=require_gpu))
     data = resolve_data_path(data_path)
     run_dir = new_run_dir(output_dir, mode, current_flow_run.id or "local")
     write_json(run_dir / "run.json", _provenance(dict(
-        mode=mode, data_path=data, max_epochs=max_epochs, n_trials=n_trials, study_name=study_name,
+        mode=mode, data_path=data, max_epochs=max_epochs, hpo_max_epochs=hpo_max_epochs, n_trials=n_trials,
+        study_name=study_name,
         storage=storage, output_dir=output_dir, cache_dir=cache_dir, config_path=config_path,
         gpu_stage=gpu_deployment or "in-process"), cfg=cfg, target=target))
     logger.info("run folder %s", run_dir)
 
-    cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3, require=cfg.data)
-    stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir)
-    gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
-    publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter
-
     hpo = None
-    if mode == "hpo" and gate.is_completed():
-        # The default SQLite study lives in output_dir, not in this run's folder: nightly runs continue it.
-        hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=cfg, n_trials=n_trials,
-                                      study_name=study_name, storage=storage, workers=hpo_workers,
-                                      study_dir=Path(output_dir), dispatch=gpu_stage)
-    if target is not None:
-        mirror_run(str(run_dir), target)
+    published = failed = False
+    try:
+        cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3, require=cfg.data)
+        deadlines = Deadlines(start_s=gpu_start_timeout_s, total_s=gpu_timeout_s)
+        stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines)
+        gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
+        publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter
+        published = True
+        if mode == "hpo" and gate.is_completed():
+            # The default SQLite study lives in output_dir, not in this run's folder: nightly runs continue it.
+            hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=hpo_cfg, n_trials=n_trials,
+                                          study_name=study_name, storage=storage, workers=hpo_workers,
+                                          study_dir=Path(output_dir), dispatch=gpu_stage, deadlines=deadlines)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        _save_run(run_dir, target, report=not published, failed=failed)
     gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
     return {"run_dir": str(run_dir), "mode": mode, "passed": stage["passed"], "gate": stage["gate"],
             "metrics": stage["metrics"], "cache": {k: cache[k] for k in ("path", "hit", "fingerprint")},
             "hpo": hpo}
+
+
+def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, failed: bool) -> None:
+    """Report (when not yet published) and S3 mirror of whatever the run folder holds.
+
+    On a run that is already failing, a publishing error is logged, never raised: it must not
+    replace the failure that matters.
+    """
+    try:
+        if report and (run_dir / STAGE_FILE).exists():
+            publish_report(str(run_dir), read_stage(run_dir))
+        if target is not None:
+            mirror_run(str(run_dir), target)
+    except Exception as exc:
+        if not failed:
+            raise
+        get_run_logger().error("saving the failed run's folder %s also failed: %s", run_dir, redact(str(exc)))
 
 
 def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarget | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from atft_core import __version__ as core_version
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data.cache import FORMAT_VERSION, build_cache, params_key
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
+from atft_core.errors import DatasetError
 
 _REMOTE_RETRY_DELAYS = [10, 60]  # seconds: a network blip, then a longer outage
 
@@ -57,10 +58,17 @@ def _s3_fingerprint(uri: str, s3: S3Options) -> str:
     return "s3-" + h.hexdigest()
 
 
-def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Prefect cache key: input content + build parameters + cache location + cache format."""
+def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Prefect cache key: input content + build parameters + cache location + cache format.
+
+    None (no caching) when the input cannot be fingerprinted (missing file, unreachable bucket): the
+    task body then reads the same input and raises the clear DatasetError, once.
+    """
     cfg: CacheConfig = parameters["cfg"]
-    fingerprint = input_fingerprint(parameters["data_path"], parameters.get("s3"))
+    try:
+        fingerprint = input_fingerprint(parameters["data_path"], parameters.get("s3"))
+    except Exception:  # noqa: BLE001 - any failure here is reported by the build itself
+        return None
     where = hashlib.blake2b(str(Path(parameters["cache_dir"]).resolve()).encode(), digest_size=6).hexdigest()
     return f"atft-cache-v{FORMAT_VERSION}-{core_version}-{fingerprint}-{params_key(cfg)}-{where}"
 
@@ -89,6 +97,12 @@ def build_cache_task(data_path: str, cache_dir: str, cfg: CacheConfig, s3: S3Opt
             "summary": s, "warnings": list(build.warnings), "params": dataclasses.asdict(cfg)}
 
 
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a read that may succeed later; never a permanent error (no such bucket, bad file)."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    return not isinstance(exc, DatasetError) or exc.transient
+
+
 def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3Options | None,
                  require: DataConfig | None = None) -> dict[str, Any]:
     """Run the cache task: retries only for s3:// inputs, and a rebuild when a cached result is stale.
@@ -99,7 +113,8 @@ def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3
     """
     run = build_cache_task
     if str(data_path).startswith("s3://"):
-        run = run.with_options(retries=len(_REMOTE_RETRY_DELAYS), retry_delay_seconds=_REMOTE_RETRY_DELAYS)
+        run = run.with_options(retries=len(_REMOTE_RETRY_DELAYS), retry_delay_seconds=_REMOTE_RETRY_DELAYS,
+                               retry_condition_fn=retry_if_transient)
     args = dict(data_path=str(data_path), cache_dir=str(cache_dir), cfg=cfg, s3=s3, require=require)
     result = run(**args)
     if not Path(result["path"]).is_dir():

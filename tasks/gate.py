@@ -13,9 +13,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.expected_errors import expected
+
 GATE_KEY = "dryrun-gate"
 
 
+@expected
 class GateFailed(RuntimeError):
     """The dry run did not meet the gate; the pipeline stops before the HPO study."""
 

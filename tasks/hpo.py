@@ -40,7 +40,7 @@ def prepare_hpo_task(hpo: dict[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(batch)
 
 
-@task(name="hpo-worker", tags=["hpo"], cache_policy=NO_CACHE, persist_result=False,
+@task(name="hpo-worker", tags=["hpo", "gpu"], cache_policy=NO_CACHE, persist_result=False,
       description="Drain the study's queue of trials in this process: train, report each epoch, prune, record.")
 def hpo_worker_task(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
                     worker_index: int, sampler_seed: int, n_trials: int | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""The GPU training stage: one short dry-run training on the cache, tagged `gpu`.
+"""The GPU training stage: one short dry-run training on the cache, tagged `gpu` (for filtering).
 
-The `gpu` tag is what `prefect concurrency-limit create gpu 1` limits: two stages never share one
-GPU even when several workers pick up runs at once.
+Two stages never share one GPU because each gpu worker serves one GPU with `--limit 1` (see
+deployments/stack.sh), not because of a server-wide tag limit, which would make GPU hosts take turns.
 
 The task writes everything it learned to `stage.json` in the run folder. The pipeline reads that
 file, never Prefect's result persistence: when this runs on another worker (the `gpu` pool) the

@@ -1,8 +1,10 @@
 """The real path, end to end: `deployments/stack.sh up` (what `make up` runs) starts a Prefect server
-on a free loopback port with its own PREFECT_HOME, creates the pools, deploys the project's
-prefect.yaml and starts a `cpu` and a `gpu` worker; `prefect deployment run atft/dryrun --watch`
-then runs the pipeline on the cpu worker, which hands training to the gpu worker through
-`run_deployment`. `stack.sh down` stops the workers, then the server.
+on a free loopback port with its own PREFECT_HOME and basic auth, creates the pools, deploys the
+project's prefect.yaml, creates the failure alert and starts a `cpu` worker and one `gpu` worker per
+GPU (a stand-in `nvidia-smi` lists two: the only mocked thing is the GPU); `prefect deployment run
+atft/dryrun --watch` then runs the pipeline on the cpu worker, which hands training to a gpu worker
+through `run_deployment`. A second run with an unreachable gate fails, and the alert POSTs to a
+webhook receiver on loopback. `stack.sh down` stops the workers, then the server.
 
 Also checked here, because only a real server shows it: the nightly deployment's cron schedule
 exists and the server's scheduler actually creates its runs (a wrong sqlalchemy version breaks
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -32,8 +37,61 @@ PREFECT = Path(sys.executable).with_name("prefect")
 pytestmark = pytest.mark.slow
 
 
+AUTH = ("atft", "pw-" + secrets.token_hex(8))
+FAKE_NVIDIA_SMI = """#!/bin/sh
+echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
+echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-1111-1111-1111-111111111111)"
+"""
+
+
 def _flow_runs(api: str, **filters) -> list[dict]:
-    return httpx.post(f"{api}/flow_runs/filter", json={"limit": 50, **filters}, timeout=10).raise_for_status().json()
+    return httpx.post(f"{api}/flow_runs/filter", json={"limit": 50, **filters}, auth=AUTH,
+                      timeout=10).raise_for_status().json()
+
+
+def _get(url: str) -> httpx.Response:
+    return httpx.get(url, auth=AUTH, timeout=10)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook on loopback: keeps every POSTed body."""
+
+    posts: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).posts.append(json.loads(body or b"{}"))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    _Receiver.posts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Receiver.posts
+    finally:
+        server.shutdown()
+
+
+def _process_env(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_non_loopback_address_refused_without_auth(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_SERVER_API_AUTH"))}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), ATFT_PREFECT_HOST="0.0.0.0", ATFT_PREFECT_PORT=str(free_port()),
+               PREFECT_BIN=str(PREFECT))
+    up = subprocess.run(["bash", str(STACK), "up"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "refusing to bind 0.0.0.0" in up.stderr and "PREFECT_SERVER_API_AUTH_STRING" in up.stderr
+    assert not (tmp_path / "home" / "server.pid").exists()  # nothing started
 
 
 def _wait_for(what: str, fn, timeout: float, every: float = 1.0):
@@ -45,14 +103,22 @@ def _wait_for(what: str, fn, timeout: float, every: float = 1.0):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config):
+def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config, webhook):
     home = tmp_path / "prefect-home"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (fake_bin / "nvidia-smi").chmod(0o755)
+    hook_url, posts = webhook
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "ATFT_ARTIFACT"))}
     env.update(PREFECT_HOME=str(home), ATFT_PREFECT_PORT=str(port), PREFECT_BIN=str(PREFECT),
+               PATH=f"{fake_bin}:{env['PATH']}", PREFECT_SERVER_API_AUTH_STRING=":".join(AUTH),
+               ATFT_ALERT_WEBHOOK_URL=hook_url,
                PREFECT_WORKER_QUERY_SECONDS="2",  # workers poll every 2 s instead of 10
-               OMP_NUM_THREADS="1")  # the flow runs share 2 cores with the server and two workers
+               OMP_NUM_THREADS="1")  # the flow runs share 2 cores with the server and three workers
+    client_env = {**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": ":".join(AUTH)}
     out = tmp_path / "runs"
 
     up = subprocess.run(["bash", str(STACK), "up"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -60,21 +126,35 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{port}" in up.stdout  # prints the UI address
 
-        # Pools, the gpu concurrency limit and the three deployments, as prefect.yaml says.
-        pools = httpx.post(f"{api}/work_pools/filter", json={}, timeout=10).json()
+        # Beyond /health, the API refuses a request without the basic-auth credentials.
+        assert httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).status_code == 401
+        assert httpx.post(f"{api}/flow_runs/filter", json={}, auth=("atft", "wrong"), timeout=10).status_code == 401
+
+        # One gpu worker per GPU, each with its own CUDA_VISIBLE_DEVICES and --limit 1; no server-wide tag limit.
+        assert "started worker gpu-0 on pool 'gpu' (CUDA_VISIBLE_DEVICES=0) --limit 1" in up.stdout
+        for i in (0, 1):
+            pid = int((home / f"worker-gpu-{i}.pid").read_text())
+            assert _process_env(pid)["CUDA_VISIBLE_DEVICES"] == str(i)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[cmdline.index(b"--limit") + 1] == b"1" and b"gpu" in cmdline
+        assert _get(f"{api}/concurrency_limits/tag/gpu").status_code == 404
+
+        # Pools and the four deployments, as prefect.yaml says.
+        pools = httpx.post(f"{api}/work_pools/filter", json={}, auth=AUTH, timeout=10).json()
         assert {(p["name"], p["type"]) for p in pools} >= {("cpu", "process"), ("gpu", "process")}
-        assert httpx.get(f"{api}/concurrency_limits/tag/gpu", timeout=10).json()["concurrency_limit"] == 1
-        dep = {name: httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
+        dep = {name: _get(f"{api}/deployments/name/{name}").json()
                for name in ("atft/dryrun", "atft/nightly-hpo", "atft-gpu-stage/gpu", "atft-hpo-worker/gpu")}
         assert dep["atft/dryrun"]["work_pool_name"] == "cpu"
-        assert dep["atft/dryrun"]["parameters"] == {"mode": "dryrun", "n_trials": 1, "max_epochs": 2}
+        assert dep["atft/dryrun"]["parameters"] == {"mode": "dryrun", "max_epochs": 2}
         assert dep["atft-gpu-stage/gpu"]["work_pool_name"] == dep["atft-hpo-worker/gpu"]["work_pool_name"] == "gpu"
         assert dep["atft/dryrun"]["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
 
         # The nightly schedule, and the runs the server's scheduler creates from it.
         nightly = dep["atft/nightly-hpo"]
-        assert nightly["parameters"] == {"mode": "hpo", "n_trials": 5, "max_epochs": 10}
+        assert nightly["parameters"] == {"mode": "hpo", "n_trials": 5, "max_epochs": 2, "hpo_max_epochs": 10}
+        assert nightly["global_concurrency_limit"]["limit"] == 1
+        assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         assert [s["schedule"] for s in nightly["schedules"]] == [
             {"cron": "0 2 * * *", "timezone": "Asia/Tokyo", "day_or": True}]
         scheduled = _wait_for("scheduled nightly runs", lambda: _flow_runs(
@@ -92,26 +172,36 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
         cmd = [str(PREFECT), "deployment", "run", "atft/dryrun", "--watch"]
         for k, v in params.items():
             cmd += ["-p", f"{k}={v}"]
-        run = subprocess.run(cmd, env={**env, "PREFECT_API_URL": api}, cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run(cmd, env=client_env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
         [pipeline] = _flow_runs(api, deployments={"id": {"any_": [dep["atft/dryrun"]["id"]]}})
         assert pipeline["state_type"] == "COMPLETED" and pipeline["work_pool_name"] == "cpu"
+        assert pipeline["name"].startswith("dryrun-")
         [stage] = _flow_runs(api, flows={"name": {"any_": ["atft-gpu-stage"]}})
         assert stage["state_type"] == "COMPLETED"
         assert stage["work_pool_name"] == "gpu" and stage["deployment_id"] == dep["atft-gpu-stage/gpu"]["id"]
-        parent = httpx.get(f"{api}/task_runs/{stage['parent_task_run_id']}", timeout=10).json()
+        parent = _get(f"{api}/task_runs/{stage['parent_task_run_id']}").json()
         assert parent["flow_run_id"] == pipeline["id"]  # shown as the pipeline's subflow in the UI
 
         arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
-            "key": {"any_": ["dryrun-gate"]}, "flow_run_id": {"any_": [pipeline["id"]]}}}, timeout=10).json()
+            "key": {"any_": ["dryrun-gate"]}, "flow_run_id": {"any_": [pipeline["id"]]}}}, auth=AUTH,
+            timeout=10).json()
         assert len(arts) == 1 and "Dry-run gate: PASSED" in arts[0]["data"]
 
         [run_dir] = list(out.iterdir())
         assert run_dir.name.endswith(pipeline["id"][:8])
         assert json.loads((run_dir / "run.json").read_text())["parameters"]["gpu_stage"] == "atft-gpu-stage/gpu"
         assert json.loads((run_dir / "gate.json").read_text())["passed"] is True
+        assert posts == []  # no alert for a passing run
+
+        # A gate that cannot pass: the run fails, and the automation POSTs to the webhook.
+        failing = [*cmd, "-p", "min_rankic=0.99", "-p", f"output_dir={tmp_path / 'runs-failed'}"]
+        run = subprocess.run(failing, env=client_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert run.returncode != 0, run.stdout[-3000:]
+        _wait_for("the failure alert", lambda: posts, timeout=90)
+        [alert] = posts
+        assert "failed" in alert["subject"] and "dry-run gate failed" in alert["body"], alert
     finally:
         down = subprocess.run(["bash", str(STACK), "down"], env=env, cwd=REPO, capture_output=True, text=True,
                               timeout=120)

@@ -44,8 +44,9 @@ def _task_runs(flow_run_id: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def shared_cache(tiny_demo) -> Path:
-    return tiny_demo.parent / "cache"  # shared by the tests: the second build is a hit
+def shared_cache(tmp_path) -> Path:
+    """This test's own cache folder: no test relies on what another (earlier) test left behind."""
+    return tmp_path / "cache"
 
 
 def test_pipeline_completes_and_publishes(prefect_harness, tiny_demo, tiny_config, shared_cache, tmp_path,
@@ -97,9 +98,16 @@ def test_pipeline_completes_and_publishes(prefect_harness, tiny_demo, tiny_confi
 
 def test_failing_gate_fails_run_and_skips_hpo(prefect_harness, tiny_demo, tiny_config, shared_cache, tmp_path,
                                               monkeypatch):
-    import flows.hpo_stage
-    from flows.pipeline import run_pipeline
+    from prefect import flow
 
+    import flows.hpo_stage
+    from atft_core.config import DryRunConfig
+    from flows.pipeline import run_pipeline
+    from tasks.cache import cached_build
+
+    # An earlier run built this cache (done here, so the test passes alone and in any order).
+    flow(name="warm-cache")(cached_build)(str(tiny_demo), shared_cache, DryRunConfig.from_yaml(tiny_config).cache,
+                                          None)
     hpo_calls = []
     monkeypatch.setattr(flows.hpo_stage, "run_hpo_stage", lambda **kw: hpo_calls.append(kw) or {})
     result = run_pipeline(mode="hpo", data_path=str(tiny_demo), max_epochs=1, output_dir=str(tmp_path / "runs"),
@@ -110,7 +118,7 @@ def test_failing_gate_fails_run_and_skips_hpo(prefect_harness, tiny_demo, tiny_c
     assert hpo_calls == []  # stopped before the HPO study
     tasks = _task_runs(result["flow_run_id"])
     assert tasks["dryrun-gate"] == "Failed"
-    assert tasks["build-cache"] == "Cached"  # same input and build parameters as the first test
+    assert tasks["build-cache"] == "Cached"  # same input and build parameters as the earlier build
     assert not [name for name in tasks if "hpo" in name]
     arts = _artifacts(result["flow_run_id"])
     assert "Dry-run gate: FAILED" in arts["dryrun-gate"].data  # published before the run failed

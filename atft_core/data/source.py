@@ -116,6 +116,20 @@ def _download_s3(uri: str, dest: Path, opts: S3Options) -> tuple[Path, ...]:
     except (BotoCoreError, ClientError) as exc:
         # The message never carries credentials: botocore errors name the endpoint, not the keys.
         raise DatasetError(uri, f"cannot read from S3 endpoint {where}: {exc}. Check AWS_ENDPOINT_URL, "
-                                "the bucket name and your credentials, then re-run") from None
+                                "the bucket name and your credentials, then re-run",
+                           transient=_transient(exc)) from None
     log.info("downloaded %d object(s) from %s", len(files), uri)
     return tuple(files)
+
+
+def _transient(exc: Exception) -> bool:
+    """True when the same read may succeed later: no answer, or the server's own 5xx / throttling.
+
+    A 4xx answer (no such bucket or key, access denied) is permanent: retrying only delays the message.
+    """
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return True  # connection refused, timeout, DNS: the endpoint did not answer
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or exc.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling", "RequestTimeout")

@@ -170,6 +170,13 @@ class TrainConfig:
     control_shuffle_seed: int | None = None  # control run: train on targets shuffled within each day
     resume_from: str | None = None  # checkpoint.pt of an earlier run on the same panel layout: continue it
 
+    def __post_init__(self) -> None:
+        # checked when the config is read, before a run folder or cache is made
+        if self.static_shapes not in ("auto", "on", "off"):
+            raise ValueError(f"train.static_shapes must be auto, on or off, got {self.static_shapes!r}")
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ValueError(f"train.log_every must be an integer >= 1 (training steps), got {self.log_every!r}")
+
 
 @dataclass
 class GateConfig:

@@ -8,16 +8,18 @@ only the standard library until the packages the image lacks are installed from 
 (`--wheels .whl`, made here by `make gpu-wheels`) into `--site`, then only `atft_core`, numpy,
 polars/pyarrow (the cache) and pynvml: no Prefect, Optuna, boto3 or Postgres.
 
-Stages (the JSON is rewritten after each, so a stage cut short leaves the earlier ones):
+Stages, in this order (the JSON is rewritten after each, so a stage cut short leaves the earlier ones):
 1. ``tests``: pytest on the test files whose assertions change on a CUDA host (sync-free step under
    ``torch.cuda.set_sync_debug_mode("error")``, static == eager on the GPU, the GPU criterion with
    real NVML, ...), without the Prefect conftest. CUDA only (the CPU suite runs them anyway).
-2. ``bench``: the same training at the reference size, eager vs static shapes (vs static shapes +
-   ``torch.compile(mode="reduce-overhead")`` on CUDA): step ms, days/s, epoch seconds (extrapolated
-   to the split and to 4,000 x 1,150 days), host syncs per step, peak GPU memory, GPU utilisation.
+2. ``bench``: the same training at the reference size, eager vs static shapes: step ms, days/s,
+   epoch seconds (extrapolated to the split and to 4,000 x 1,150 days), host syncs per step, CUDA
+   syncs seen by the sync debug mode, peak GPU memory, GPU utilisation.
 3. ``dryrun``: `run_dryrun` at the reference size (`ModelConfig.reference_20m()`, one epoch, the
    trainer's defaults: static shapes on CUDA) on a synthetic cache of >= 4,000 stocks x 1,000 days x
    300 features written directly (no parquet), resident on the device; the gate's GPU criterion.
+4. ``bench`` again on CUDA: static shapes + ``torch.compile(mode="reduce-overhead")`` (CUDA graphs),
+   last because compiling takes minutes (`--no-compile` leaves it out).
 On CPU, ``memory`` estimates the reference model's training memory for one 4,000-stock day from the
 autograd-saved tensors at two small stock counts (linear in stocks) plus weights, grads and Adam.
 """
@@ -239,24 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     report["cache_s"] = round(time.perf_counter() - t_cache, 1)
     cfg = _configs(str(device), small, a.model)
     timed = a.timed_days or (200 if cuda else 12)
-    paths = ["eager", "static"] + (["static+compile"] if cuda and not a.no_compile else [])
     report["bench"] = []
-    for kind in paths:
+
+    def bench(kind: str) -> None:
         try:
             report["bench"].append(measure(kind, cache, cfg, warm_days=4 * cfg.data.days_per_batch,
                                            timed_days=timed, sync_steps=6))
         except Exception as exc:  # noqa: BLE001 - one path failing (e.g. compile) must not hide the others
             report["bench"].append({"path": kind, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        ok = [r for r in report["bench"] if "days_per_s" in r]
+        report["fastest_path"] = max(ok, key=lambda r: r["days_per_s"])["path"] if ok else None
         write()
-    ok = [r for r in report["bench"] if "days_per_s" in r]
-    if ok:
-        best = max(ok, key=lambda r: r["days_per_s"])
-        report["fastest_path"] = best["path"]
-    if cuda:
-        report["reference_memory_estimate"] = None
-    else:
-        report["reference_memory_estimate"] = estimate_memory(features=300, window=cfg.data.window)
-    write()
+
+    bench("eager")
+    bench("static")
+    report["reference_memory_estimate"] = None if cuda else estimate_memory(features=300, window=cfg.data.window)
     t1 = time.perf_counter()
     res = run_dryrun(cache_path, cfg, work / "dryrun")
     crit = {c.name: c for c in res.gate.criteria}["gpu_util_mean"]
@@ -269,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch_max_allocated_mb": res.gpu.get("torch_max_allocated_mb"),
         "static_shapes": cfg.train.static_shapes, "model": "tiny" if small else a.model,
     }
+    write()
+    if cuda and not a.no_compile:  # last: compiling can take minutes, the rest is written by then
+        bench("static+compile")
     report["forbidden_imports"] = sorted(m for m in FORBIDDEN if m in sys.modules)
     report["total_s"] = round(time.perf_counter() - t0, 1)
     write()

@@ -143,6 +143,19 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("train,words", [("{static_shapes: maybe}", "auto, on or off"),
+                                         ("{log_every: 0}", "integer >= 1")])
+def test_bad_train_setting_is_a_clear_error_before_anything_is_written(tmp_path, capsys, train, words):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"train: {train}\n")
+    path = write(make_panel(), tmp_path / "p.parquet")
+    assert main(["build-cache", "--data-path", str(path), "--cache-dir", str(tmp_path / "cache"),
+                 "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_dryrun_on_too_short_history_fails_before_writing_a_cache(world, capsys):
     tmp, cache_dir, cache_before, runs_before = world

@@ -127,7 +127,7 @@ def build_grid(files: tuple[Path, ...], contract: Contract, feats: list[str], pl
 
     warnings = [f"feature '{name}': constant across all stocks and days; it carries no information"
                 for name, const in zip(feats, stats.constant()) if const]
-    screened = screen_days(n_days)
+    screened = screen_days(n_days, cells_per_day=n_stocks * len(feats) * n_h)
     rics, counts = [], []
     nonzero = np.zeros(len(feats), dtype=bool)
     for d0 in range(0, n_days, chunk):

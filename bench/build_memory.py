@@ -8,9 +8,10 @@ demo panels written by `atft demo-data`:
 - build_vs_scan: `build_cache` time on the 2D-day panel vs a plain polars streaming scan that decodes
   every column of the same file (the least any build must do).
 
-Full size is gogooku3's shape, 4,000 stocks x 1,150 days x 400 features (6.7 GB of parquet, a
-7.4 GB grid), against half its days; it takes tens of minutes and ~15 GB of disk. Sizes can be set
-with ATFT_BENCH_BUILD="stocks,days,features" (days = the long panel).
+Full size is gogooku3's width, 4,000 stocks x 400 features, over 300 days against 150 (1.8 GB of
+parquet, a 2 GB grid; ~10 minutes with the demo generation). Memory is flat in days, so the width is
+what sets it; the issue's sizes (4,000 x 1,150 x 400: 6.7 GB of parquet; 4,000 x 2,500 x 400: a 16 GB
+grid) take tens of minutes and ~25 GB of disk: ATFT_BENCH_BUILD="4000,1150,400" (days = the long panel).
 
     python -m bench.build_memory            # full size
     python -m bench.build_memory --quick
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from bench.common import REPO, Row, bench_dir, verdict
 
-FULL = (4000, 1150, 400)
+FULL = (4000, 300, 400)
 QUICK = (120, 300, 24)
 
 _BUILD = ("import sys; from atft_core.data.cache import build_cache; "

@@ -80,28 +80,37 @@ def normalise_cross_section(x: np.ndarray, which: np.ndarray, clip: float) -> No
     cols = np.flatnonzero(which)
     if len(cols) == 0:
         return
-    block = x[:, :, cols]  # [c, S, Fc] copy
+    # [c, Fc, S] contiguous: every reduction and sort runs along memory, one day-feature row at a time
+    block = np.ascontiguousarray(x[:, :, cols].transpose(0, 2, 1))
     with np.errstate(all="ignore"), _quiet_nan_warnings():
-        med = _nanmedian_stocks(block)
-        scale = _nanmedian_stocks(np.abs(block - med)) * _MAD_SCALE
-        std = np.nanstd(block, axis=1, keepdims=True)
+        med = _nanmedian_last(block)
+        scale = _nanmedian_last(np.abs(block - med)) * _MAD_SCALE
+        std = np.nanstd(block, axis=2, keepdims=True)
         scale = np.where(scale > 1e-12, scale, std)
         z = np.where(scale > 1e-12, (block - med) / scale, 0.0)
         z = np.where(np.isfinite(block), z, np.nan)
-    x[:, :, cols] = np.clip(z, -clip, clip)
+    x[:, :, cols] = np.clip(z, -clip, clip).transpose(0, 2, 1)
 
 
-def _nanmedian_stocks(a: np.ndarray) -> np.ndarray:
-    """np.nanmedian(a, axis=1, keepdims=True) for a [c, S, F] by one sort (NaN sorts last).
+def _nanmedian_last(a: np.ndarray) -> np.ndarray:
+    """np.nanmedian(a, axis=-1, keepdims=True) for a [c, F, S], by partition (O(S) per row, not a sort).
 
-    numpy's nanmedian falls back to a Python-level loop per (day, feature) when values are missing:
-    on a 64 x 4,000 x 400 chunk that is 25,600 calls; the sort is one vectorised pass.
+    numpy's nanmedian falls back to a Python-level loop per (day, feature) when values are missing
+    (25,600 calls on a 64 x 4,000 x 400 chunk). Here rows are grouped by their number of finite values
+    (on a day most features share it), NaN becomes +inf, and each group is partitioned at its middle.
     """
-    s = np.sort(a, axis=1)
-    n = np.isfinite(a).sum(axis=1, keepdims=True)  # [c, 1, F]
-    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0), axis=1)
-    hi = np.take_along_axis(s, np.maximum(n // 2, 0), axis=1)
-    return np.where(n > 0, (lo + hi) / 2, np.nan).astype(a.dtype)
+    flat = a.reshape(-1, a.shape[-1])
+    n = np.isfinite(flat).sum(axis=1)
+    out = np.full(flat.shape[0], np.nan, dtype=a.dtype)
+    filled = np.where(np.isnan(flat), np.inf, flat)
+    for k in np.unique(n):
+        if k == 0:
+            continue
+        rows = np.flatnonzero(n == k)
+        lo, hi = (k - 1) // 2, k // 2
+        part = np.partition(filled[rows], [lo, hi], axis=1)
+        out[rows] = (part[:, lo] + part[:, hi]) / 2
+    return out.reshape(*a.shape[:-1], 1)
 
 
 def past_only_zscore(series: np.ndarray, window: int = 0) -> np.ndarray:

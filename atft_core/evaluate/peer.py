@@ -66,9 +66,10 @@ def peer_features(cache: Cache, days: np.ndarray, block: int = 64) -> np.ndarray
     days = np.asarray(days, dtype=np.int64)
     D, S, F = cache.x.shape
     out = np.full((len(days), S, F * (2 + len(ROLLING))), np.nan, dtype=np.float32)
-    sector = cache.static[:, 1]
-    n_sec = int(sector.max()) + 2 if len(sector) else 1
-    sec_idx = np.where(sector < 0, n_sec - 1, sector)
+    # the sector of each (day, stock) as of that day: a later reclassification is future information
+    static = np.asarray(cache.static)
+    sector = static[:, :, 1] if static.ndim == 3 else np.broadcast_to(static[:, 1], (D, S))  # [D, S]
+    n_sec = int(sector.max()) + 2 if sector.size else 1
     order = np.argsort(days)
     sorted_days = days[order]
     for a in range(0, len(days), block):
@@ -94,13 +95,15 @@ def peer_features(cache: Cache, days: np.ndarray, block: int = 64) -> np.ndarray
         # sector mean of the day's ranks over the names with a row
         r = ranks[rows]  # [k, S, F]
         v = valid[rows]
+        sec = np.asarray(sector[want])
+        sec_idx = np.where(sec < 0, n_sec - 1, sec)  # [k, S]; unknown sector is a group of its own
         tot = np.zeros((len(rows), n_sec, F))
         num_s = np.zeros((len(rows), n_sec))
         for k in range(len(rows)):
-            np.add.at(tot[k], sec_idx[v[k]], r[k][v[k]])
-            num_s[k] = np.bincount(sec_idx[v[k]], minlength=n_sec)
+            np.add.at(tot[k], sec_idx[k][v[k]], r[k][v[k]])
+            num_s[k] = np.bincount(sec_idx[k][v[k]], minlength=n_sec)
         mean_s = tot / np.maximum(num_s, 1)[:, :, None]
-        feats.append(r - mean_s[:, sec_idx])
+        feats.append(r - np.take_along_axis(mean_s, sec_idx[:, :, None], axis=1))
         block_out = np.concatenate(feats, axis=2).astype(np.float32)
         out[order[a:a + block]] = np.where(v[:, :, None], block_out, np.nan)
     return out

@@ -125,7 +125,7 @@ def test_bad_input_one_clear_error_exit_2_nothing_lost(world, capsys, name, buil
 
 
 def test_infinite_feature_values_become_missing_with_a_named_warning(tmp_path, capsys):
-    df = make_panel(days=170).with_columns(pl.when(pl.int_range(pl.len()) < 7).then(float("-inf"))
+    df = make_panel(days=300).with_columns(pl.when(pl.int_range(pl.len()) < 7).then(float("-inf"))
                                    .otherwise(pl.col("feat_2")).alias("feat_2"))
     assert main(["build-cache", "--data-path", str(write(df, tmp_path / "p.parquet")),
                  "--cache-dir", str(tmp_path / "cache")]) == 0

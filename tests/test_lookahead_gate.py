@@ -5,7 +5,6 @@ allow-listed."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import polars as pl
 import pytest
 
 from flows.cli import main
+from tests.cli_output import has_traceback
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,7 @@ def _dryrun(tmp_path: Path, data: Path, config: Path, capsys, epochs: int = 1) -
     code = main(["dryrun", "--data-path", str(data), "--config", str(config), "--cache-dir", str(tmp_path / "cache"),
                  "--output-dir", str(runs), "--max-epochs", str(epochs), "--device", "cpu"])
     out = capsys.readouterr()
-    # Prefect's console handler keeps the stream of an earlier test's capture; writing to it after that
-    # capture closed is a "--- Logging error ---" of the test harness, not of the run: cut those out.
-    text = re.sub(r"--- Logging error ---.*?\nArguments: [^\n]*\n", "", out.out + out.err, flags=re.S)
-    assert "Traceback" not in text
+    assert not has_traceback(out.out, out.err)
     gate = json.loads(next(runs.glob("*/gate.json")).read_text())
     return code, out.out, {c["name"]: c for c in gate["criteria"]}
 

@@ -14,6 +14,7 @@ import pytest
 from atft_core.data.batches import GridTensors
 from atft_core.data.cache import open_cache
 from flows.cli import main
+from tests.cli_output import has_traceback
 from tests.panels import make_panel, write
 
 GOGO_HORIZONS = (1, 5, 10, 20)
@@ -41,7 +42,7 @@ def test_gogooku3_panel_builds_with_its_labels_and_none_of_them_as_features(tmp_
     code, manifest = _build(tmp_path, data, *profile)
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "Traceback" not in out.err + out.out
+    assert not has_traceback(out.err, out.out)
     assert manifest["horizons"] == list(GOGO_HORIZONS)
     assert manifest["targets"] == [f"feat_ret_{h}d" for h in GOGO_HORIZONS]
     assert not [f for f in manifest["features"] if f.startswith("feat_ret_")]
@@ -93,7 +94,7 @@ def test_a_mapped_target_that_is_not_in_the_file_is_a_clear_error(tmp_path, caps
     cfg.write_text("cache: {columns: {targets: {1: fwd_ret_1d}}}\n")
     code, _ = _build(tmp_path, write(make_panel(days=170), tmp_path / "p.parquet"), "--config", str(cfg))
     err = capsys.readouterr().err
-    assert code == 2 and "'fwd_ret_1d'" in err and "columns.targets" in err and "Traceback" not in err
+    assert code == 2 and "'fwd_ret_1d'" in err and "columns.targets" in err and not has_traceback(err)
     assert not (tmp_path / "cache").exists()
 
 
@@ -124,7 +125,7 @@ def test_eight_days_stop_at_build_cache_with_what_is_needed(tmp_path, capsys):
     data = write(make_panel(days=8), tmp_path / "p.parquet")
     code, _ = _build(tmp_path, data)
     err = capsys.readouterr().err
-    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert code == 2 and err.count("error:") == 1 and not has_traceback(err)
     # window 10 + longest horizon 5 + embargo 5 + validation 120 + training 20
     assert "only 8 trading days" in err and "at least 160" in err and "window 10" in err
     assert "validation 120" in err and "training 20" in err and str(data) in err

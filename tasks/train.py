@@ -47,6 +47,7 @@ def train_dryrun_task(cache_path: str, config: dict[str, Any], run_dir: str) -> 
         "config": cfg.to_dict(),
         "cache_path": str(cache_path),
         "host": platform.node(),
+        "code": str(Path(__file__).resolve().parents[1]),  # the checkout (or the worker's clone) that trained
         "seconds": round(time.perf_counter() - t0, 3),
     }
     stage = json_safe(stage)  # NaN -> null, numpy scalars -> numbers: the file is plain JSON

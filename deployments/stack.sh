@@ -16,10 +16,13 @@
 #     (postgresql+asyncpg://user:${PASSWORD}@db:5432/prefect) instead of SQLite in $PREFECT_HOME
 #   ATFT_ALERT_WEBHOOK_URL: where an automation POSTs when a run of flow `atft` fails (setup_alerts.py)
 #   ATFT_GPU_IDS: GPU indices to start gpu workers for (default: every GPU `nvidia-smi -L` lists)
+#   ATFT_GIT_REPOSITORY, ATFT_GIT_BRANCH: where workers clone the code from (prefect.yaml's git_clone
+#     pull step); default this checkout's path and current branch. GPU hosts elsewhere need a URL they
+#     can reach (e.g. the team's https://... remote).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"  # deploy resolves the pull step's {{ $PWD }} to the repository root
+cd "$ROOT"  # `prefect deploy` reads deployments/prefect.yaml and the flows' entrypoints from the root
 
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -137,6 +140,12 @@ up() {
   export PREFECT_API_URL="$API"
 
   "$ROOT/deployments/setup_pools.sh"
+  export ATFT_GIT_REPOSITORY="${ATFT_GIT_REPOSITORY:-$ROOT}"
+  export ATFT_GIT_BRANCH="${ATFT_GIT_BRANCH:-$(git -C "$ROOT" rev-parse --abbrev-ref HEAD)}"
+  echo "workers clone $ATFT_GIT_REPOSITORY, branch $ATFT_GIT_BRANCH (its last commit)"
+  if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    echo "  note: this checkout has uncommitted changes; flow runs will not see them until they are committed"
+  fi
   "$PREFECT_BIN" --no-prompt deploy --all --prefect-file deployments/prefect.yaml >"$PIDS/deploy.log" 2>&1 \
     || { tail -30 "$PIDS/deploy.log"; exit 1; }
   echo "deployed: atft/dryrun, atft/nightly-hpo (02:00 Asia/Tokyo), atft-gpu-stage/gpu, atft-hpo-worker/gpu"

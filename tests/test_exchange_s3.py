@@ -97,3 +97,16 @@ def test_unreachable_bucket_is_one_clear_error(tmp_path, s3_endpoint, s3_bucket)
     target = _target("no-such-bucket-" + s3_bucket, s3_endpoint)
     with pytest.raises(ExchangeError, match="cannot list .*no-such-bucket.*Check AWS_ENDPOINT_URL"):
         fetch_folder(target, run_key(target, "r"), tmp_path / "r")
+
+
+def test_a_study_file_of_another_host_is_refused_by_a_remote_worker(tmp_path):
+    from flows.hpo_stage import StudyNotReachable, check_study_reachable
+    from tasks.expected_errors import is_expected
+
+    check_study_reachable("postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/optuna")  # any host
+    (tmp_path / "optuna.db").write_bytes(b"")
+    check_study_reachable(f"sqlite:///{tmp_path / 'optuna.db'}")  # the file is here (a shared disk)
+    for url in (f"sqlite:///{tmp_path / 'elsewhere.db'}", f"journal:{tmp_path / 'elsewhere.log'}"):
+        with pytest.raises(StudyNotReachable, match="file on the pipeline's host.*PostgreSQL") as err:
+            check_study_reachable(url)
+        assert is_expected(err.value)  # an answer, logged without a traceback

@@ -123,6 +123,20 @@ up() {
     echo "PREFECT_API_AUTH_STRING=user:password and PREFECT_API_URL=http://<this host>:$PORT/api" >&2
     exit 2
   fi
+  export ATFT_GIT_REPOSITORY="${ATFT_GIT_REPOSITORY:-$ROOT}"
+  if [[ -z "${ATFT_GIT_BRANCH:-}" ]]; then
+    ATFT_GIT_BRANCH="$(git -C "$ROOT" rev-parse --abbrev-ref HEAD 2>/dev/null || true)"
+    if [[ -z "$ATFT_GIT_BRANCH" || "$ATFT_GIT_BRANCH" == HEAD ]]; then
+      echo "workers clone the code with git, but $ROOT is not on a git branch: check out a branch, or set" >&2
+      echo "ATFT_GIT_REPOSITORY and ATFT_GIT_BRANCH to a repository and branch the workers can clone" >&2
+      exit 2
+    fi
+  fi
+  export ATFT_GIT_BRANCH
+  echo "workers clone $ATFT_GIT_REPOSITORY, branch $ATFT_GIT_BRANCH (its last commit)"
+  if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    echo "  note: this checkout has uncommitted changes; flow runs will not see them until they are committed"
+  fi
   mkdir -p "$PIDS"
   if alive server; then
     echo "server already running (pid $(cat "$PIDS/server.pid"))"
@@ -140,12 +154,6 @@ up() {
   export PREFECT_API_URL="$API"
 
   "$ROOT/deployments/setup_pools.sh"
-  export ATFT_GIT_REPOSITORY="${ATFT_GIT_REPOSITORY:-$ROOT}"
-  export ATFT_GIT_BRANCH="${ATFT_GIT_BRANCH:-$(git -C "$ROOT" rev-parse --abbrev-ref HEAD)}"
-  echo "workers clone $ATFT_GIT_REPOSITORY, branch $ATFT_GIT_BRANCH (its last commit)"
-  if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    echo "  note: this checkout has uncommitted changes; flow runs will not see them until they are committed"
-  fi
   "$PREFECT_BIN" --no-prompt deploy --all --prefect-file deployments/prefect.yaml >"$PIDS/deploy.log" 2>&1 \
     || { tail -30 "$PIDS/deploy.log"; exit 1; }
   echo "deployed: atft/dryrun, atft/nightly-hpo (02:00 Asia/Tokyo), atft-gpu-stage/gpu, atft-hpo-worker/gpu"

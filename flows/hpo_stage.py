@@ -227,7 +227,8 @@ def atft_hpo(data_path: str | None = None, output_dir: str = "runs/hpo", n_trial
                          require=cfg.data)
     return run_hpo_stage(cache=cache, run_dir=Path(output_dir).resolve(), config=cfg, n_trials=n_trials,
                          study_name=study_name, storage=storage, workers=parallel, pruner=pruner, seed=seed,
-                         timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage)
+                         timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage,
+                         exchange=ArtifactTarget.from_env())
 
 
 def run_hpo(**params: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -92,6 +93,19 @@ def test_non_loopback_address_refused_without_auth(tmp_path):
     assert up.returncode == 2, up.stdout + up.stderr
     assert "refusing to bind 0.0.0.0" in up.stderr and "PREFECT_SERVER_API_AUTH_STRING" in up.stderr
     assert not (tmp_path / "home" / "server.pid").exists()  # nothing started
+
+
+def test_up_outside_a_git_branch_says_what_to_set(tmp_path):
+    """Workers clone the code (prefect.yaml's git_clone): a copy not on a git branch is refused, nothing started."""
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "deployments", copy / "deployments")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "ATFT_GIT_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), ATFT_PREFECT_PORT=str(free_port()), PREFECT_BIN=str(PREFECT))
+    up = subprocess.run(["bash", str(copy / "deployments" / "stack.sh"), "up"], env=env, cwd=copy,
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "not on a git branch" in up.stderr and "ATFT_GIT_REPOSITORY and ATFT_GIT_BRANCH" in up.stderr
+    assert not (tmp_path / "home").exists()  # nothing started
 
 
 def _wait_for(what: str, fn, timeout: float, every: float = 1.0):

@@ -95,10 +95,14 @@ class ArtifactTarget:
         return cls(bucket=bucket, prefix=prefix.strip("/"), **kwargs)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ArtifactTarget | None":
-        """The mirror configured by ATFT_ARTIFACT_URI (None = keep files local only)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, uri: str | None = None) -> "ArtifactTarget | None":
+        """The mirror configured by ATFT_ARTIFACT_URI (None = keep files local only).
+
+        `uri` instead of ATFT_ARTIFACT_URI: a gpu worker reaches the bucket the pipeline named (a flow
+        parameter) with its own endpoint and credentials (its environment).
+        """
         env = os.environ if env is None else env
-        uri = (env.get(ENV_URI) or "").strip()
+        uri = (uri if uri is not None else env.get(ENV_URI) or "").strip()
         if not uri:
             return None
         return cls.parse(uri, endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
@@ -137,32 +141,41 @@ def upload_run_dir(run_dir: Path, target: ArtifactTarget, *, client=None,
     Each file gets `target.attempts` tries with doubling delays. The final failure raises
     `PublishError` naming the endpoint, the bucket, the file and the attempts made.
     """
+    run_dir = Path(run_dir)
+    client = client or make_s3_client(target)
+    uris = [upload_file(client, target, path, target.key_for(run_dir, path), local_copy=run_dir, sleep=sleep,
+                        logger=logger)
+            for path in (run_files(run_dir) if files is None else list(files))]
+    logger.info("mirrored %d file(s) of %s to %s", len(uris), run_dir.name, target.where)
+    return uris
+
+
+def upload_file(client, target: ArtifactTarget, path: Path, key: str, *, local_copy: Path,
+                sleep: Callable[[float], None] = time.sleep,
+                logger: logging.Logger | logging.LoggerAdapter = log) -> str:
+    """Upload one file to `key` of the target's bucket with `target.attempts` tries; its s3:// URI.
+
+    `local_copy`: the folder named in the error as the copy that is kept.
+    """
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
-    run_dir = Path(run_dir)
-    client = client or make_s3_client(target)
-    uris: list[str] = []
-    for path in (run_files(run_dir) if files is None else list(files)):
-        key = target.key_for(run_dir, path)
-        for attempt in range(1, target.attempts + 1):
-            try:
-                client.upload_file(str(path), target.bucket, key)
-                break
-            except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
-                reason = redact(f"{type(exc).__name__}: {exc}")
-                if attempt == target.attempts or _is_permanent(exc):
-                    raise PublishError(
-                        f"upload of {path.name} to {target.where} failed after {attempt} attempt(s): "
-                        f"{reason}. The local copy is kept in {run_dir}. Check AWS_ENDPOINT_URL, the "
-                        f"bucket name and the credentials, then re-run") from None
-                delay = target.backoff_s * 2 ** (attempt - 1)
-                logger.warning("upload of %s to %s failed (attempt %d/%d: %s); retrying in %.1fs",
-                               path.name, target.where, attempt, target.attempts, reason, delay)
-                sleep(delay)
-        uris.append(f"s3://{target.bucket}/{key}")
-    logger.info("mirrored %d file(s) of %s to %s", len(uris), run_dir.name, target.where)
-    return uris
+    for attempt in range(1, target.attempts + 1):
+        try:
+            client.upload_file(str(path), target.bucket, key)
+            break
+        except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            if attempt == target.attempts or _is_permanent(exc):
+                raise PublishError(
+                    f"upload of {path.name} to {target.where} failed after {attempt} attempt(s): "
+                    f"{reason}. The local copy is kept in {local_copy}. Check AWS_ENDPOINT_URL, the "
+                    f"bucket name and the credentials, then re-run") from None
+            delay = target.backoff_s * 2 ** (attempt - 1)
+            logger.warning("upload of %s to %s failed (attempt %d/%d: %s); retrying in %.1fs",
+                           path.name, target.where, attempt, target.attempts, reason, delay)
+            sleep(delay)
+    return f"s3://{target.bucket}/{key}"
 
 
 def _is_permanent(exc: BaseException) -> bool:

@@ -16,10 +16,13 @@
 #     (postgresql+asyncpg://user:${PASSWORD}@db:5432/prefect) instead of SQLite in $PREFECT_HOME
 #   ATFT_ALERT_WEBHOOK_URL: where an automation POSTs when a run of flow `atft` fails (setup_alerts.py)
 #   ATFT_GPU_IDS: GPU indices to start gpu workers for (default: every GPU `nvidia-smi -L` lists)
+#   ATFT_GIT_REPOSITORY, ATFT_GIT_BRANCH: where workers clone the code from (prefect.yaml's git_clone
+#     pull step); default this checkout's path and current branch. GPU hosts elsewhere need a URL they
+#     can reach (e.g. the team's https://... remote).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"  # deploy resolves the pull step's {{ $PWD }} to the repository root
+cd "$ROOT"  # `prefect deploy` reads deployments/prefect.yaml and the flows' entrypoints from the root
 
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -119,6 +122,20 @@ up() {
     echo "PREFECT_SERVER_API_AUTH_STRING=user:password (long, random) and run again; give remote workers" >&2
     echo "PREFECT_API_AUTH_STRING=user:password and PREFECT_API_URL=http://<this host>:$PORT/api" >&2
     exit 2
+  fi
+  export ATFT_GIT_REPOSITORY="${ATFT_GIT_REPOSITORY:-$ROOT}"
+  if [[ -z "${ATFT_GIT_BRANCH:-}" ]]; then
+    ATFT_GIT_BRANCH="$(git -C "$ROOT" rev-parse --abbrev-ref HEAD 2>/dev/null || true)"
+    if [[ -z "$ATFT_GIT_BRANCH" || "$ATFT_GIT_BRANCH" == HEAD ]]; then
+      echo "workers clone the code with git, but $ROOT is not on a git branch: check out a branch, or set" >&2
+      echo "ATFT_GIT_REPOSITORY and ATFT_GIT_BRANCH to a repository and branch the workers can clone" >&2
+      exit 2
+    fi
+  fi
+  export ATFT_GIT_BRANCH
+  echo "workers clone $ATFT_GIT_REPOSITORY, branch $ATFT_GIT_BRANCH (its last commit)"
+  if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    echo "  note: this checkout has uncommitted changes; flow runs will not see them until they are committed"
   fi
   mkdir -p "$PIDS"
   if alive server; then

@@ -5,7 +5,11 @@ Training runs where the GPU is: the pipeline (on the `cpu` pool) starts this flo
 a notebook) it runs in-process as an ordinary subflow, so the same code path works anywhere.
 
 Either way the result travels through the run folder (`stage.json`), not through Prefect's result
-persistence: the folder is what both processes share and what a person reads later.
+persistence: the folder is what both processes share and what a person reads later. With
+ATFT_ARTIFACT_URI set, a run on the gpu pool shares no disk with the pipeline: the pipeline uploads
+the cache and passes the bucket (`exchange_uri`); the stage fetches the cache into its host's work
+folder (ATFT_WORK_DIR), trains into its own copy of the run folder and uploads it, failed or not;
+the pipeline downloads it back before the gate (atft_core.exchange has the layout).
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
+from atft_core.publish import ArtifactTarget
 from flows.common import Deadlines, GpuStageFailed, wait_for_runs
+from tasks.exchange import (
+    exchange_target,
+    fetch_cache_task,
+    fetch_results_task,
+    share_cache_task,
+    share_results_task,
+    worker_work_dir,
+)
 from tasks.train import read_stage, train_dryrun_task
 
 GPU_STAGE_TIMEOUT_S = 4 * 3600  # the stage's own flow timeout: a hung training ends Failed, never Running
@@ -28,9 +41,21 @@ def _stage_run_name() -> str:
 
 @flow(name="atft-gpu-stage", flow_run_name=_stage_run_name, timeout_seconds=GPU_STAGE_TIMEOUT_S,
       description="Dry-run training on the GPU pool; writes stage.json to the run folder.")
-def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_uri: str | None = None) -> dict[str, Any]:
+    """exchange_uri: the pipeline's s3://bucket/prefix; then `cache_path` and `run_dir` are the pipeline
+    host's paths, only their names are used here."""
     check_device(str((config.get("train") or {}).get("device", "auto")))
-    return train_dryrun_task(cache_path, config, run_dir)
+    if not exchange_uri:
+        return train_dryrun_task(cache_path, config, run_dir)
+    target = exchange_target(exchange_uri)
+    work = worker_work_dir()  # the environment is read here, at the flow boundary
+    local_run = work / "runs" / Path(run_dir).name
+    local_run.mkdir(parents=True, exist_ok=True)
+    cache = fetch_cache_task(Path(cache_path).name, target, str(work))
+    try:
+        return train_dryrun_task(cache, config, str(local_run))
+    finally:  # a failed training's logs and partial files reach the pipeline's report too
+        share_results_task(str(local_run), target, local_run.name)
 
 
 def check_device(device: str) -> None:
@@ -49,11 +74,17 @@ def check_device(device: str) -> None:
 
 
 def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path,
-                  deadlines: Deadlines = Deadlines()) -> dict[str, Any]:
-    """Run the stage on `deployment` (and wait, within `deadlines`) or in-process; return what it wrote."""
-    params = {"cache_path": str(cache_path), "config": config, "run_dir": str(run_dir)}
+                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> dict[str, Any]:
+    """Run the stage on `deployment` (and wait, within `deadlines`) or in-process; return what it wrote.
+
+    exchange: on the gpu pool, move the cache and the results through this bucket (no shared disk).
+    """
+    params: dict[str, Any] = {"cache_path": str(cache_path), "config": config, "run_dir": str(run_dir)}
+    if deployment is not None and exchange is not None:
+        share_cache_task(str(cache_path), exchange)
+        params["exchange_uri"] = exchange.uri
     if deployment is None:
-        gpu_stage(**params)
+        gpu_stage(cache_path=str(cache_path), config=config, run_dir=str(run_dir))
     else:
         from prefect.deployments import run_deployment
 
@@ -62,6 +93,13 @@ def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any
                     deadlines.start_s, deadlines.total_s)
         child = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=f"gpu-{run_dir.name}")
         [state] = wait_for_runs([child], deadlines)
+        if exchange is not None:
+            try:  # failed or not: a failed stage's partial files go in the report
+                fetch_results_task(exchange, str(run_dir))
+            except Exception as exc:
+                if state.is_completed():
+                    raise
+                logger.error("could not fetch the failed stage's files: %s", exc)
         if not state.is_completed():
             raise GpuStageFailed(f"GPU stage run '{child.name}' on pool {child.work_pool_name!r} ended "
                                  f"{state.name}: {state.message or 'see its logs'}")

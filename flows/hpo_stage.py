@@ -11,7 +11,8 @@ Pipeline `atft` calls `run_hpo_stage` in mode "hpo" after a passed gate; flow `a
 same storage, so a worker that starts late (another GPU host) simply takes the next queued trial,
 and the study continues across runs: the pipeline keeps its default storage file in the output dir,
 not in the run's own folder. More than one worker on the gpu pool needs PostgreSQL (refused otherwise:
-pool workers may sit on other hosts); K local processes share a journal file.
+pool workers may sit on other hosts); K local processes share a journal file. With ATFT_ARTIFACT_URI
+set, worker runs on the pool fetch the cache and return their reports through S3, like the GPU stage.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from prefect import flow, get_run_logger
 from atft_core.config import DryRunConfig
 from atft_core.data.source import S3Options
 from atft_core.hpo.config import HpoConfig
-from atft_core.hpo.storage import check_workers, default_storage_url, display_url
+from atft_core.hpo.storage import JOURNAL_PREFIX, check_workers, default_storage_url, display_url, storage_kind
 from atft_core.hpo.worker import share, worker_file, worker_seed
+from atft_core.publish import ArtifactTarget
 from flows.common import (
     DEFAULT_DATA_ROOT,
     Deadlines,
@@ -39,6 +41,15 @@ from flows.common import (
     wait_for_runs,
 )
 from tasks.cache import cached_build
+from tasks.exchange import (
+    exchange_target,
+    fetch_cache_task,
+    fetch_results_task,
+    share_cache_task,
+    share_results_task,
+    worker_work_dir,
+)
+from tasks.expected_errors import expected
 from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
@@ -48,24 +59,56 @@ class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
 
 
+@expected
+class StudyNotReachable(RuntimeError):
+    """A worker on another host was given a study file that exists only on the pipeline's host."""
+
+
 @flow(name="atft-hpo-worker", timeout_seconds=Deadlines.total_s,
       description="One HPO worker on the gpu pool: runs its share of the queued trials.")
 def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
-                    worker_index: int = 0, sampler_seed: int = 0, n_trials: int | None = None) -> dict[str, Any]:
+                    worker_index: int = 0, sampler_seed: int = 0, n_trials: int | None = None,
+                    exchange_uri: str | None = None) -> dict[str, Any]:
     """`n_trials`: this worker's share of the queued trials; None (a run started by hand) takes every
-    trial queued when it starts."""
-    return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed, n_trials)
+    trial queued when it starts. `exchange_uri`: the pipeline's bucket; then `cache_path` and
+    `output_dir` are the pipeline host's paths and only their names are used here."""
+    if not exchange_uri:
+        return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed, n_trials)
+    check_study_reachable(str(hpo.get("storage") or ""))
+    target = exchange_target(exchange_uri)
+    work = worker_work_dir()
+    local_run = work / "runs" / Path(output_dir).name
+    cache = fetch_cache_task(Path(cache_path).name, target, str(work))
+    try:
+        return hpo_worker_task(cache, config, hpo, str(local_run), worker_index, sampler_seed, n_trials)
+    finally:
+        share_results_task(str(local_run / "workers"), target, local_run.name, "workers")
+
+
+def check_study_reachable(url: str) -> None:
+    """A study file (SQLite, journal) must exist on this host; a database server is reachable from any."""
+    kind = storage_kind(url)
+    if kind == "server":
+        return
+    path = Path(url[len(JOURNAL_PREFIX):] if kind == "journal" else url[len("sqlite:///"):])
+    if not path.exists():
+        raise StudyNotReachable(f"the study storage {display_url(url)} is a file on the pipeline's host, which this "
+                                "gpu worker cannot see: give the run a PostgreSQL storage "
+                                "(-p storage='postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host:5432/optuna'; "
+                                "README: Adding GPU hosts)")
 
 
 def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig, n_trials: int | None,
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto",
-                  deadlines: Deadlines = Deadlines()) -> dict[str, Any]:
+                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> dict[str, Any]:
     """Queue `n_trials` trials, run them on `workers` workers, publish; the summary (also `run_dir/hpo.json`).
 
     `deadlines`: how long worker runs on the gpu pool may wait to start and run; past them they are
     cancelled and the stage fails naming the pool.
+
+    `exchange`: on the gpu pool, the bucket the cache and the worker reports travel through.
 
     `study_dir` holds the default storage (`optuna.db`; `optuna.log` for K > 1 local processes): the
     pipeline passes its output dir so that each nightly run continues the same study; None means `run_dir`.
@@ -95,7 +138,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
     if deployment is not None:
         runs = [{"worker_index": i, "sampler_seed": worker_seed(seed, batch["first_number"], i),
                  "n_trials": share(batch["queued"], k, i)} for i in range(k)]
-        reports, errors = _run_on_pool(deployment, args, runs, run_dir, batch_key(batch), deadlines)
+        reports, errors = _run_on_pool(deployment, args, runs, run_dir, batch_key(batch), deadlines, exchange)
     elif k == 1:
         reports, errors = [hpo_worker_task(**args, worker_index=0, n_trials=batch["queued"],
                                            sampler_seed=worker_seed(seed, batch["first_number"], 0))], []
@@ -141,20 +184,26 @@ def batch_key(batch: dict[str, Any]) -> str:
 
 
 def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any]], run_dir: Path,
-                 key: str, deadlines: Deadlines = Deadlines()) -> tuple[list[dict[str, Any]], list[str]]:
+                 key: str, deadlines: Deadlines = Deadlines(),
+                 exchange: ArtifactTarget | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """K runs of the worker deployment, started together, awaited together (within the gpu pool's
-    deadlines); reports via the run folder."""
+    deadlines); reports via the run folder (through `exchange` when set)."""
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     if "@" in str(args["hpo"].get("storage")) and "${" not in str(args["hpo"].get("storage")):
         logger.warning("the storage URL carries a password and becomes a parameter of the worker runs; use a "
                        "${VAR} placeholder filled from the gpu workers' environment instead")
+    if exchange is not None:
+        share_cache_task(args["cache_path"], exchange)
+        args = {**args, "exchange_uri": exchange.uri}
     runs = [run_deployment(deployment, parameters={**args, **run}, timeout=0,
                            flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{key}-w{i}")
             for i, run in enumerate(runs)]
     logger.info("started %d HPO worker run(s) on %s; waiting for the gpu pool", len(runs), deployment)
     states = dict(enumerate(wait_for_runs(runs, deadlines)))
+    if exchange is not None:
+        fetch_results_task(exchange, str(run_dir), "workers")
     reports, errors = [], []
     for i, run in enumerate(runs):
         path = worker_file(run_dir, i, "json")
@@ -178,7 +227,8 @@ def atft_hpo(data_path: str | None = None, output_dir: str = "runs/hpo", n_trial
                          require=cfg.data)
     return run_hpo_stage(cache=cache, run_dir=Path(output_dir).resolve(), config=cfg, n_trials=n_trials,
                          study_name=study_name, storage=storage, workers=parallel, pruner=pruner, seed=seed,
-                         timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage)
+                         timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage,
+                         exchange=ArtifactTarget.from_env())
 
 
 def run_hpo(**params: Any) -> dict[str, Any]:

@@ -11,7 +11,9 @@ finite: the gpu pool has start and total deadlines (`gpu_start_timeout_s`, `gpu_
 flow itself a `timeout_seconds`.
 
 Everything the flow takes from the environment (the S3 mirror target, S3 read options) is read
-here, once, at the flow boundary, and passed down as typed values. Each run writes into its own
+here, once, at the flow boundary, and passed down as typed values. The mirror target is also the
+exchange with gpu workers on other hosts: when a stage runs on the gpu pool, the cache goes up and
+the stage's files come back through it (flows/gpu_stage.py), so no disk needs to be shared. Each run writes into its own
 new folder under `output_dir`; the gate's verdict is read from that folder.
 
 `run_pipeline(**params)` is the plain-function entry point for the CLI (`atft dryrun`,
@@ -128,7 +130,7 @@ def atft_pipeline(
     try:
         cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3, require=cfg.data)
         deadlines = Deadlines(start_s=gpu_start_timeout_s, total_s=gpu_timeout_s)
-        stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines)
+        stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines, exchange=target)
         gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
         publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter
         published = True
@@ -136,7 +138,8 @@ def atft_pipeline(
             # The default SQLite study lives in output_dir, not in this run's folder: nightly runs continue it.
             hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=hpo_cfg, n_trials=n_trials,
                                           study_name=study_name, storage=storage, workers=hpo_workers,
-                                          study_dir=Path(output_dir), dispatch=gpu_stage, deadlines=deadlines)
+                                          study_dir=Path(output_dir), dispatch=gpu_stage, deadlines=deadlines,
+                                          exchange=target)
     except BaseException:
         failed = True
         raise
@@ -175,6 +178,7 @@ def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarge
         "parameters": params, "config": cfg.to_dict(),
         "artifact_target": target.where if target else None,
         "versions": {"atft": atft_core.__version__, "prefect": prefect.__version__},
+        "code": str(Path(atft_core.__file__).resolve().parents[1]),  # which checkout (or worker's clone) ran this
     }
 
 

@@ -5,7 +5,8 @@ deployments/stack.sh), not because of a server-wide tag limit, which would make 
 
 The task writes everything it learned to `stage.json` in the run folder. The pipeline reads that
 file, never Prefect's result persistence: when this runs on another worker (the `gpu` pool) the
-run folder is the contract between the two processes, and it outlives both.
+run folder is the contract between the two processes, and it outlives both (on another host it
+travels through S3: flows/gpu_stage.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def train_dryrun_task(cache_path: str, config: dict[str, Any], run_dir: str) -> 
         "config": cfg.to_dict(),
         "cache_path": str(cache_path),
         "host": platform.node(),
+        "code": str(Path(__file__).resolve().parents[1]),  # the checkout (or the worker's clone) that trained
         "seconds": round(time.perf_counter() - t0, 3),
     }
     stage = json_safe(stage)  # NaN -> null, numpy scalars -> numbers: the file is plain JSON
@@ -62,7 +64,8 @@ def read_stage(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / STAGE_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the GPU stage did not finish writing its results "
-                                "(is the run folder on storage the GPU worker can also reach?)")
+                                "(see the gpu run's logs; a gpu worker on another host needs ATFT_ARTIFACT_URI set for "
+                                "the pipeline, so that results travel through S3)")
     return read_json(path)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -94,6 +95,19 @@ def test_non_loopback_address_refused_without_auth(tmp_path):
     assert not (tmp_path / "home" / "server.pid").exists()  # nothing started
 
 
+def test_up_outside_a_git_branch_says_what_to_set(tmp_path):
+    """Workers clone the code (prefect.yaml's git_clone): a copy not on a git branch is refused, nothing started."""
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "deployments", copy / "deployments")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "ATFT_GIT_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), ATFT_PREFECT_PORT=str(free_port()), PREFECT_BIN=str(PREFECT))
+    up = subprocess.run(["bash", str(copy / "deployments" / "stack.sh"), "up"], env=env, cwd=copy,
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "not on a git branch" in up.stderr and "ATFT_GIT_REPOSITORY and ATFT_GIT_BRANCH" in up.stderr
+    assert not (tmp_path / "home").exists()  # nothing started
+
+
 def _wait_for(what: str, fn, timeout: float, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -112,7 +126,7 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
     (fake_bin / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
     (fake_bin / "nvidia-smi").chmod(0o755)
     hook_url, posts = webhook
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "ATFT_ARTIFACT"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "ATFT_ARTIFACT", "ATFT_GIT_"))}
     env.update(PREFECT_HOME=str(home), ATFT_PREFECT_PORT=str(port), PREFECT_BIN=str(PREFECT),
                PATH=f"{fake_bin}:{env['PATH']}", PREFECT_SERVER_API_AUTH_STRING=":".join(AUTH),
                ATFT_ALERT_WEBHOOK_URL=hook_url,
@@ -147,8 +161,10 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
         assert dep["atft/dryrun"]["work_pool_name"] == "cpu"
         assert dep["atft/dryrun"]["parameters"] == {"mode": "dryrun", "max_epochs": 2}
         assert dep["atft-gpu-stage/gpu"]["work_pool_name"] == dep["atft-hpo-worker/gpu"]["work_pool_name"] == "gpu"
-        assert dep["atft/dryrun"]["pull_steps"] == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+        branch = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        assert dep["atft/dryrun"]["pull_steps"] == [  # stack.sh's defaults: this checkout, its branch
+            {"prefect.deployments.steps.git_clone": {"repository": str(REPO), "branch": branch}}]
 
         # The nightly schedule, and the runs the server's scheduler creates from it.
         nightly = dep["atft/nightly-hpo"]

@@ -1,0 +1,170 @@
+"""Folders that travel between hosts through S3, for gpu workers that share no disk with the pipeline.
+
+Layout under the target `s3://bucket/prefix` (ATFT_ARTIFACT_URI):
+
+```
+<prefix>/cache/<cache folder name>/...   a cache folder; its name is its content fingerprint, so it is
+                                         written once and never changes
+<prefix>/cache/<cache folder name>/_exchange.json   uploaded last: the folder is complete
+<prefix>/<run folder name>/...           a run folder: the same keys as the S3 mirror (publish.py)
+```
+
+The pipeline shares its cache before it hands training to the gpu pool; a gpu worker fetches the
+cache into its own work folder (once per cache), trains into its own copy of the run folder and
+uploads it; the pipeline fetches the run folder back before the gate. A cache is taken only when
+its manifest is there, so a worker never trains on half an upload; a download lands in a temporary
+folder renamed into place, so a crash leaves no half cache behind either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from atft_core.publish import ArtifactTarget, make_s3_client, redact, run_files, upload_file
+
+log = logging.getLogger("atft_core.exchange")
+
+MANIFEST = "_exchange.json"
+
+
+class ExchangeError(RuntimeError):
+    """A folder another host should have uploaded is not there (or not complete), or cannot be read."""
+
+
+def cache_key(target: ArtifactTarget, name: str) -> str:
+    return "/".join(p for p in (target.prefix, "cache", name) if p)
+
+
+def run_key(target: ArtifactTarget, run_name: str, sub: str = "") -> str:
+    """The run folder's keys (the mirror's), or those of its subfolder `sub` (e.g. "workers")."""
+    return "/".join(p for p in (target.prefix, run_name, sub.strip("/")) if p)
+
+
+def is_complete(target: ArtifactTarget, key: str, *, client=None) -> bool:
+    """Whether `key` holds a whole folder (its manifest was uploaded, which happens last)."""
+    from botocore.exceptions import ClientError
+
+    client = client or make_s3_client(target)
+    try:
+        client.head_object(Bucket=target.bucket, Key=f"{key}/{MANIFEST}")
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise ExchangeError(f"cannot read {target.where}: {redact(str(exc))}. Check AWS_ENDPOINT_URL, the bucket "
+                            "name and the credentials") from None
+    return True
+
+
+def share_folder(local: Path, target: ArtifactTarget, key: str, *, manifest: bool = False, skip_complete: bool = False,
+                 client=None, logger: logging.Logger | logging.LoggerAdapter = log) -> int:
+    """Upload every file of `local` under `key`; the number of files uploaded.
+
+    manifest: upload `_exchange.json` (file list and sizes) last, marking the folder complete.
+    skip_complete: upload nothing when `key` is already complete (a cache is written once).
+    """
+    local = Path(local)
+    client = client or make_s3_client(target)
+    if skip_complete and is_complete(target, key, client=client):
+        logger.info("%s is already at %s/%s", local.name, target.uri, key.removeprefix(target.prefix).strip("/"))
+        return 0
+    files = run_files(local) if local.is_dir() else []
+    for path in files:
+        upload_file(client, target, path, f"{key}/{path.relative_to(local).as_posix()}", local_copy=local,
+                    logger=logger)
+    if manifest:
+        listing = {p.relative_to(local).as_posix(): p.stat().st_size for p in files}
+        marker = local.parent / f".{local.name}.{os.getpid()}{MANIFEST}"
+        marker.write_text(json.dumps({"files": listing}, indent=1, sort_keys=True))
+        try:
+            upload_file(client, target, marker, f"{key}/{MANIFEST}", local_copy=local, logger=logger)
+        finally:
+            marker.unlink(missing_ok=True)
+    logger.info("shared %d file(s) of %s through %s", len(files), local.name, target.where)
+    return len(files)
+
+
+def fetch_folder(target: ArtifactTarget, key: str, local: Path, *, complete: bool = False, client=None,
+                 logger: logging.Logger | logging.LoggerAdapter = log) -> int:
+    """Download every object under `key` into `local`; the number of files.
+
+    complete=True (a cache): the folder must carry its manifest, every listed file is checked for
+    its size, and the files land in a temporary folder renamed to `local` (which must not exist).
+    Otherwise (a run folder) files are written one by one into `local`, each atomically; an empty
+    or missing `key` gives 0.
+    """
+    client = client or make_s3_client(target)
+    local = Path(local)
+    objects = _list(client, target, key)
+    if not complete:
+        local.mkdir(parents=True, exist_ok=True)
+        for rel in objects:
+            if rel != MANIFEST:
+                _download(client, target, f"{key}/{rel}", local / rel)
+        return len([rel for rel in objects if rel != MANIFEST])
+    if MANIFEST not in objects:
+        raise ExchangeError(f"{target.uri}/{key.removeprefix(target.prefix).strip('/')} is not a complete folder "
+                            f"at {target.where} (no {MANIFEST}): the pipeline shares the cache before it starts a "
+                            "gpu run; check that it and this worker use the same ATFT_ARTIFACT_URI and endpoint")
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _download(client, target, f"{key}/{MANIFEST}", tmp / MANIFEST)
+        listing: dict[str, int] = json.loads((tmp / MANIFEST).read_text())["files"]
+        for rel, size in listing.items():
+            if objects.get(rel) != size:
+                raise ExchangeError(f"{rel} of {key} at {target.where} is missing or has the wrong size "
+                                    f"({objects.get(rel)} bytes, manifest says {size}): share the folder again")
+            _download(client, target, f"{key}/{rel}", tmp / rel)
+        (tmp / MANIFEST).unlink()
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(local)  # atomic; fails if another process got there first, which the caller checks
+    except OSError:
+        if not local.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("fetched %d file(s) of %s from %s", len(listing), local.name, target.where)
+    return len(listing)
+
+
+def fetch_cache(target: ArtifactTarget, name: str, work_dir: Path, *, client=None,
+                logger: logging.Logger | logging.LoggerAdapter = log) -> Path:
+    """`work_dir/cache/<name>`, downloaded on first use: the shared cache folder on this host."""
+    local = Path(work_dir) / "cache" / name
+    if not local.is_dir():
+        fetch_folder(target, cache_key(target, name), local, complete=True, client=client, logger=logger)
+    return local
+
+
+def _list(client, target: ArtifactTarget, key: str) -> dict[str, int]:
+    """{path below key: size} of the objects under `key`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    out: dict[str, int] = {}
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=f"{key}/"):
+            for obj in page.get("Contents", []):
+                out[obj["Key"][len(key) + 1:]] = int(obj["Size"])
+    except (BotoCoreError, ClientError) as exc:
+        raise ExchangeError(f"cannot list {key} at {target.where}: {redact(str(exc))}. Check AWS_ENDPOINT_URL, the "
+                            "bucket name and the credentials") from None
+    return out
+
+
+def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
+    """One object to `path`, through a temporary name: a reader never sees half a file."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        client.download_file(target.bucket, key, str(tmp))
+    except (BotoCoreError, ClientError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExchangeError(f"download of {key} from {target.where} failed: {redact(str(exc))}") from None
+    tmp.replace(path)
+

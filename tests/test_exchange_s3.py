@@ -1,0 +1,112 @@
+"""Folders between hosts through S3 (atft_core.exchange), against a real S3 HTTP server on loopback (moto)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from atft_core.exchange import (
+    MANIFEST,
+    ExchangeError,
+    cache_key,
+    fetch_cache,
+    fetch_folder,
+    is_complete,
+    run_key,
+    share_folder,
+)
+from atft_core.publish import ArtifactTarget
+
+
+def _target(bucket: str, endpoint: str) -> ArtifactTarget:
+    return ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": f"s3://{bucket}/team", "AWS_ENDPOINT_URL": endpoint})
+
+
+def _cache(root: Path) -> Path:
+    cache = root / "cache" / "abc123-h1"
+    (cache / "shards").mkdir(parents=True)
+    (cache / "meta.json").write_text('{"stocks": 3}\n')
+    (cache / "shards" / "x.arrow").write_bytes(bytes(range(256)) * 40)
+    return cache
+
+
+def test_cache_goes_up_once_and_comes_down_whole(tmp_path, s3_endpoint, s3_bucket):
+    target = _target(s3_bucket, s3_endpoint)
+    cache = _cache(tmp_path / "cpu-host")
+    key = cache_key(target, cache.name)
+    assert key == "team/cache/abc123-h1" and not is_complete(target, key)
+
+    assert share_folder(cache, target, key, manifest=True, skip_complete=True) == 2
+    assert is_complete(target, key)
+    assert share_folder(cache, target, key, manifest=True, skip_complete=True) == 0  # written once
+
+    work = tmp_path / "gpu-host"
+    local = fetch_cache(target, cache.name, work)
+    assert local == work / "cache" / cache.name
+    assert (local / "shards" / "x.arrow").read_bytes() == (cache / "shards" / "x.arrow").read_bytes()
+    assert sorted(p.name for p in local.rglob("*")) == ["meta.json", "shards", "x.arrow"]  # no manifest, no temp
+    (local / "meta.json").write_text("local copy")
+    assert fetch_cache(target, cache.name, work) == local  # already here: not downloaded again
+    assert (local / "meta.json").read_text() == "local copy"
+
+
+def test_half_uploaded_cache_is_refused(tmp_path, s3_endpoint, s3_bucket):
+    target = _target(s3_bucket, s3_endpoint)
+    cache = _cache(tmp_path / "cpu")
+    key = cache_key(target, cache.name)
+    share_folder(cache, target, key)  # no manifest: as if the upload stopped before its end
+    with pytest.raises(ExchangeError, match="not a complete folder.*ATFT_ARTIFACT_URI"):
+        fetch_cache(target, cache.name, tmp_path / "gpu")
+    assert not (tmp_path / "gpu" / "cache" / cache.name).exists()
+
+    # A manifest that lists a file the bucket lacks (or with another size): refused, nothing left behind.
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    listing = {"meta.json": 14, "shards/x.arrow": 10240, "shards/y.arrow": 5}
+    s3.put_object(Bucket=s3_bucket, Key=f"{key}/{MANIFEST}", Body=json.dumps({"files": listing}).encode())
+    with pytest.raises(ExchangeError, match="shards/y.arrow.*missing or has the wrong size"):
+        fetch_cache(target, cache.name, tmp_path / "gpu")
+    assert not (tmp_path / "gpu" / "cache").exists() or not any((tmp_path / "gpu" / "cache").iterdir())
+
+
+def test_run_folder_round_trip_and_subfolder(tmp_path, s3_endpoint, s3_bucket):
+    target = _target(s3_bucket, s3_endpoint)
+    gpu_run = tmp_path / "gpu" / "runs" / "20260101T020000Z-dryrun-abcd1234"
+    (gpu_run / "workers").mkdir(parents=True)
+    (gpu_run / "stage.json").write_text('{"passed": true}\n')
+    (gpu_run / "workers" / "worker-0.json").write_text('{"worker": "w0"}\n')
+    (gpu_run / ".stage.json.tmp").write_text("half")  # never shared
+    assert share_folder(gpu_run, target, run_key(target, gpu_run.name)) == 2
+
+    cpu_run = tmp_path / "cpu" / "runs" / gpu_run.name
+    cpu_run.mkdir(parents=True)
+    (cpu_run / "run.json").write_text("{}")
+    assert fetch_folder(target, run_key(target, cpu_run.name, "workers"), cpu_run / "workers") == 1
+    assert not (cpu_run / "stage.json").exists()
+    assert fetch_folder(target, run_key(target, cpu_run.name), cpu_run) == 2
+    assert json.loads((cpu_run / "stage.json").read_text()) == {"passed": True}
+    assert sorted(p.relative_to(cpu_run).as_posix() for p in cpu_run.rglob("*") if p.is_file()) == [
+        "run.json", "stage.json", "workers/worker-0.json"]
+    # Nothing uploaded yet (a stage that never started): nothing fetched, no error.
+    assert fetch_folder(target, run_key(target, "other-run"), tmp_path / "other") == 0
+
+
+def test_unreachable_bucket_is_one_clear_error(tmp_path, s3_endpoint, s3_bucket):
+    target = _target("no-such-bucket-" + s3_bucket, s3_endpoint)
+    with pytest.raises(ExchangeError, match="cannot list .*no-such-bucket.*Check AWS_ENDPOINT_URL"):
+        fetch_folder(target, run_key(target, "r"), tmp_path / "r")
+
+
+def test_a_study_file_of_another_host_is_refused_by_a_remote_worker(tmp_path):
+    from flows.hpo_stage import StudyNotReachable, check_study_reachable
+    from tasks.expected_errors import is_expected
+
+    check_study_reachable("postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/optuna")  # any host
+    (tmp_path / "optuna.db").write_bytes(b"")
+    check_study_reachable(f"sqlite:///{tmp_path / 'optuna.db'}")  # the file is here (a shared disk)
+    for url in (f"sqlite:///{tmp_path / 'elsewhere.db'}", f"journal:{tmp_path / 'elsewhere.log'}"):
+        with pytest.raises(StudyNotReachable, match="file on the pipeline's host.*PostgreSQL") as err:
+            check_study_reachable(url)
+        assert is_expected(err.value)  # an answer, logged without a traceback

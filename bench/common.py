@@ -246,6 +246,7 @@ def tiny_config(device: str = "cpu", *, hidden: int = 8, max_epochs: int = 1, ma
     cfg.data.window = window
     cfg.data.min_stocks = min_stocks
     cfg.data.split.val_days = val_days
+    cfg.data.split.test_days = 0  # benchmarks time training; the held-out window only lengthens the panel
     cfg.model.hidden = hidden
     cfg.model.attn_heads = 2
     cfg.model.gat_heads = (2,)

@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.train.compile = a.compile
     cfg.train.max_train_days = a.max_train_days or (3 if a.quick else 300)
     cfg.data.split.val_days = a.val_days or (5 if a.quick else 60)
+    cfg.data.split.test_days = 0
 
     runs_dir = work / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
     results = []

@@ -17,7 +17,7 @@ from tests.cli_output import has_traceback
 from tests.panels import make_panel, write
 
 CONFIG_YAML = """\
-data: {window: 5, min_stocks: 5, min_train_days: 5, split: {val_days: 10}}
+data: {window: 5, min_stocks: 5, min_train_days: 5, split: {val_days: 10, test_days: 0}}
 model: {hidden: 8, attn_heads: 2, gat_heads: [2], static_dim: 4}
 train: {max_epochs: 1, progress: false, device: cpu, max_train_days: 6}
 """
@@ -25,7 +25,7 @@ train: {max_epochs: 1, progress: false, device: cpu, max_train_days: 6}
 
 def _cfg(**train) -> DryRunConfig:
     raw = DryRunConfig.from_dict({"data": {"window": 5, "min_stocks": 5, "min_train_days": 5,
-                                           "split": {"val_days": 10}},
+                                           "split": {"val_days": 10, "test_days": 0}},
                                   "model": {"hidden": 8, "attn_heads": 2, "gat_heads": [2], "static_dim": 4},
                                   "train": {"max_epochs": 1, "progress": False, "device": "cpu",
                                             "max_train_days": 6, **train}})

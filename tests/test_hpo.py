@@ -85,6 +85,7 @@ def tiny_train_cfg(tiny_config) -> DryRunConfig:
     """Tiny model, 6 training days per epoch, 20 validation days: a few seconds per epoch on a CPU."""
     cfg = DryRunConfig.from_yaml(tiny_config)
     cfg.data.split.val_days = 20
+    cfg.data.split.test_days = 0
     cfg.train.max_train_days = 6
     cfg.train.device = "cpu"
     return cfg
@@ -370,7 +371,7 @@ def test_atft_hpo_command_runs_through_prefect_with_two_workers(tmp_path, tiny_d
     space.write_text("params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
                      "  model.dropout: {type: float, low: 0.0, high: 0.3}\n")
     config = tmp_path / "cfg.yaml"
-    config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20}}\n"
+    config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20, test_days: 0}}\n"
                       "model: {hidden: 16, attn_heads: 2, gat_heads: [2]}\n"
                       "train: {progress: false, max_train_days: 6, device: cpu}\n")
     out = tmp_path / "hpo"
@@ -396,7 +397,7 @@ def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefe
     from flows.pipeline import run_pipeline
 
     config = tmp_path / "cfg.yaml"
-    config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20}}\n"
+    config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20, test_days: 0}}\n"
                       "model: {hidden: 16, attn_heads: 2, gat_heads: [2]}\n"
                       "train: {progress: false, max_train_days: 4, device: cpu}\n")
     out = tmp_path / "runs"

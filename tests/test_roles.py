@@ -63,7 +63,7 @@ def test_older_gogooku3_sector_column_name_is_read(tmp_path, capsys):
 
 def test_label_like_columns_beside_target_are_never_features_unless_listed_by_name(tmp_path, capsys):
     extras = ["feat_ret_5d", "ret_fwd_3d", "fwd_return", "future_close", "label_up", "y_next", "target_excess"]
-    df = make_panel(days=170).with_columns([pl.col("target_1d").alias(c) for c in extras])
+    df = make_panel(days=300).with_columns([pl.col("target_1d").alias(c) for c in extras])
     data = write(df, tmp_path / "p.parquet")
     code, manifest = _build(tmp_path, data)
     assert code == 0, capsys.readouterr().err
@@ -78,7 +78,7 @@ def test_label_like_columns_beside_target_are_never_features_unless_listed_by_na
 
 
 def test_explicit_roles_in_config(tmp_path, capsys):
-    df = make_panel(days=170).rename({"Date": "trade_date", "Code": "ticker", "target_1d": "r1", "target_5d": "r5",
+    df = make_panel(days=300).rename({"Date": "trade_date", "Code": "ticker", "target_1d": "r1", "target_5d": "r5",
                                       "Section": "market"})
     cfg = tmp_path / "c.yaml"
     cfg.write_text("cache: {columns: {date: trade_date, code: ticker, section: market, targets: {1: r1, 5: r5}, "
@@ -92,14 +92,14 @@ def test_explicit_roles_in_config(tmp_path, capsys):
 def test_a_mapped_target_that_is_not_in_the_file_is_a_clear_error(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("cache: {columns: {targets: {1: fwd_ret_1d}}}\n")
-    code, _ = _build(tmp_path, write(make_panel(days=170), tmp_path / "p.parquet"), "--config", str(cfg))
+    code, _ = _build(tmp_path, write(make_panel(days=300), tmp_path / "p.parquet"), "--config", str(cfg))
     err = capsys.readouterr().err
     assert code == 2 and "'fwd_ret_1d'" in err and "columns.targets" in err and not has_traceback(err)
     assert not (tmp_path / "cache").exists()
 
 
 def test_section_change_mid_history_is_seen_on_each_day_as_it_was(tmp_path, capsys):
-    df = make_panel(days=170, stocks=30, drop=0.0)
+    df = make_panel(days=300, stocks=30, drop=0.0)
     mover, switch = "13000", "2022-04-01"  # Prime -> Standard market change on this day
     df = df.with_columns(pl.when((pl.col("Code") == mover) & (pl.col("Date") >= pl.lit(switch).str.to_date()))
                          .then(pl.lit("Standard")).otherwise(pl.col("Section")).alias("Section"))
@@ -126,7 +126,7 @@ def test_eight_days_stop_at_build_cache_with_what_is_needed(tmp_path, capsys):
     code, _ = _build(tmp_path, data)
     err = capsys.readouterr().err
     assert code == 2 and err.count("error:") == 1 and not has_traceback(err)
-    # window 10 + longest horizon 5 + embargo 5 + validation 120 + training 20
-    assert "only 8 trading days" in err and "at least 160" in err and "window 10" in err
-    assert "validation 120" in err and "training 20" in err and str(data) in err
+    # window 10 + longest horizon 5 + embargo 5 + validation 120 + test 120 + embargo 5 + training 20
+    assert "only 8 trading days" in err and "at least 285" in err and "window 10" in err
+    assert "validation 120" in err and "test 120" in err and "training 20" in err and str(data) in err
     assert not (tmp_path / "cache").exists()

@@ -48,7 +48,7 @@ def cache(tmp_path_factory):
 
 def config(static: str, log_every: int, dropout: float = 0.1, amp: bool = True) -> DryRunConfig:
     return DryRunConfig.from_dict({
-        "data": {"window": 10, "min_stocks": 5, "days_per_batch": 2, "split": {"val_days": 15}},
+        "data": {"window": 10, "min_stocks": 5, "days_per_batch": 2, "split": {"val_days": 15, "test_days": 0}},
         "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2], "graph_topk": 4, "graph_sector_edges": 3,
                   "quantiles": [0.1, 0.5, 0.9], "dropout": dropout},
         "train": {"max_epochs": 1, "progress": False, "static_shapes": static, "log_every": log_every,

@@ -21,7 +21,7 @@ from atft_core.train.trainer import Trainer, resolve_device, rss_mb
 
 def small_config(**train) -> DryRunConfig:
     cfg = DryRunConfig.from_dict({
-        "data": {"window": 10, "min_stocks": 10, "split": {"val_days": 40}},
+        "data": {"window": 10, "min_stocks": 10, "split": {"val_days": 40, "test_days": 0}},
         "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2], "graph_topk": 4, "graph_sector_edges": 4},
         "train": {"max_epochs": 1, "progress": False, "lr": 3e-3, **train},
     })

@@ -251,7 +251,7 @@ def build_report(predictions_path: str | Path, output_dir: str | Path, horizon: 
     }
     files: dict[str, str] = {}
     if plots:
-        from atft_core import plots as P
+        from atft_core.evaluate import plots as P
 
         try:
             dates = np.array(g.dates, dtype="datetime64[D]")

@@ -163,7 +163,8 @@ def ablation_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[int]) -> dict:
+def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[int], tag: str = "") -> dict:
+    """Writes `signal_goals{tag}.json` after each seed (runs with different tags can share the work)."""
     results: dict[str, Any] = {"seeds": {}, "max_epochs": epochs, "patience": patience}
     for seed in seeds:
         path = demo_cache(seed)
@@ -184,9 +185,21 @@ def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[
             row["control"] = train_eval(path, cfg, control_seed=seed)["control"]
         results["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
-        (OUT / "signal_goals.json").write_text(json.dumps(results, indent=1))
-    (OUT / "signal_goals.md").write_text(goals_markdown(results))
+        (OUT / f"signal_goals{tag}.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def merged_goals() -> dict:
+    """Every `signal_goals*.json` of the same protocol as one result (seeds in order)."""
+    merged: dict[str, Any] = {}
+    for path in sorted(OUT.glob("signal_goals*.json")):
+        part = json.loads(path.read_text())
+        if not merged:
+            merged = {k: v for k, v in part.items() if k != "seeds"} | {"seeds": {}}
+        if (part["max_epochs"], part["patience"]) == (merged["max_epochs"], merged["patience"]):
+            merged["seeds"].update(part["seeds"])
+    merged["seeds"] = dict(sorted(merged.get("seeds", {}).items(), key=lambda kv: int(kv[0])))
+    return merged
 
 
 def goals_markdown(results: dict) -> str:
@@ -220,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--goals", action="store_true")
+    ap.add_argument("--goals-table", action="store_true", help="only rebuild signal_goals.md from signal_goals*.json")
     ap.add_argument("--seeds", default=None, help="comma list (ablation default 1,2,3; goals 1,2,3)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=3, help="goals: early-stopping patience of the long run")
@@ -239,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         print((OUT / f"signal_ablation{args.tag}.md").read_text())
     if args.goals:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
-        run_goals(seeds, args.epochs, args.patience, control)
+        run_goals(seeds, args.epochs, args.patience, control, args.tag)
+    if args.goals or args.goals_table:
+        (OUT / "signal_goals.md").write_text(goals_markdown(merged_goals()))
         print((OUT / "signal_goals.md").read_text())
     return 0
 

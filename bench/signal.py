@@ -151,7 +151,9 @@ def new_defaults_row() -> DryRunConfig:
 def ablation_markdown(results: dict) -> str:
     p = results["protocol"]
     lines = [f"Ablation: demo {p['demo_days']} days x {p['stocks']} stocks, up to {p['max_epochs']} epochs "
-             f"(validation picks the epoch), seeds {p['seeds']}; 1-day RankIC, mean +- std over seeds.", "",
+             f"(validation picks the epoch), seeds {p['seeds']}; 1-day RankIC"
+             + (", mean +- std over seeds." if len(p["seeds"]) > 1 else " (one seed: no spread).")
+             + " Each row changes one thing against the base.", "",
              "| change | val RankIC | test RankIC | best epoch | seconds/run |", "|---|---|---|---|---|"]
     for name, per_seed in results["rows"].items():
         runs = list(per_seed.values())
@@ -159,7 +161,8 @@ def ablation_markdown(results: dict) -> str:
         t, ts = _stats([r["test_rankic"] for r in runs])
         e = statistics.fmean(r["best_epoch"] for r in runs)
         s = statistics.fmean(r["seconds"] for r in runs)
-        lines.append(f"| {name} | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} | {e:.1f} | {s:.0f} |")
+        pm = (lambda sd: f" +- {sd:.4f}") if len(runs) > 1 else (lambda sd: "")
+        lines.append(f"| {name} | {v:.4f}{pm(vs)} | {t:.4f}{pm(ts)} | {e:.1f} | {s:.0f} |")
     return "\n".join(lines) + "\n"
 
 

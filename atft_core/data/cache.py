@@ -184,11 +184,14 @@ def _check_history(lf: pl.LazyFrame, contract: Contract, require: DataConfig, so
     n_days = lf.select(date_expr(contract).n_unique()).collect().item()
     need = require.min_history(contract.horizons)
     if n_days < need:
-        embargo = need - require.window - require.split.val_days - 1
+        sp = require.split
+        embargo = max(contract.horizons) if sp.embargo_days is None else sp.embargo_days
+        test = f" + embargo {embargo} + test {sp.test_days}" if sp.test_days else ""
         raise DatasetError(source, Problem("Date", f"only {n_days} trading days; training needs at least {need} "
                                                    f"(window {require.window} + embargo {embargo} + validation "
-                                                   f"{require.split.val_days} + 1). Provide a longer history or "
-                                                   "lower data.window / data.split.val_days in --config"))
+                                                   f"{sp.val_days}{test} + 1). Provide a longer history or lower "
+                                                   "data.window / data.split.val_days / data.split.test_days "
+                                                   "in --config"))
 
 
 def _build_grid(lf: pl.LazyFrame, contract: Contract, cfg: CacheConfig, source: str,

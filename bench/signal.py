@@ -151,7 +151,9 @@ def new_defaults_row() -> DryRunConfig:
 def ablation_markdown(results: dict) -> str:
     p = results["protocol"]
     lines = [f"Ablation: demo {p['demo_days']} days x {p['stocks']} stocks, up to {p['max_epochs']} epochs "
-             f"(validation picks the epoch), seeds {p['seeds']}; 1-day RankIC, mean +- std over seeds.", "",
+             f"(validation picks the epoch), seeds {p['seeds']}; 1-day RankIC"
+             + (", mean +- std over seeds." if len(p["seeds"]) > 1 else " (one seed: no spread).")
+             + " Each row changes one thing against the base.", "",
              "| change | val RankIC | test RankIC | best epoch | seconds/run |", "|---|---|---|---|---|"]
     for name, per_seed in results["rows"].items():
         runs = list(per_seed.values())
@@ -159,11 +161,13 @@ def ablation_markdown(results: dict) -> str:
         t, ts = _stats([r["test_rankic"] for r in runs])
         e = statistics.fmean(r["best_epoch"] for r in runs)
         s = statistics.fmean(r["seconds"] for r in runs)
-        lines.append(f"| {name} | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} | {e:.1f} | {s:.0f} |")
+        pm = (lambda sd: f" +- {sd:.4f}") if len(runs) > 1 else (lambda sd: "")
+        lines.append(f"| {name} | {v:.4f}{pm(vs)} | {t:.4f}{pm(ts)} | {e:.1f} | {s:.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[int]) -> dict:
+def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[int], tag: str = "") -> dict:
+    """Writes `signal_goals{tag}.json` after each seed (runs with different tags can share the work)."""
     results: dict[str, Any] = {"seeds": {}, "max_epochs": epochs, "patience": patience}
     for seed in seeds:
         path = demo_cache(seed)
@@ -184,9 +188,21 @@ def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[
             row["control"] = train_eval(path, cfg, control_seed=seed)["control"]
         results["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
-        (OUT / "signal_goals.json").write_text(json.dumps(results, indent=1))
-    (OUT / "signal_goals.md").write_text(goals_markdown(results))
+        (OUT / f"signal_goals{tag}.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def merged_goals() -> dict:
+    """Every `signal_goals*.json` of the same protocol as one result (seeds in order)."""
+    merged: dict[str, Any] = {}
+    for path in sorted(OUT.glob("signal_goals*.json")):
+        part = json.loads(path.read_text())
+        if not merged:
+            merged = {k: v for k, v in part.items() if k != "seeds"} | {"seeds": {}}
+        if (part["max_epochs"], part["patience"]) == (merged["max_epochs"], merged["patience"]):
+            merged["seeds"].update(part["seeds"])
+    merged["seeds"] = dict(sorted(merged.get("seeds", {}).items(), key=lambda kv: int(kv[0])))
+    return merged
 
 
 def goals_markdown(results: dict) -> str:
@@ -220,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--goals", action="store_true")
+    ap.add_argument("--goals-table", action="store_true", help="only rebuild signal_goals.md from signal_goals*.json")
     ap.add_argument("--seeds", default=None, help="comma list (ablation default 1,2,3; goals 1,2,3)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=3, help="goals: early-stopping patience of the long run")
@@ -239,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         print((OUT / f"signal_ablation{args.tag}.md").read_text())
     if args.goals:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
-        run_goals(seeds, args.epochs, args.patience, control)
+        run_goals(seeds, args.epochs, args.patience, control, args.tag)
+    if args.goals or args.goals_table:
+        (OUT / "signal_goals.md").write_text(goals_markdown(merged_goals()))
         print((OUT / "signal_goals.md").read_text())
     return 0
 

@@ -150,6 +150,8 @@ TRAIN_MAX_EPOCHS = 20
 
 def cmd_train(args: argparse.Namespace) -> int:
     from atft_core.config import read_yaml_mapping
+    if args.config:
+        _config(args.config)  # a bad file fails here, before any server or run folder exists
     if args.max_epochs is None:
         raw = read_yaml_mapping(args.config, "config file", "sections (data, model, ...)") if args.config else {}
         train = raw.get("train")

@@ -132,7 +132,7 @@ def build_grid(files: tuple[Path, ...], contract: Contract, feats: list[str], pl
         x = _raw_days(grid, valid, d0, d1, len(feats))
         normalise_cross_section(x, ~market, cfg.clip)
         x[:, :, market] = market_z[d0:d1, None, market]
-        np.nan_to_num(x, copy=False, nan=0.0)
+        np.copyto(x, np.float32(0), where=np.isnan(x))  # no inf left: the scatter made them NaN
         x[~valid[d0:d1]] = 0.0
         nonzero |= np.any(x != 0, axis=(0, 1))
         here = screened[(screened >= d0) & (screened < d1)]
@@ -243,10 +243,10 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
 
 
 def _as_f32(batch: pa.RecordBatch, names: list[str]) -> np.ndarray:
-    """[rows, len(names)] float32 straight from Arrow (nulls and +-inf -> NaN).
+    """[rows, len(names)] float32 straight from Arrow (nulls and +-inf -> NaN), C-contiguous.
 
-    Filled column by column into a [len(names), rows] array (contiguous writes) and returned as its
-    transposed view.
+    Filled column by column into a [len(names), rows] array (contiguous writes), then transposed in one
+    copy: the scatter then moves whole rows (scattering from the strided view cost ~10x more).
     """
     out = np.empty((len(names), batch.num_rows), dtype=np.float32)
     for j, name in enumerate(names):
@@ -256,7 +256,7 @@ def _as_f32(batch: pa.RecordBatch, names: list[str]) -> np.ndarray:
         out[j] = col.to_numpy(zero_copy_only=False)
         if np.isinf(out[j]).any():  # +-inf become missing (reported as warnings by the contract)
             out[j][np.isinf(out[j])] = np.nan
-    return out.T
+    return np.ascontiguousarray(out.T)
 
 
 def _say(on: bool, msg: str, *args: Any) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from atft_core.data.leak import MIN_STOCKS, daily_rankics
-from atft_core.data.normalise import _MAD_SCALE, _median_sorted, normalise_cross_section
+from atft_core.data.normalise import _MAD_SCALE, _median_sorted, normalise_cross_section, normalise_days
 from atft_core.evaluate.metrics import daily_ic
 
 
@@ -99,3 +99,20 @@ def test_daily_rankics_equal_daily_ic():
     assert np.nanmax(ric[:, 0, 5]) > 0.9
     pair = valid[:, :, None, None] & np.isfinite(x)[:, :, None, :] & np.isfinite(y)[:, :, :, None]
     assert np.array_equal(stocks, pair.sum(axis=1))
+
+
+def test_normalise_days_equals_the_steps_it_fuses():
+    rng = np.random.default_rng(3)
+    x = np.moveaxis(_with_gaps(rng, (4, 5, 80)), 1, 2).copy()  # [c=4, S=80, F=5]
+    valid = rng.random((4, 80)) > 0.2
+    market = np.array([False, True, False, False, True])
+    market_z = rng.standard_normal((4, 5)).astype(np.float32)
+    want = x.copy()
+    normalise_cross_section(want, ~market, 5.0)
+    want[:, :, market] = market_z[:, None, market]
+    want = np.nan_to_num(want, nan=0.0)
+    want[~valid] = 0.0
+    got = x.copy()
+    nonzero = normalise_days(got, valid, market, market_z, 5.0)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(nonzero, (want != 0).any(axis=(0, 1)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from atft_core.data.contract import Contract, date_expr
 from atft_core.data.grid_file import GridFile, create_grid_file
 from atft_core.data.indexing import day_index
 from atft_core.data.leak import daily_rankics, screen_days, spacing_of, summarise, suspect_message
-from atft_core.data.normalise import DayStats, normalise_cross_section, standardise_targets
+from atft_core.data.normalise import DayStats, normalise_days, standardise_targets
 from atft_core.errors import DatasetError, Problem
 
 log = logging.getLogger("atft_core.data.grid_build")
@@ -127,22 +128,28 @@ def build_grid(files: tuple[Path, ...], contract: Contract, feats: list[str], pl
     screened = screen_days(n_days, cells_per_day=n_stocks * len(feats) * n_h)
     rics, counts = [], []
     nonzero = np.zeros(len(feats), dtype=bool)
-    for d0 in range(0, n_days, chunk):
-        d1 = min(d0 + chunk, n_days)
-        x = _raw_days(grid, valid, d0, d1, len(feats))
-        normalise_cross_section(x, ~market, cfg.clip)
-        x[:, :, market] = market_z[d0:d1, None, market]
-        np.copyto(x, np.float32(0), where=np.isnan(x))  # no inf left: the scatter made them NaN
-        x[~valid[d0:d1]] = 0.0
-        nonzero |= np.any(x != 0, axis=(0, 1))
-        here = screened[(screened >= d0) & (screened < d1)]
-        if len(here):
-            ric, cnt = daily_rankics(x[here - d0], y[here], valid[here])
-            rics.append(ric)
-            counts.append(cnt)
-        grid.write_days("x", d0, x)
-        _say(progress and n_days > chunk, "normalised days %d-%d of %d (%.1fs)", d0, d1, n_days,
-             time.perf_counter() - t0)
+    starts = list(range(0, n_days, chunk))
+    with ThreadPoolExecutor(max_workers=1) as io:  # reads the next chunk and writes the last while this one is computed
+        ahead = io.submit(_raw_days, grid, valid, 0, min(chunk, n_days), len(feats))
+        written = None
+        for i, d0 in enumerate(starts):
+            d1 = min(d0 + chunk, n_days)
+            x = ahead.result()
+            if i + 1 < len(starts):
+                ahead = io.submit(_raw_days, grid, valid, d1, min(d1 + chunk, n_days), len(feats))
+            nonzero |= normalise_days(x, valid[d0:d1], market, market_z[d0:d1], cfg.clip)
+            here = screened[(screened >= d0) & (screened < d1)]
+            if len(here):
+                ric, cnt = daily_rankics(x[here - d0], y[here], valid[here])
+                rics.append(ric)
+                counts.append(cnt)
+            if written is not None:
+                written.result()
+            written = io.submit(grid.write_days, "x", d0, x)
+            _say(progress and n_days > chunk, "normalised days %d-%d of %d (%.1fs)", d0, d1, n_days,
+                 time.perf_counter() - t0)
+        if written is not None:
+            written.result()
     for j in np.flatnonzero(~nonzero & ~stats.constant()):
         warnings.append(f"feature '{feats[j]}': all zeros after normalisation (no cross-sectional spread on any "
                         "day); check it upstream")

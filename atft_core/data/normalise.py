@@ -101,6 +101,37 @@ def normalise_cross_section(x: np.ndarray, which: np.ndarray, clip: float) -> No
     parallel_map(day, range(x.shape[0]))
 
 
+def normalise_days(x: np.ndarray, valid: np.ndarray, market: np.ndarray, market_z: np.ndarray,
+                   clip: float) -> np.ndarray:
+    """In place: raw x [c, S, F] (NaN missing) -> the cache's values; returns [F] bool, nonzero somewhere.
+
+    Cross-sectional features: `normalise_cross_section`'s z-score; market features (``market`` [F]):
+    ``market_z`` [c, F] (past days only) for every stock; missing cells and stocks not valid that day
+    (``valid`` [c, S]): 0. Day by day on threads, every step on one day's block while it is in cache.
+    """
+    cols = np.flatnonzero(~market)
+    every = len(cols) == x.shape[2]
+    mcols = np.flatnonzero(market)
+    nonzero = np.zeros((x.shape[0], x.shape[2]), dtype=bool)
+
+    def day(k: int) -> None:
+        xk = x[k]
+        if len(cols):
+            z = _robust_z(np.ascontiguousarray(xk.T if every else xk[:, cols].T), clip)
+            np.copyto(z, np.float32(0), where=np.isnan(z))
+            if every:
+                xk[...] = z.T
+            else:
+                xk[:, cols] = z.T
+        if len(mcols):
+            xk[:, mcols] = market_z[k, mcols]
+        xk[~valid[k]] = 0.0
+        nonzero[k] = (xk != 0).any(axis=0)
+
+    parallel_map(day, range(x.shape[0]))
+    return nonzero.any(axis=0)
+
+
 def _robust_z(block: np.ndarray, clip: float) -> np.ndarray:
     """[R, S] rows -> clipped (v - median) / (1.4826 MAD) per row (std where the MAD is 0, 0 where both are)."""
     with np.errstate(all="ignore"), _quiet_nan_warnings():

@@ -68,10 +68,11 @@ def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
     """feat [F, k] (NaN = missing), target [h, k] finite, over one day's k names -> (ric [h, F], stocks [h, F]).
 
     Features finite on all k names (every feature of a normalised chunk) are ranked with one row-wise
-    sort, and their RankICs with every target are one matrix product of centred average ranks; the
-    others (NaN somewhere) go through `daily_ic`, which drops the missing pairs.
+    sort; their RankIC with each target is the sum, over sorted positions, of the feature's centred
+    average rank times the target's centred rank at that name. The others (NaN somewhere) go through
+    `daily_ic`, which drops the missing pairs.
     """
-    from atft_core.evaluate.metrics import _sort_runs, daily_ic
+    from atft_core.evaluate.metrics import daily_ic
 
     n_feat, k = feat.shape
     finite = np.isfinite(feat)
@@ -81,24 +82,51 @@ def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
     if k < max(MIN_STOCKS, 2):
         return ric, stocks
     full = count == k
-    everyone = np.ones((1, k), dtype=bool)
-    # average ranks are multiples of 1/2 whose mean is exactly (k + 1) / 2: centred exactly, so a constant
-    # row (one tie run) gives exactly 0 spread and an undefined (NaN) correlation, as in daily_ic
-    mid = (k + 1) / 2.0
-    rt = _sort_runs(target, np.broadcast_to(everyone, target.shape)).ranks() - mid  # [h, k]
     rows = np.flatnonzero(full)
     if len(rows):
-        rf = _sort_runs(feat[rows], np.broadcast_to(everyone, (len(rows), k))).ranks() - mid  # [Ff, k]
-        sxy = rt @ rf.T  # [h, Ff]
-        sxx = np.einsum("ij,ij->i", rf, rf)
+        t_order, t_rank = centred_ranks(target)  # [h, k] each
+        rt = np.empty_like(t_rank)
+        np.put_along_axis(rt, t_order, t_rank, axis=1)  # back to name order
+        order, rank = centred_ranks(feat[rows])  # [Ff, k] each, in sorted order
+        sxy = (rt[:, order] * rank).sum(axis=2)  # [h, Ff]
+        sxx = np.einsum("ij,ij->i", rank, rank)
         syy = np.einsum("ij,ij->i", rt, rt)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.clip(sxy / np.sqrt(syy[:, None] * sxx[None, :]), -1.0, 1.0)
+        # average ranks are multiples of 1/2 whose mean is exactly (k + 1) / 2: centred exactly, so a
+        # constant row gives exactly 0 spread and an undefined (NaN) correlation, as in daily_ic
         ric[:, rows] = np.where((syy[:, None] > 0) & (sxx[None, :] > 0), r, np.nan)
     part = np.flatnonzero(~full)
     for kh in range(target.shape[0]) if len(part) else ():
         _, ric[kh, part] = daily_ic(feat[part], np.broadcast_to(target[kh], (len(part), k)), min_stocks=MIN_STOCKS)
     return ric, stocks
+
+
+def centred_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise sort of a [R, k] (all finite) -> (order [R, k], average rank - (k + 1) / 2 [R, k] float64).
+
+    rank[r, p] belongs to the name order[r, p]: ties share the mean of their positions' ranks. The tie
+    runs are found on the flattened rows, where a run never crosses into the next row (each row's first
+    position starts a run), so the running max / min are 1-D scans instead of per-row ones.
+    """
+    n_rows, k = a.shape
+    order = np.argsort(a, axis=1)
+    s = np.take_along_axis(a, order, axis=1)
+    starts = np.ones((n_rows, k), dtype=bool)  # position p starts a tie run
+    np.not_equal(s[:, 1:], s[:, :-1], out=starts[:, 1:])
+    flat = np.arange(n_rows * k, dtype=np.int64 if n_rows * k >= 2**30 else np.int32)
+    first = np.where(starts.ravel(), flat, 0)
+    np.maximum.accumulate(first, out=first)  # first position of each position's run
+    ends = np.ones((n_rows, k), dtype=bool)  # position p ends a run
+    ends[:, :-1] = starts[:, 1:]
+    last = np.where(ends.ravel(), flat, n_rows * k)[::-1]
+    last = np.minimum.accumulate(last)[::-1]  # last position of each position's run
+    first += last
+    rank = first.reshape(n_rows, k).astype(np.float64)
+    rank *= 0.5
+    # mean 0-based position of the run, minus the row's start and its centre (k - 1) / 2
+    rank -= (np.arange(n_rows, dtype=np.float64) * k + (k - 1) / 2.0)[:, None]
+    return order, rank
 
 
 def summarise(ric: np.ndarray, stocks: np.ndarray, feats: list[str], horizons: tuple[int, ...], spacing: float,

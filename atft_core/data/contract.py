@@ -212,8 +212,10 @@ def _value_counts(files: tuple[Path, ...], columns: list[str]) -> tuple[dict[str
         for batch in reader.iter_batches(batch_size=max(1024, (32 << 20) // max(1, len(columns))), columns=columns,
                                          use_threads=True):
             for name in columns:
-                v = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False)
-                fin = int(np.isfinite(v).sum())
-                finite[name] += fin
-                infinite[name] += int(v.size - fin - np.isnan(v).sum())  # nulls became NaN
+                col = batch.column(name)
+                if not pa.types.is_floating(col.type):  # float32 stays float32: finiteness is the same
+                    col = pc.cast(col, pa.float64())
+                v = col.to_numpy(zero_copy_only=False)  # nulls become NaN: neither finite nor infinite
+                finite[name] += int(np.count_nonzero(np.isfinite(v)))
+                infinite[name] += int(np.count_nonzero(np.isinf(v)))
     return finite, infinite

@@ -150,7 +150,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
             return CacheBuild(final, True, fingerprint, _summary(manifest, True, time.perf_counter() - t0),
                               manifest.get("warnings", []))
         lf = pl.scan_parquet(list(inp.files))
-        warnings, _, empty = check_rows(lf, contract, inp.display)
+        warnings, _, empty = check_rows(lf, contract, inp.display, inp.files)
         plan = plan_grid(lf, contract, inp.display, require)  # every check that fails does so before a write
         feats = [f for f in contract.features if f not in empty]  # all-missing: dropped, said in a warning
         if not feats:

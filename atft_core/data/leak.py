@@ -42,23 +42,91 @@ def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.n
     """Per day, feature and horizon: RankIC and the number of stocks it was computed on.
 
     x [n, S, F], y [n, S, H], valid [n, S] for n screened days -> (ric [n, H, F], stocks [n, H, F]);
-    ric is NaN on a day with fewer than MIN_STOCKS names or no spread.
+    ric is NaN on a day with fewer than MIN_STOCKS names or no spread. Same numbers as
+    `atft_core.evaluate.metrics.daily_ic` on each (day, feature, horizon) (tested against it).
+    """
+    from atft_core.data.normalise import parallel_map
+
+    n, _, n_feat = x.shape
+    ric = np.full((n, y.shape[2], n_feat), np.nan)
+    stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)
+
+    def day(i: int) -> None:  # writes day i's rows only: days run on threads
+        # horizons whose target is known on the same names share one ranking of every feature
+        groups: dict[bytes, tuple[np.ndarray, list[int]]] = {}
+        for kh in range(y.shape[2]):
+            m = valid[i] & np.isfinite(y[i, :, kh])
+            groups.setdefault(np.packbits(m).tobytes(), (m, []))[1].append(kh)
+        for m, hs in groups.values():
+            ric[i, hs], stocks[i, hs] = _rankic_block(x[i][m].T, y[i][m][:, hs].T)
+
+    parallel_map(day, range(n))
+    return ric, stocks
+
+
+def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """feat [F, k] (NaN = missing), target [h, k] finite, over one day's k names -> (ric [h, F], stocks [h, F]).
+
+    Features finite on all k names (every feature of a normalised chunk) are ranked with one row-wise
+    sort; their RankIC with each target is the sum, over sorted positions, of the feature's centred
+    average rank times the target's centred rank at that name. The others (NaN somewhere) go through
+    `daily_ic`, which drops the missing pairs.
     """
     from atft_core.evaluate.metrics import daily_ic
 
-    n, n_stocks, n_feat = x.shape
-    ric = np.full((n, y.shape[2], n_feat), np.nan)
-    stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)
-    # every (day, feature) pair is one row of a single daily_ic call: one vectorised pass per horizon
-    feat = np.where(valid[:, :, None], x, np.nan).transpose(0, 2, 1).reshape(n * n_feat, n_stocks)
-    finite = np.isfinite(feat).reshape(n, n_feat, n_stocks)
-    for kh in range(y.shape[2]):
-        target = np.where(valid, y[:, :, kh], np.nan)  # [n, S]
-        rows = np.broadcast_to(target[:, None, :], (n, n_feat, n_stocks)).reshape(n * n_feat, n_stocks)
-        _, r = daily_ic(feat, rows, min_stocks=MIN_STOCKS)
-        ric[:, kh, :] = r.reshape(n, n_feat)
-        stocks[:, kh, :] = (finite & np.isfinite(target)[:, None, :]).sum(axis=2)
+    n_feat, k = feat.shape
+    finite = np.isfinite(feat)
+    count = finite.sum(axis=1)
+    ric = np.full((target.shape[0], n_feat), np.nan)
+    stocks = np.broadcast_to(count, ric.shape).copy()
+    if k < max(MIN_STOCKS, 2):
+        return ric, stocks
+    full = count == k
+    rows = np.flatnonzero(full)
+    if len(rows):
+        t_order, t_rank = centred_ranks(target)  # [h, k] each
+        rt = np.empty_like(t_rank)
+        np.put_along_axis(rt, t_order, t_rank, axis=1)  # back to name order
+        order, rank = centred_ranks(feat[rows])  # [Ff, k] each, in sorted order
+        sxy = (rt[:, order] * rank).sum(axis=2)  # [h, Ff]
+        sxx = np.einsum("ij,ij->i", rank, rank)
+        syy = np.einsum("ij,ij->i", rt, rt)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.clip(sxy / np.sqrt(syy[:, None] * sxx[None, :]), -1.0, 1.0)
+        # average ranks are multiples of 1/2 whose mean is exactly (k + 1) / 2: centred exactly, so a
+        # constant row gives exactly 0 spread and an undefined (NaN) correlation, as in daily_ic
+        ric[:, rows] = np.where((syy[:, None] > 0) & (sxx[None, :] > 0), r, np.nan)
+    part = np.flatnonzero(~full)
+    for kh in range(target.shape[0]) if len(part) else ():
+        _, ric[kh, part] = daily_ic(feat[part], np.broadcast_to(target[kh], (len(part), k)), min_stocks=MIN_STOCKS)
     return ric, stocks
+
+
+def centred_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise sort of a [R, k] (all finite) -> (order [R, k], average rank - (k + 1) / 2 [R, k] float64).
+
+    rank[r, p] belongs to the name order[r, p]: ties share the mean of their positions' ranks. The tie
+    runs are found on the flattened rows, where a run never crosses into the next row (each row's first
+    position starts a run), so the running max / min are 1-D scans instead of per-row ones.
+    """
+    n_rows, k = a.shape
+    order = np.argsort(a, axis=1)
+    s = np.take_along_axis(a, order, axis=1)
+    starts = np.ones((n_rows, k), dtype=bool)  # position p starts a tie run
+    np.not_equal(s[:, 1:], s[:, :-1], out=starts[:, 1:])
+    flat = np.arange(n_rows * k, dtype=np.int64 if n_rows * k >= 2**30 else np.int32)
+    first = np.where(starts.ravel(), flat, 0)
+    np.maximum.accumulate(first, out=first)  # first position of each position's run
+    ends = np.ones((n_rows, k), dtype=bool)  # position p ends a run
+    ends[:, :-1] = starts[:, 1:]
+    last = np.where(ends.ravel(), flat, n_rows * k)[::-1]
+    last = np.minimum.accumulate(last)[::-1]  # last position of each position's run
+    first += last
+    rank = first.reshape(n_rows, k).astype(np.float64)
+    rank *= 0.5
+    # mean 0-based position of the run, minus the row's start and its centre (k - 1) / 2
+    rank -= (np.arange(n_rows, dtype=np.float64) * k + (k - 1) / 2.0)[:, None]
+    return order, rank
 
 
 def summarise(ric: np.ndarray, stocks: np.ndarray, feats: list[str], horizons: tuple[int, ...], spacing: float,

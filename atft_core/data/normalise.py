@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from atft_core.config import CacheConfig
@@ -76,41 +79,99 @@ class DayStats:
 
 
 def normalise_cross_section(x: np.ndarray, which: np.ndarray, clip: float) -> None:
-    """In place on x [c, S, F]: per-day robust z-score (median / MAD, std when MAD is 0), clipped; same day only."""
+    """In place on x [c, S, F]: per-day robust z-score (median / MAD, std when MAD is 0), clipped; same day only.
+
+    Missing cells (NaN) stay NaN. One day at a time (a [F, S] block fits in cache), days on threads:
+    numpy's sorts and arithmetic release the GIL.
+    """
     cols = np.flatnonzero(which)
     if len(cols) == 0:
         return
-    # [c, Fc, S] contiguous: every reduction and sort runs along memory, one day-feature row at a time
-    block = np.ascontiguousarray(x[:, :, cols].transpose(0, 2, 1))
-    with np.errstate(all="ignore"), _quiet_nan_warnings():
-        med = _nanmedian_last(block)
-        scale = _nanmedian_last(np.abs(block - med)) * _MAD_SCALE
-        std = np.nanstd(block, axis=2, keepdims=True)
-        scale = np.where(scale > 1e-12, scale, std)
-        z = np.where(scale > 1e-12, (block - med) / scale, 0.0)
-        z = np.where(np.isfinite(block), z, np.nan)
-    x[:, :, cols] = np.clip(z, -clip, clip).transpose(0, 2, 1)
+    every = len(cols) == x.shape[2]
+
+    def day(k: int) -> None:
+        # [Fc, S] contiguous: every reduction and sort runs along memory, one feature row at a time
+        block = np.ascontiguousarray(x[k].T if every else x[k][:, cols].T)
+        z = _robust_z(block, clip).T
+        if every:
+            x[k] = z
+        else:
+            x[k][:, cols] = z
+
+    parallel_map(day, range(x.shape[0]))
 
 
-def _nanmedian_last(a: np.ndarray) -> np.ndarray:
-    """np.nanmedian(a, axis=-1, keepdims=True) for a [c, F, S], by partition (O(S) per row, not a sort).
+def normalise_days(x: np.ndarray, valid: np.ndarray, market: np.ndarray, market_z: np.ndarray,
+                   clip: float) -> np.ndarray:
+    """In place: raw x [c, S, F] (NaN missing) -> the cache's values; returns [F] bool, nonzero somewhere.
 
-    numpy's nanmedian falls back to a Python-level loop per (day, feature) when values are missing
-    (25,600 calls on a 64 x 4,000 x 400 chunk). Here rows are grouped by their number of finite values
-    (on a day most features share it), NaN becomes +inf, and each group is partitioned at its middle.
+    Cross-sectional features: `normalise_cross_section`'s z-score; market features (``market`` [F]):
+    ``market_z`` [c, F] (past days only) for every stock; missing cells and stocks not valid that day
+    (``valid`` [c, S]): 0. Day by day on threads, every step on one day's block while it is in cache.
     """
-    flat = a.reshape(-1, a.shape[-1])
-    n = np.isfinite(flat).sum(axis=1)
-    out = np.full(flat.shape[0], np.nan, dtype=a.dtype)
-    filled = np.where(np.isnan(flat), np.inf, flat)
-    for k in np.unique(n):
-        if k == 0:
-            continue
-        rows = np.flatnonzero(n == k)
-        lo, hi = (k - 1) // 2, k // 2
-        part = np.partition(filled[rows], [lo, hi], axis=1)
-        out[rows] = (part[:, lo] + part[:, hi]) / 2
-    return out.reshape(*a.shape[:-1], 1)
+    cols = np.flatnonzero(~market)
+    every = len(cols) == x.shape[2]
+    mcols = np.flatnonzero(market)
+    nonzero = np.zeros((x.shape[0], x.shape[2]), dtype=bool)
+
+    def day(k: int) -> None:
+        xk = x[k]
+        if len(cols):
+            z = _robust_z(np.ascontiguousarray(xk.T if every else xk[:, cols].T), clip)
+            np.copyto(z, np.float32(0), where=np.isnan(z))
+            if every:
+                xk[...] = z.T
+            else:
+                xk[:, cols] = z.T
+        if len(mcols):
+            xk[:, mcols] = market_z[k, mcols]
+        xk[~valid[k]] = 0.0
+        nonzero[k] = (xk != 0).any(axis=0)
+
+    parallel_map(day, range(x.shape[0]))
+    return nonzero.any(axis=0)
+
+
+def _robust_z(block: np.ndarray, clip: float) -> np.ndarray:
+    """[R, S] rows -> clipped (v - median) / (1.4826 MAD) per row (std where the MAD is 0, 0 where both are)."""
+    with np.errstate(all="ignore"), _quiet_nan_warnings():
+        finite = np.isfinite(block)
+        n = finite.sum(axis=1)
+        dev = block - _median_sorted(np.sort(block, axis=1), n)
+        scale = _median_sorted(np.sort(np.abs(dev), axis=1), n) * _MAD_SCALE
+        low = np.flatnonzero(~(scale[:, 0] > 1e-12))
+        if len(low):  # std only where the MAD says nothing (mostly-equal values): rare, so only those rows
+            scale[low] = np.nanstd(block[low], axis=1, keepdims=True)
+        ok = scale[:, 0] > 1e-12
+        dev /= np.where(ok[:, None], scale, np.float32(1))
+        bad = np.flatnonzero(~ok)
+        if len(bad):
+            dev[bad] = np.where(finite[bad], np.float32(0), np.float32(np.nan))
+        np.clip(dev, -clip, clip, out=dev)
+    return dev
+
+
+def _median_sorted(s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Row medians [R, 1] of rows sorted ascending with NaN last (np.sort), ``n`` [R] finite values each.
+
+    Equals np.nanmedian(row) (mean of the two middle values; NaN for a row with none): a SIMD sort of
+    float32 rows is ~3x faster than partitioning them, and numpy's nanmedian loops in Python per row.
+    """
+    last = s.shape[1] - 1
+    lo = np.clip((n - 1) // 2, 0, last)[:, None]
+    hi = np.clip(n // 2, 0, last)[:, None]
+    med = (np.take_along_axis(s, lo, axis=1) + np.take_along_axis(s, hi, axis=1)) / 2
+    return np.where(n[:, None] > 0, med, np.nan).astype(s.dtype, copy=False)
+
+
+def parallel_map(fn, items) -> list:
+    """fn over items on a thread per core (the work must release the GIL: numpy, pyarrow)."""
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def past_only_zscore(series: np.ndarray, window: int = 0) -> np.ndarray:

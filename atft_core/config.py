@@ -146,6 +146,9 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     max_epochs: int = 2
+    # Validation, test and checkpoints use an exponential moving average of the weights (0 = off).
+    # Chosen on demo seed 0's validation days: 0.99 lifted epoch-1 val RankIC 0.078 -> 0.084.
+    ema_decay: float = 0.99
     lr: float = 2e-3
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
@@ -321,6 +324,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("train.resume_from", lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
      "empty or the path of a checkpoint.pt (--resume)"),
     ("model.graph_return_feature", lambda v: isinstance(v, str), "a feature name, or empty for automatic"),
+    ("train.ema_decay", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = no weight averaging)"),
     ("train.log_every", lambda v: _int(v) and v >= 1, "an integer >= 1 (training steps between host reads)"),
 )
 

@@ -164,7 +164,7 @@ def write_best_config(base_config: str | None, best_params: dict[str, Any], path
     """The study's best trial as a full config YAML that `atft train --config` accepts."""
     import yaml
 
-    from atft_core.hpo.study import apply_params
+    from atft_core.hpo.space import apply_params
     cfg = apply_params(_config(base_config), best_params)
     path.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
     return path

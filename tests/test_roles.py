@@ -20,7 +20,7 @@ from tests.panels import make_panel, write
 GOGO_HORIZONS = (1, 5, 10, 20)
 
 
-def _gogooku3_panel(days: int = 200, stocks: int = 20) -> pl.DataFrame:
+def _gogooku3_panel(days: int = 340, stocks: int = 20) -> pl.DataFrame:
     """gogooku3's layout: labels feat_ret_{h}d, sector33_code, past returns and text columns beside them."""
     df = make_panel(days=days, stocks=stocks, features=3, horizons=GOGO_HORIZONS, drop=0.0)
     df = df.rename({f"target_{h}d": f"feat_ret_{h}d" for h in GOGO_HORIZONS})

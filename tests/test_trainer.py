@@ -183,3 +183,18 @@ def test_shuffled_target_control_run_sits_in_the_noise_band(demo, tmp_path):
     band = report["baselines"]["control"]["band"]
     assert control.passed is True, f"control RankIC {control.value} outside the noise band {band}"
     assert abs(control.value) <= band < 0.1  # 2 standard errors over 40 validation days: about +-0.05
+
+
+def test_validation_predicts_with_the_averaged_weights(demo):
+    cache = open_cache(demo[1])
+    tr = Trainer(cache, small_config(max_train_days=6, ema_decay=0.9))
+    tr.train_epoch(0)
+    assert tr.eval_model is tr.average.model and tr.average.updates == 3  # 6 days, 2 per batch
+    raw = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    assert any(not torch.equal(raw[k], v) for k, v in tr.average.model.state_dict().items())
+    days = tr.split.val[:4]
+    averaged = tr.predict(days)
+    tr.average.model.load_state_dict(raw)  # the same model with the trained weights predicts differently
+    assert not np.allclose(np.nan_to_num(averaged), np.nan_to_num(tr.predict(days)))
+    plain = Trainer(cache, small_config(max_train_days=6, ema_decay=0.0))
+    assert plain.average is None and plain.eval_model is plain.model

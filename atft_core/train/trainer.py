@@ -40,6 +40,7 @@ from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
 from atft_core.train.syncs import allowed_sync
 from atft_core.train.targets import training_targets
+from atft_core.train.weight_average import WeightAverage
 
 log = logging.getLogger("atft_core.train.trainer")
 
@@ -122,6 +123,8 @@ class Trainer:
         self.forward = (torch.compile(self.model, mode="reduce-overhead" if self.graphs else None,
                                       dynamic=False if self.static_shapes else None)
                         if cfg.train.compile else self.model)
+        # validation, test and checkpoints use the averaged weights when train.ema_decay > 0
+        self.average = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.monitor = monitor
         self.on_epoch = on_epoch
         self.sampler = DayBatchSampler(self.split.train, cfg.data.days_per_batch, shuffle=True,
@@ -190,6 +193,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
                 self.opt.step()
                 self.sched.step()
+                if self.average is not None:
+                    self.average.update(self.model)
                 vec = torch.stack([loss.detach().float(), *(parts[k].float() for k in names)])
                 acc = vec if acc is None else acc + vec
                 if (b + 1) % log_every == 0 or b + 1 == len(day_batches):
@@ -218,7 +223,9 @@ class Trainer:
     @torch.no_grad()
     def predict(self, days: np.ndarray, days_per_batch: int = 8) -> np.ndarray:
         """Dense [len(days), S, H] prediction grid (NaN where the stock had no row that day)."""
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
+        forward = self.forward if self.average is None else model
         n_stocks = self.cache.x.shape[1]
         out = np.full((len(days), n_stocks, len(self.horizons)), np.nan, dtype=np.float32)
         for i in range(0, len(days), days_per_batch):
@@ -231,7 +238,7 @@ class Trainer:
             if self.graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             with self.amp:
-                pred = self.forward(batch.x, batch.static, batch.day_id)["pred"]
+                pred = forward(batch.x, batch.static, batch.day_id)["pred"]
             # one device->host copy per batch, already detached (no_grad) and in float32
             pred_np = pred.float().cpu().numpy()
             if self.static_shapes:
@@ -240,6 +247,11 @@ class Trainer:
             else:
                 out[i + batch.day_id.cpu().numpy(), batch.stock.cpu().numpy()] = pred_np
         return out
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that predict: the running average when enabled, else the trained weights."""
+        return self.model if self.average is None else self.average.model
 
     def evaluate(self, days: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
         pred = self.predict(days)
@@ -282,7 +294,7 @@ class Trainer:
             if score > best[0] or best_pred is None:
                 best, best_pred, best_metrics, stale = (score, epoch), pred, metrics, 0
                 if len(self.split.test):  # kept to score the test days once, with the epoch validation chose
-                    best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    best_state = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
                 if checkpoint_path is not None:
                     self.save_checkpoint(checkpoint_path, epoch, m["rankic"])
             else:
@@ -295,7 +307,7 @@ class Trainer:
         assert best_pred is not None
         test_pred, test_metrics = None, {}
         if best_state is not None:
-            self.model.load_state_dict(best_state)
+            self.eval_model.load_state_dict(best_state)
             test_pred, test_metrics = self.evaluate(self.split.test)
             log.info("test (%d days, epoch %d): RankIC %s", len(self.split.test), best[1],
                      _fmt(test_metrics[h0]["rankic"]))
@@ -306,12 +318,14 @@ class Trainer:
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
         """Weights, optimiser and scheduler state, config, and a description of the data (see checkpoint.py)."""
-        checkpoint.save_checkpoint(path, model=self.model, optimizer=self.opt, scheduler=self.sched,
+        checkpoint.save_checkpoint(path, model=self.eval_model, optimizer=self.opt, scheduler=self.sched,
                                    config=self.cfg.to_dict(), cache=self.cache, epoch=epoch, val_rankic=val_rankic)
 
     def resume(self, path: str | Path) -> int:
         """Continue from a checkpoint of the same panel layout; returns the first epoch still to run."""
         ckpt = checkpoint.restore(path, self.cache, self.model, self.opt, self.sched)
+        if self.average is not None:  # the checkpoint holds the averaged weights: both continue from them
+            self.average.reset(self.model)
         log.info("resumed from %s (epoch %d, val RankIC %s)", path, ckpt["epoch"], _fmt(ckpt["val_rankic"]))
         return int(ckpt["epoch"]) + 1
 

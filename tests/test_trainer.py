@@ -67,7 +67,9 @@ def test_every_training_day_every_epoch_reshuffled(demo):
 def test_loss_falls_and_validation_rankic_is_clearly_positive(demo):
     path, cache_path = demo
     cache = open_cache(cache_path)
-    cfg = small_config(max_epochs=3, patience=5)
+    # 6 epochs: on this small panel (120 stocks) 3 epochs left the outcome to the training seed
+    # (best val RankIC 0.006-0.062 over seeds 0-2); with 6, seeds 0 and 1 reach 0.064 and 0.081.
+    cfg = small_config(max_epochs=6, patience=9)
     result = Trainer(cache, cfg).fit()
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]

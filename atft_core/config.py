@@ -107,10 +107,14 @@ class ModelConfig:
     n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
     n_sectors: int = 40
     static_dim: int = 8
+    vsn_gate: str = "sigmoid"  # sigmoid (independent per variable) | softmax (TFT's): see VariableSelectionNetwork
     vsn_var_dim: int = 4  # width of each variable's own GRN in the VSN (its cost is S*L*F*this)
     fan_aux_weight: float = 0.1  # weight of FAN's reconstruction loss inside the model's aux_loss
     quantiles: tuple[float, ...] = ()  # () = point forecast; e.g. (0.1, 0.5, 0.9)
     cross_section: bool = False  # encodings relative to their day's sector / market means before the GAT
+    # Each feature minus its day's sector mean as one more encoder stream (what the peer gets too).
+    # Measured on demo seed 0 (validation): sector-relative signal captured 0.08 -> 0.36, val RankIC +0.015.
+    sector_relative_inputs: bool = True
 
     @classmethod
     def reference(cls) -> "ModelConfig":
@@ -286,6 +290,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.n_sections", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.n_sectors", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.static_dim", lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    ("model.vsn_gate", lambda v: v in ("softmax", "sigmoid"), "softmax or sigmoid"),
     ("model.vsn_var_dim", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.fan_aux_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
     ("model.quantiles", lambda v: isinstance(v, tuple) and all(_num(q) and 0 < q < 1 for q in v),
@@ -317,6 +322,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("gate.lookahead_allow", lambda v: isinstance(v, dict), "a mapping of feature name -> reason"),
     ("loss.target_transform", lambda v: v in ("zscore", "rank"), "one of zscore, rank"),
     ("model.cross_section", lambda v: isinstance(v, bool), "true or false"),
+    ("model.sector_relative_inputs", lambda v: isinstance(v, bool), "true or false"),
     ("train.amp", lambda v: isinstance(v, bool), "true or false"),
     ("train.compile", lambda v: isinstance(v, bool), "true or false"),
     ("train.progress", lambda v: isinstance(v, bool), "true or false"),

@@ -84,6 +84,9 @@ def test_variable_selection_network() -> None:
     assert out.shape == (s, length, d_model)
     assert weights.shape == (s, length, n_vars)
     torch.testing.assert_close(weights.sum(-1), torch.ones(s, length))
+    sig = VariableSelectionNetwork(n_vars, 3, 4, d_model, gate="sigmoid")
+    _, independent = sig(torch.randn(s, length, n_vars, 3))
+    assert ((independent > 0) & (independent < 2)).all() and not torch.allclose(independent.sum(-1), torch.ones(1))
     (out * torch.randn_like(out)).sum().backward()
     assert_all_grads(vsn)
     # Per-variable GRNs are stacked weights with a leading F axis, not one module per variable.

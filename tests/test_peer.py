@@ -15,7 +15,7 @@ from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
 from atft_core.evaluate.metrics import daily_ic
 from atft_core.evaluate.peer import feature_names, peer_baseline, peer_features
-from atft_core.model.cross_section import CrossSectionContext, group_mean
+from atft_core.model.cross_section import CrossSectionContext, group_mean, sector_relative
 from atft_core.train.targets import rank_gauss
 from tests.test_baselines import synthetic_cache
 
@@ -102,3 +102,27 @@ def test_cross_section_context_never_mixes_days():
     key = day * 4 + sector + 1
     ref = torch.stack([h[key == k].mean(0) for k in key.tolist()])
     torch.testing.assert_close(group_mean(h, key), ref)
+
+
+def test_sector_relative_inputs_are_same_day_same_sector_deviations():
+    """The model's sector-relative stream: x minus the mean of the observed values of its (day, sector)."""
+    torch.manual_seed(1)
+    x = torch.randn(12, 3, 2)
+    observed = torch.rand(12, 3, 2) > 0.2
+    sector = torch.tensor([0, 0, 1, 1, -1, -1] * 2)
+    day = torch.tensor([0] * 6 + [1] * 6)
+    rel = sector_relative(torch.where(observed, x, 0.0), observed, sector, day)
+    for i in range(12):
+        peers = (sector == sector[i]) & (day == day[i])
+        for t in range(3):
+            for f in range(2):
+                if not observed[i, t, f]:
+                    assert rel[i, t, f] == 0
+                    continue
+                m = peers & observed[:, t, f]
+                torch.testing.assert_close(rel[i, t, f], x[i, t, f] - x[m, t, f].mean())
+    # another day's values never move this day's deviations
+    x2 = x.clone()
+    x2[6:] += 10.0
+    rel2 = sector_relative(torch.where(observed, x2, 0.0), observed, sector, day)
+    torch.testing.assert_close(rel2[:6], rel[:6])

@@ -16,7 +16,7 @@ from atft_core.model.blocks import (
     TemporalFusionBlock,
     VariableSelectionNetwork,
 )
-from atft_core.model.cross_section import CrossSectionContext
+from atft_core.model.cross_section import CrossSectionContext, sector_relative
 from atft_core.model.graph import GraphAttentionLayer, build_edges_fixed
 
 __all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "build_model", "resolve_return_feature"]
@@ -118,8 +118,9 @@ class ATFTGATFAN(nn.Module):
         self.fan = FrequencyAdaptiveNorm(n_features, cfg.fan_k, d)
         self.static_encoder = StaticCovariateEncoder(cfg.n_sections, cfg.n_sectors, cfg.static_dim, d,
                                                      cfg.dropout)
-        self.vsn = VariableSelectionNetwork(n_features, _FAN_STREAMS, cfg.vsn_var_dim, d, cfg.dropout,
-                                            d_context=d)
+        streams = _FAN_STREAMS + int(cfg.sector_relative_inputs)
+        self.vsn = VariableSelectionNetwork(n_features, streams, cfg.vsn_var_dim, d, cfg.dropout,
+                                            d_context=d, gate=cfg.vsn_gate)
         self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
         self.cross_section = CrossSectionContext(d, cfg.dropout) if cfg.cross_section else None
         gat_heads = tuple(cfg.gat_heads) or (1,)
@@ -138,12 +139,22 @@ class ATFTGATFAN(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def encode(self, x: Tensor, static: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-stock encoder: ``x [S, L, F], static [S, 2] -> (h [S, D], FAN aux loss scalar)``."""
-        x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    def encode(self, x: Tensor, static: Tensor, day_id: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-stock encoder: ``x [S, L, F], static [S, 2], day_id [S] -> (h [S, D], FAN aux loss scalar)``.
+
+        Per stock apart from one thing: with ``sector_relative_inputs`` each feature's deviation from
+        its day's sector mean (rows sharing ``day_id`` and sector) is a fourth VSN stream.
+        """
+        x = x.float()
+        observed = torch.isfinite(x)
+        x = torch.where(observed, x, torch.zeros_like(x))
         fan = self.fan(x)
         ctx = self.static_encoder(static)
-        selected, _ = self.vsn(fan.channels(), ctx.selection.unsqueeze(1))  # [S, L, D]
+        streams = fan.channels()  # [S, L, F, 3]
+        if self.cfg.sector_relative_inputs:
+            rel = sector_relative(x, observed, static[:, 1], day_id)
+            streams = torch.cat((streams, rel.unsqueeze(-1)), dim=-1)
+        selected, _ = self.vsn(streams, ctx.selection.unsqueeze(1))  # [S, L, D]
         h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
         return h, self.cfg.fan_aux_weight * fan.aux_loss()
 
@@ -167,7 +178,7 @@ class ATFTGATFAN(nn.Module):
     def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> dict[str, Tensor | None]:
         if x.dim() != 3 or x.shape[2] != self.n_features:
             raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
-        h, aux_loss = self.encode(x, static)
+        h, aux_loss = self.encode(x, static, day_id)
         if self.cross_section is not None:
             h = self.cross_section(h, static[:, 1], day_id)
         if len(self.gat):

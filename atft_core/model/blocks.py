@@ -174,9 +174,15 @@ class GatedResidualNetwork(nn.Module):
 class VariableSelectionNetwork(nn.Module):
     """TFT variable selection: a GRN per variable plus a softmax over variables, batched over F.
 
-    Input ``x [..., F, C]`` (C channels per variable, here FAN's three streams) and optional context
-    ``[..., d_context]``; output ``(selected [..., D], weights [..., F])`` with weights summing to 1
-    over F (float32).
+    Input ``x [..., F, C]`` (C channels per variable, here FAN's three streams and the sector-relative
+    one) and optional context ``[..., d_context]``; output ``(selected [..., D], weights [..., F])``
+    float32 weights: with ``gate="softmax"`` (TFT's) they sum to 1 over F; with ``gate="sigmoid"``
+    each lies in (0, 2), 1 at a neutral logit, independently of the others.
+
+    Why sigmoid is the model's default: a softmax makes variables compete, and a variable whose
+    effect is purely non-linear (an interaction, an even function: no marginal linear signal) is
+    crowded out by the linear ones early in training and then never learnt. Measured on demo seed 0
+    (validation): the planted interaction's capture 0.07 -> 0.12, val RankIC 0.097 -> 0.101.
 
     Batching, for F ~ 400 variables: the per-variable GRNs are stacked weights (``[F, C, 2d]``,
     ``[F, d, d]``, ``[F, d, 2d]``) applied with batched matmuls over the F axis, so a forward is a handful of kernels,
@@ -205,9 +211,12 @@ class VariableSelectionNetwork(nn.Module):
         d_model: int,
         dropout: float = 0.0,
         d_context: int | None = None,
+        gate: str = "softmax",
     ) -> None:
         super().__init__()
-        self.n_vars, self.d_in, self.d_var = n_vars, d_in, d_var
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"gate must be 'softmax' or 'sigmoid', got {gate!r}")
+        self.n_vars, self.d_in, self.d_var, self.gate = n_vars, d_in, d_var, gate
         # Skip | first layer, and GLU value | gate, each share one stacked weight: on CPU one bmm
         # with a 2d-wide output is ~40 % cheaper than two d-wide ones, split included.
         self.w_in = nn.Parameter(torch.empty(n_vars, d_in, 2 * d_var))
@@ -230,8 +239,11 @@ class VariableSelectionNetwork(nn.Module):
         lead = x.shape[:-2]
         n = math.prod(lead)
         logits = self.selector(x.reshape(*lead, self.n_vars * self.d_in), context)
-        # Softmax in float32: with hundreds of variables most weights are small.
-        weights = torch.softmax(logits.float(), dim=-1)  # [..., F]
+        # In float32: with hundreds of variables most softmax weights are small.
+        if self.gate == "softmax":
+            weights = torch.softmax(logits.float(), dim=-1)  # [..., F]
+        else:
+            weights = 2.0 * torch.sigmoid(logits.float())
 
         # Variable-major and contiguous (one small copy of the input) so each stacked weight is
         # one bmm over F and no bmm or its backward needs a transposed copy.

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from atft_core.model.blocks import GLU, AddNorm
 
-
 # day_id * stride + sector id + 1 is a unique (day, sector) key for any sector id below the stride;
 # a constant keeps the key free of a host read of the largest id.
 _KEY_STRIDE = 1 << 20

@@ -39,7 +39,7 @@ from atft_core.data.contract import check_rows, check_schema, read_schema
 from atft_core.data.grid_build import build_grid, plan_grid
 from atft_core.data.normalise import past_only_zscore, standardise_targets  # noqa: F401  (re-exported)
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
-from atft_core.errors import DatasetError, Problem
+from atft_core.errors import DatasetError
 
 log = logging.getLogger("atft_core.data.cache")
 _standardise_targets = standardise_targets  # the old private name, still imported by bench/ and tests
@@ -150,22 +150,26 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
             return CacheBuild(final, True, fingerprint, _summary(manifest, True, time.perf_counter() - t0),
                               manifest.get("warnings", []))
         lf = pl.scan_parquet(list(inp.files))
-        warnings, _, empty = check_rows(lf, contract, inp.display, inp.files)
-        plan = plan_grid(lf, contract, inp.display, require)  # every check that fails does so before a write
-        feats = [f for f in contract.features if f not in empty]  # all-missing: dropped, said in a warning
-        if not feats:
-            raise DatasetError(inp.display, Problem("", "every feature column is entirely missing"))
+        # every check that fails does so before a write, but one: all features missing, found by the build
+        warnings, _, _ = check_rows(lf, contract, inp.display, inp.files, features=False)
+        plan = plan_grid(lf, contract, inp.display, require)
+        created = not cache_dir.exists()
         cache_dir.mkdir(parents=True, exist_ok=True)
         _sweep_stale_tmp(cache_dir)
 
         def fill(tmp: Path) -> dict[str, Any]:
-            built = build_grid(inp.files, contract, feats, plan, cfg, tmp / GRID_FILE, progress)
+            built = build_grid(inp.files, contract, plan, cfg, tmp / GRID_FILE, progress, inp.display)
             warnings.extend(built["warnings"])
             return {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "build_params": dataclasses.asdict(cfg), "warnings": warnings, **built["meta"]}
 
-        path, manifest = _atomic(cache_dir, final, fill)
+        try:
+            path, manifest = _atomic(cache_dir, final, fill)
+        except DatasetError:
+            if created and not any(cache_dir.iterdir()):
+                cache_dir.rmdir()  # bad input leaves nothing behind, not even the folder
+            raise
     summary = _summary(manifest, False, time.perf_counter() - t0)
     for w in warnings:
         log.warning(w)

@@ -29,33 +29,33 @@ class DayStats:
         self.spread = np.zeros(n_feat)  # days on which the feature differs across stocks
         self.days_with_data = np.zeros(n_feat)  # days with >= 2 finite values
         self.daily_mean = np.full((n_days, n_feat), np.nan)  # [D, F] mean over the day's valid stocks
-        self.count = np.zeros(n_feat)
-        self.total = np.zeros(n_feat)
-        self.total_sq = np.zeros(n_feat)
+        self.count = np.zeros(n_feat, dtype=np.int64)  # finite values over all days
         self.lo = np.full(n_feat, np.inf)
         self.hi = np.full(n_feat, -np.inf)
 
-    def add(self, day0: int, x: np.ndarray, valid: np.ndarray) -> None:
-        """x [c, S, F] raw values (NaN = missing) of days day0..day0+c-1; valid [c, S]."""
-        for k in range(x.shape[0]):  # per day, vectorised over stocks and features
-            v = x[k][valid[k]]
-            fin = np.isfinite(v)
-            with _quiet_nan_warnings():  # a feature with no value on this day: its mean is NaN, fine
-                mean = np.nanmean(v, axis=0) if v.shape[0] else np.full(v.shape[1], np.nan)
+    def add(self, day0: int, x: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """x [c, S, F] raw values of days day0..day0+c-1, NaN where missing or the stock had no row (no inf).
+
+        Per day, vectorised over stocks and features, six passes over the day's block (NaN-skipping
+        min / max reductions instead of masked copies). ``valid`` [c, S]: rows to use (None: all).
+        """
+        for k in range(x.shape[0]):
+            v = x[k] if valid is None or valid[k].all() else x[k][valid[k]]
+            missing = np.isnan(v)
+            n = v.shape[0] - np.count_nonzero(missing, axis=0)
+            total = np.where(missing, np.float32(0), v).sum(axis=0, dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = total / n  # NaN on a day without a value
+            lo, hi = np.fmin.reduce(v, axis=0), np.fmax.reduce(v, axis=0)  # NaN only where all are missing
             self.daily_mean[day0 + k] = mean
-            w = np.where(fin, v, 0.0).astype(np.float64)
-            self.count += fin.sum(axis=0)
-            self.total += w.sum(axis=0)
-            self.total_sq += (w * w).sum(axis=0)
-            if v.shape[0]:
-                self.lo = np.minimum(self.lo, np.min(np.where(fin, v, np.inf), axis=0))
-                self.hi = np.maximum(self.hi, np.max(np.where(fin, v, -np.inf), axis=0))
-            if v.shape[0] < 2:
-                continue
-            finite = fin.sum(axis=0) >= 2
-            rng = np.max(np.where(fin, v, -np.inf), axis=0) - np.min(np.where(fin, v, np.inf), axis=0)
-            self.days_with_data += finite
-            self.spread += finite & (rng > 1e-9 * (1 + np.abs(mean)))
+            self.count += n
+            has = n > 0
+            self.lo[has] = np.minimum(self.lo[has], lo[has])
+            self.hi[has] = np.maximum(self.hi[has], hi[has])
+            finite = n >= 2
+            with np.errstate(invalid="ignore"):
+                self.days_with_data += finite
+                self.spread += finite & ((hi.astype(np.float64) - lo) > 1e-9 * (1 + np.abs(mean)))
 
     def market_mask(self) -> np.ndarray:
         """Features equal for every stock on (almost) every day: index returns, macro, market flows.
@@ -75,6 +75,16 @@ class DayStats:
         z = np.zeros_like(self.daily_mean)
         for j in np.flatnonzero(market):
             z[:, j] = np.clip(past_only_zscore(self.daily_mean[:, j], cfg.market_window), -cfg.clip, cfg.clip)
+        return z.astype(np.float32)
+
+    def market_z_days(self, market: np.ndarray, cfg: CacheConfig, d0: int, d1: int) -> np.ndarray:
+        """Rows [d0, d1) of `market_z` [c, F], from the daily series up to d1 only (days >= d1 may be unknown).
+
+        The same numbers: the past-only z-score of day t reads days <= t (prefix sums, summed in order).
+        """
+        z = np.zeros((d1 - d0, len(market)))
+        for j in np.flatnonzero(market):
+            z[:, j] = np.clip(past_only_zscore(self.daily_mean[:d1, j], cfg.market_window)[d0:], -cfg.clip, cfg.clip)
         return z.astype(np.float32)
 
 

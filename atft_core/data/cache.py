@@ -143,6 +143,8 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
     with resolve_input(data_path, s3) as inp:
         contract = check_schema(read_schema(inp), inp.display, cfg.columns)
         fingerprint = fingerprint_files(inp.files, inp.files[0].parent if len(inp.files) > 1 else None)
+        if progress:
+            log.info("fingerprint %s (%.1fs)", fingerprint[:16], time.perf_counter() - t0)
         final = cache_dir / f"{fingerprint[:16]}-{params_key(cfg)}"
         if (final / MANIFEST_FILE).exists():
             manifest = json.loads((final / MANIFEST_FILE).read_text())
@@ -153,6 +155,8 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
         # every check that fails does so before a write, but one: all features missing, found by the build
         warnings, _, _ = check_rows(lf, contract, inp.display, inp.files, features=False)
         plan = plan_grid(lf, contract, inp.display, require)
+        if progress:
+            log.info("checked rows and keys: %d days x %d stocks (%.1fs)", *plan.valid.shape, time.perf_counter() - t0)
         created = not cache_dir.exists()
         cache_dir.mkdir(parents=True, exist_ok=True)
         _sweep_stale_tmp(cache_dir)

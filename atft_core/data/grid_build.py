@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data.contract import Contract, date_expr, value_warnings
 from atft_core.data.grid_file import GridFile, create_grid_file
 from atft_core.data.grid_stream import ChunkStream
-from atft_core.data.indexing import day_index
+from atft_core.data.indexing import factorize_sorted
 from atft_core.data.leak import screen_days, spacing_of, summarise, suspect_message
 from atft_core.data.normalise import standardise_targets
 from atft_core.errors import DatasetError, Problem
@@ -56,7 +57,8 @@ class Plan:
 def plan_grid(lf: pl.LazyFrame, contract: Contract, source: str, require: DataConfig | None) -> Plan:
     keys = lf.select(date_expr(contract).alias("Date"), pl.col(contract.code).cast(pl.String).alias("Code"),
                      *[pl.col(c).cast(pl.String) for c in contract.static]).collect()
-    dates, codes, day_idx, stock_idx = day_index(keys["Date"].to_numpy(), keys["Code"].to_numpy().astype(str))
+    dates, day_idx = factorize_sorted(keys["Date"].to_numpy())
+    codes, stock_idx = _factorize(keys["Code"])
     n_days, n_stocks = len(dates), len(codes)
     if n_stocks < 2:
         raise DatasetError(source, Problem(contract.code, f"only {n_stocks} stock(s): the model ranks stocks against "
@@ -68,7 +70,7 @@ def plan_grid(lf: pl.LazyFrame, contract: Contract, source: str, require: DataCo
     static = np.full((n_days, n_stocks, 2), -1, dtype=np.int32)
     section_vocab = _static_ids(keys, contract.section, day_idx, stock_idx, static[:, :, 0])
     sector_vocab = _static_ids(keys, contract.sector, day_idx, stock_idx, static[:, :, 1])
-    return Plan(dates=np.asarray(dates).astype("datetime64[D]"), codes=np.asarray(codes).astype(str), valid=valid,
+    return Plan(dates=np.asarray(dates).astype("datetime64[D]"), codes=np.asarray(codes, dtype=str), valid=valid,
                 static=static, section_vocab=section_vocab, sector_vocab=sector_vocab, rows=len(keys))
 
 
@@ -94,11 +96,21 @@ def _static_ids(keys: pl.DataFrame, col: str, day_idx: np.ndarray, stock_idx: np
     """
     if not col:
         return []
-    values = keys[col].to_numpy().astype(object)
-    present = np.array([v is not None for v in values], dtype=bool)
-    vocab, inv = np.unique(values[present].astype(str), return_inverse=True)
-    out[day_idx[present], stock_idx[present]] = inv
-    return [str(v) for v in vocab]
+    vocab, ids = _factorize(keys[col])
+    present = ids >= 0
+    out[day_idx[present], stock_idx[present]] = ids[present]
+    return vocab
+
+
+def _factorize(values: pl.Series) -> tuple[list[str], np.ndarray]:
+    """(sorted distinct strings, each row's index in them: -1 where null), without a Python string per row.
+
+    A join against the few thousand distinct values: 10x faster than np.unique over 4.6M strings.
+    """
+    vocab = values.drop_nulls().unique().sort()
+    table = pl.DataFrame({"v": vocab, "i": np.arange(len(vocab), dtype=np.int64)})
+    ids = values.alias("v").to_frame().join(table, on="v", how="left", maintain_order="left")["i"]
+    return vocab.to_list(), ids.fill_null(-1).to_numpy()
 
 
 def build_grid(files: tuple[Path, ...], contract: Contract, plan: Plan, cfg: CacheConfig, grid_path: Path,
@@ -199,26 +211,15 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
     open_: dict[int, np.ndarray] = {}  # chunk -> its [c, S, F] raw values, NaN where no row yet
     infinite = np.zeros(len(feats), dtype=np.int64)
     code_ids = pl.DataFrame({"__code": plan.codes.tolist(), "__stock": np.arange(n_stocks, dtype=np.int64)})
-    n_cols = len(feats) + len(contract.targets)
-    # polars' streaming reader: batches of ~128 MB of values, decoded on its own threads while the
-    # previous batch is scattered (3x faster than pyarrow's iter_batches with a bounded read buffer)
-    lf = pl.scan_parquet(list(files)).select(
-        date_expr(contract).alias("__date"), pl.col(contract.code).cast(pl.String).alias("__code"),
-        *[pl.col(c).cast(pl.Float32).alias(f"__v{j}") for j, c in enumerate([*feats, *contract.targets])])
-    value_cols = [f"__v{j}" for j in range(len(feats))]
-    target_cols = [f"__v{len(feats) + j}" for j in range(len(contract.targets))]
+    columns = list(dict.fromkeys([contract.date, contract.code, *feats, *contract.targets]))
+    keys = [date_expr(contract).alias("__date"), pl.col(contract.code).cast(pl.String).alias("__code")]
+    batch_rows = max(1024, _BATCH_CELLS // max(1, len(columns)))
 
     def park(c: int, slab: np.ndarray) -> None:
         on_disk[c] = True
         grid.write_days("x", c * chunk, slab)
 
-    for df in lf.collect_batches(chunk_size=max(1024, _BATCH_CELLS // max(1, n_cols))):
-        day = np.searchsorted(plan.dates, df["__date"].to_numpy().astype("datetime64[D]"))
-        stock = df.select("__code").join(code_ids, on="__code", how="left", maintain_order="left")["__stock"]
-        stock = stock.to_numpy()
-        vals = _finite_f32(df.select(value_cols), infinite)
-        y[day, stock] = _finite_f32(df.select(target_cols))
-        del df
+    def place(day: np.ndarray, stock: np.ndarray, vals: np.ndarray) -> None:
         ck = day // chunk
         for c in np.unique(ck).tolist():
             rows = slice(None) if ck[0] == ck[-1] == c else np.flatnonzero(ck == c)
@@ -237,6 +238,21 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
         while len(open_) > _OPEN_CHUNKS:  # rows of many chunks interleaved: park the oldest on disk
             c = min(open_)
             park(c, open_.pop(c))
+
+    for f in files:
+        # a 1 MB read buffer per column: on a 4,000 x 1,150 x 400 file 2x faster than reading whole column
+        # chunks (and than polars' streaming batches, which also held 5-6 GB), holding a few MB per column
+        reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
+            df = pl.from_arrow(batch)
+            del batch
+            k = df.select(keys)
+            day = np.searchsorted(plan.dates, k["__date"].to_numpy().astype("datetime64[D]"))
+            stock = k.join(code_ids, on="__code", how="left", maintain_order="left")["__stock"].to_numpy()
+            vals = _finite_f32(df.select(pl.col(feats).cast(pl.Float32)), infinite)
+            y[day, stock] = _finite_f32(df.select(pl.col(contract.targets).cast(pl.Float32)))
+            del df, k
+            place(day, stock, vals)
     assert not open_ and (got == need).all(), "rows read differ from the keys pass"
     return infinite
 

@@ -147,8 +147,10 @@ def _robust_z(block: np.ndarray, clip: float) -> np.ndarray:
     with np.errstate(all="ignore"), _quiet_nan_warnings():
         finite = np.isfinite(block)
         n = finite.sum(axis=1)
-        dev = block - _median_sorted(np.sort(block, axis=1), n)
-        scale = _median_sorted(np.sort(np.abs(dev), axis=1), n) * _MAD_SCALE
+        ordered = np.sort(block, axis=1)
+        med = _median_sorted(ordered, n)
+        dev = block - med
+        scale = _mad_sorted(ordered, n, med) * _MAD_SCALE
         low = np.flatnonzero(~(scale[:, 0] > 1e-12))
         if len(low):  # std only where the MAD says nothing (mostly-equal values): rare, so only those rows
             scale[low] = np.nanstd(block[low], axis=1, keepdims=True)
@@ -172,6 +174,42 @@ def _median_sorted(s: np.ndarray, n: np.ndarray) -> np.ndarray:
     hi = np.clip(n // 2, 0, last)[:, None]
     med = (np.take_along_axis(s, lo, axis=1) + np.take_along_axis(s, hi, axis=1)) / 2
     return np.where(n[:, None] > 0, med, np.nan).astype(s.dtype, copy=False)
+
+
+def _mad_sorted(s: np.ndarray, n: np.ndarray, med: np.ndarray) -> np.ndarray:
+    """Row MADs [R, 1]: the median of |v - med| over each row's ``n`` finite values, from the sorted rows ``s``.
+
+    Equals ``_median_sorted(np.sort(np.abs(s - med), axis=1), n)`` bit for bit, without that second sort
+    (a third of the build's normalisation time): left of the median the deviations, read right to left,
+    are one ascending run, right of it another, so each order statistic is found by a binary search over
+    how many of the smallest come from the left run (the k-th smallest of two sorted arrays), on all rows
+    at once.
+    """
+    rows = np.arange(s.shape[0])
+    m = med[:, 0]
+    p = np.count_nonzero(s < med, axis=1)  # values left of the median (NaN compares False)
+    last = s.shape[1] - 1
+
+    def left(t: np.ndarray) -> np.ndarray:  # t-th smallest deviation of the left run
+        return np.abs(s[rows, np.clip(p - 1 - t, 0, last)] - m)
+
+    def right(u: np.ndarray) -> np.ndarray:  # u-th smallest deviation of the right run
+        return np.abs(s[rows, np.clip(p + u, 0, last)] - m)
+
+    def kth(k: np.ndarray) -> np.ndarray:
+        n_right = n - p
+        lo, hi = np.maximum(0, k + 1 - n_right), np.minimum(k + 1, p)  # how many come from the left run
+        while (lo < hi).any():
+            i = (lo + hi) // 2
+            more = (i < p) & (k - i >= 0) & (right(k - i) > left(i))  # the (k+1-i)-th right beats the next left
+            lo, hi = np.where((lo < hi) & more, i + 1, lo), np.where((lo < hi) & ~more, i, hi)
+        j = k + 1 - lo
+        from_left = np.where(lo > 0, left(lo - 1), -np.inf)
+        from_right = np.where(j > 0, right(j - 1), -np.inf)
+        return np.maximum(from_left, from_right).astype(s.dtype)
+
+    mad = (kth(np.maximum((n - 1) // 2, 0)) + kth(np.maximum(n // 2, 0))) / 2
+    return np.where(n > 0, mad, np.nan).astype(s.dtype, copy=False)[:, None]
 
 
 def parallel_map(fn, items) -> list:

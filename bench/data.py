@@ -147,6 +147,15 @@ class PerSampleDataset(torch.utils.data.Dataset):
         self.cache, self.L = cache, window
         self.x, self.y, self.y_z, self.static = cache.x, cache.y, cache.y_z, cache.static
 
+    def __getstate__(self) -> dict:
+        # Workers reopen the memory map from its path instead of receiving the grid pickled.
+        return {"path": str(self.cache.path), "L": self.L}
+
+    def __setstate__(self, state: dict) -> None:
+        from atft_core.data.cache import open_cache
+
+        self.__init__(open_cache(state["path"]), state["L"])
+
     def samples_of_day(self, t: int) -> np.ndarray:
         return t * self.x.shape[1] + np.flatnonzero(self.cache.valid[t])
 

@@ -138,6 +138,14 @@ def _to_batch(b: dict[str, torch.Tensor], device: torch.device):
                  day_id=b["day_id"], stock=b["stock"], days=b["days"])
 
 
+def _worker_context():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "bench.data"])  # each worker then forks with torch imported
+    return ctx
+
+
 class _DaySamples:
     """batch_sampler for the per-sample Dataset: one list of (day, stock) sample ids per day batch."""
 
@@ -180,8 +188,12 @@ class FeedGrid:
             from bench.data import PerSampleDataset
 
             ds = PerSampleDataset(self.cache, self.window)
+            # forkserver, not fork: forking a process that already runs threads (prefetchers, the cache
+            # build's pool, BLAS) can leave the child holding a lock nobody will release; under pytest
+            # that showed as "DataLoader worker exited unexpectedly" after other tests had run.
             loader = DataLoader(ds, batch_sampler=_DaySamples(ds, day_batches), num_workers=self.workers,
-                                collate_fn=_collate_day_batch, pin_memory=self.device.type == "cuda")
+                                collate_fn=_collate_day_batch, pin_memory=self.device.type == "cuda",
+                                multiprocessing_context=_worker_context() if self.workers else None)
             self._it = (_to_batch(b, self.device) for b in loader)
         else:
             raise ValueError(self.kind)

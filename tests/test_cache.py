@@ -216,3 +216,21 @@ def test_two_concurrent_builds_leave_one_valid_cache(tmp_path):
     entries = _cache_entries(cache_dir)
     assert len(entries) == 1 and not entries[0].name.startswith(".")
     assert open_cache(entries[0]).shape[1] == 100
+
+
+def test_grid_file_holds_more_than_2_31_values_per_column(tmp_path):
+    """4,000 x 2,500 x 400 features (4e9 floats, a 16 GB sparse file): Arrow's IPC writer refused the old
+    FixedSizeList layout past 2^31 - 1 values; rows as fixed-size binary elements write and map zero-copy."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from atft_core.data.grid_file import column_values, create_grid_file
+
+    f32 = np.dtype(np.float32)
+    grid = create_grid_file(tmp_path / "g.arrow", 2500, 4000, {"x": (f32, 400), "valid": (np.dtype(np.uint8), 0)})
+    last = np.arange(4000 * 400, dtype=np.float32).reshape(1, 4000, 400)
+    grid.write_days("x", 2499, last)
+    batch = ipc.open_file(pa.memory_map(str(tmp_path / "g.arrow"), "r")).get_batch(0)
+    x = column_values(batch, "x", f32).reshape(2500, 4000, 400)
+    np.testing.assert_array_equal(x[-1], last[0])
+    assert x[0, 0, 0] == 0 and x.base is not None  # a view on the map, not a copy

@@ -47,3 +47,28 @@ def test_chunked_build_equals_whole_panel_build(tmp_path):
     assert any("'constant': constant" in w for w in ma["warnings"])
     assert {s["feature"] for s in ma["leak_suspects"]} == {"peek"}
     assert (ca.x[~ca.valid] == 0).all() and np.isfinite(ca.x).all()
+
+
+def test_market_features_guessed_wrong_from_the_first_chunk_are_corrected(tmp_path, caplog):
+    """The stream guesses market-level features from the first chunk; a wrong guess is rebuilt, not kept."""
+    df = make_panel(days=50, stocks=25, features=3, drop=0.0, seed=5)
+    day = pl.col("Date").rank("dense") - 1
+    per_stock = pl.col("feat_0")
+    day_value = pl.col("feat_1").mean().over("Date")
+    df = df.with_columns(
+        # equal for every stock on the first 10 days, then per stock: cross-sectional over all days
+        pl.when(day < 10).then(day_value).otherwise(per_stock).alias("late_spread"),
+        # per stock on the first 2 days only (2 of 50 < 5%): market-level over all days
+        pl.when(day < 2).then(per_stock).otherwise(day_value).alias("early_spread"),
+    )
+    path = tmp_path / "p.parquet"
+    df.sort("Date", "Code").write_parquet(path)
+    a = build_cache(path, tmp_path / "a", CacheConfig(chunk_days=10_000), progress=False)
+    with caplog.at_level("INFO", logger="atft_core.data.grid_build"):
+        b = build_cache(path, tmp_path / "b", CacheConfig(chunk_days=3), progress=False)
+    assert any("building again" in r.getMessage() and "corrected" in r.getMessage() for r in caplog.records)
+    ca, cb = open_cache(a.path), open_cache(b.path)
+    np.testing.assert_array_equal(ca.x, cb.x)
+    kinds = cb.manifest["feature_kinds"]
+    assert kinds["late_spread"] == "cross_sectional" and kinds["early_spread"] == "market"
+    assert ca.manifest["feature_kinds"] == kinds and ca.manifest["leak_screen"] == cb.manifest["leak_screen"]

@@ -1,12 +1,14 @@
 """The Arrow cache: the panel as a dense day x stock grid, normalised, memory-mapped on open.
 
-Layout (one Arrow IPC file, one record batch, uncompressed, rows ordered day-major then stock):
-    x      FixedSizeList<float32>[F]  normalised features, missing cells 0 (= the day's median)
-    y      FixedSizeList<float32>[H]  raw forward returns, NaN where unknown
-    y_z    FixedSizeList<float32>[H]  per-day standardised (and clipped) targets, NaN where unknown
-    valid  uint8                      1 where the stock had a row that day
-    static FixedSizeList<int32>[2]    section id, sector id of that row (-1 unknown): as of that day
-Because a FixedSizeList's values are one contiguous buffer, `x` opens as a zero-copy numpy view of
+Layout (one Arrow IPC file, one record batch, uncompressed, rows ordered day-major then stock; each
+row of numbers is one FixedSizeBinary element holding them as little-endian values, see
+`grid_file.row_array`: a FixedSizeList child of D x S x F numbers cannot be written past 2^31 - 1):
+    x      FixedSizeBinary[4F]  float32 x F: normalised features, missing cells 0 (= the day's median)
+    y      FixedSizeBinary[4H]  float32 x H: raw forward returns, NaN where unknown
+    y_z    FixedSizeBinary[4H]  float32 x H: per-day standardised (and clipped) targets, NaN where unknown
+    valid  uint8                1 where the stock had a row that day
+    static FixedSizeBinary[8]   int32 x 2: section id, sector id of that row (-1 unknown): as of that day
+Because each column's values are one contiguous buffer, `x` opens as a zero-copy numpy view of
 shape [D, S, F]: a window of L days for every stock is the slice ``x[t-L+1 : t+1]``.
 
 The cache folder is named by the input's content fingerprint and the build parameters, written to
@@ -37,14 +39,15 @@ import pyarrow.ipc as ipc
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data.contract import check_rows, check_schema, read_schema
 from atft_core.data.grid_build import build_grid, plan_grid
+from atft_core.data.grid_file import column_values, row_array
 from atft_core.data.normalise import past_only_zscore, standardise_targets  # noqa: F401  (re-exported)
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
-from atft_core.errors import DatasetError, Problem
+from atft_core.errors import DatasetError
 
 log = logging.getLogger("atft_core.data.cache")
 _standardise_targets = standardise_targets  # the old private name, still imported by bench/ and tests
 
-FORMAT_VERSION = 2  # 2: statics per (day, stock), leak screen parameters in the manifest
+FORMAT_VERSION = 3  # 2: statics per (day, stock), leak screen parameters; 3: rows as FixedSizeBinary (D*S*F > 2^31)
 GRID_FILE = "grid.arrow"
 MANIFEST_FILE = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -112,15 +115,12 @@ def open_cache(path: str | Path) -> Cache:
     d, s, f, h = (manifest["shape"][k] for k in ("days", "stocks", "features", "horizons"))
     batch = ipc.open_file(pa.memory_map(str(path / GRID_FILE), "r")).get_batch(0)
 
-    def values(name: str) -> np.ndarray:
-        col = batch.column(name)
-        arr = col.values if pa.types.is_fixed_size_list(col.type) else col
-        return arr.to_numpy(zero_copy_only=True)
-
+    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
     return Cache(path=path, manifest=manifest,
-                 x=values("x").reshape(d, s, f), y=values("y").reshape(d, s, h),
-                 y_z=values("y_z").reshape(d, s, h), valid=values("valid").reshape(d, s).view(np.bool_),
-                 static=values("static").reshape(d, s, 2))
+                 x=column_values(batch, "x", f32).reshape(d, s, f), y=column_values(batch, "y", f32).reshape(d, s, h),
+                 y_z=column_values(batch, "y_z", f32).reshape(d, s, h),
+                 valid=column_values(batch, "valid", np.dtype(np.uint8)).reshape(d, s).view(np.bool_),
+                 static=column_values(batch, "static", i32).reshape(d, s, 2))
 
 
 def params_key(cfg: CacheConfig) -> str:
@@ -143,6 +143,8 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
     with resolve_input(data_path, s3) as inp:
         contract = check_schema(read_schema(inp), inp.display, cfg.columns)
         fingerprint = fingerprint_files(inp.files, inp.files[0].parent if len(inp.files) > 1 else None)
+        if progress:
+            log.info("fingerprint %s (%.1fs)", fingerprint[:16], time.perf_counter() - t0)
         final = cache_dir / f"{fingerprint[:16]}-{params_key(cfg)}"
         if (final / MANIFEST_FILE).exists():
             manifest = json.loads((final / MANIFEST_FILE).read_text())
@@ -150,22 +152,28 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
             return CacheBuild(final, True, fingerprint, _summary(manifest, True, time.perf_counter() - t0),
                               manifest.get("warnings", []))
         lf = pl.scan_parquet(list(inp.files))
-        warnings, _, empty = check_rows(lf, contract, inp.display, inp.files)
-        plan = plan_grid(lf, contract, inp.display, require)  # every check that fails does so before a write
-        feats = [f for f in contract.features if f not in empty]  # all-missing: dropped, said in a warning
-        if not feats:
-            raise DatasetError(inp.display, Problem("", "every feature column is entirely missing"))
+        # every check that fails does so before a write, but one: all features missing, found by the build
+        warnings, _, _ = check_rows(lf, contract, inp.display, inp.files, features=False)
+        plan = plan_grid(lf, contract, inp.display, require)
+        if progress:
+            log.info("checked rows and keys: %d days x %d stocks (%.1fs)", *plan.valid.shape, time.perf_counter() - t0)
+        created = not cache_dir.exists()
         cache_dir.mkdir(parents=True, exist_ok=True)
         _sweep_stale_tmp(cache_dir)
 
         def fill(tmp: Path) -> dict[str, Any]:
-            built = build_grid(inp.files, contract, feats, plan, cfg, tmp / GRID_FILE, progress)
+            built = build_grid(inp.files, contract, plan, cfg, tmp / GRID_FILE, progress, inp.display)
             warnings.extend(built["warnings"])
             return {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "build_params": dataclasses.asdict(cfg), "warnings": warnings, **built["meta"]}
 
-        path, manifest = _atomic(cache_dir, final, fill)
+        try:
+            path, manifest = _atomic(cache_dir, final, fill)
+        except DatasetError:
+            if created and not any(cache_dir.iterdir()):
+                cache_dir.rmdir()  # bad input leaves nothing behind, not even the folder
+            raise
     summary = _summary(manifest, False, time.perf_counter() - t0)
     for w in warnings:
         log.warning(w)
@@ -193,11 +201,9 @@ def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[
             ids = [np.asarray(manifest.get(k, [-1] * s), np.int32) for k in ("section_id", "sector_id")]
             static = np.broadcast_to(np.stack(ids, axis=1)[None], (d, s, 2))
         batch = pa.record_batch(
-            [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[2]),
-             pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1)), y.shape[2]),
-             pa.FixedSizeListArray.from_arrays(pa.array(y_z.reshape(-1)), y_z.shape[2]),
-             pa.array(grid["valid"].reshape(-1)),
-             pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(static, np.int32).reshape(-1)), 2)],
+            [row_array(np.asarray(x, np.float32), x.shape[2]), row_array(np.asarray(y, np.float32), y.shape[2]),
+             row_array(np.asarray(y_z, np.float32), y_z.shape[2]), pa.array(grid["valid"].reshape(-1)),
+             row_array(np.ascontiguousarray(static, np.int32), 2)],
             names=["x", "y", "y_z", "valid", "static"])
         with pa.OSFile(str(tmp / GRID_FILE), "wb") as sink, ipc.new_file(sink, batch.schema) as writer:
             writer.write_batch(batch)

@@ -130,14 +130,15 @@ def date_expr(contract: Contract) -> pl.Expr:
     return pl.col(contract.date).cast(pl.Date)
 
 
-def check_rows(lf: pl.LazyFrame, contract: Contract, source: str,
-               files: tuple[Path, ...] | None = None) -> tuple[list[str], dict[str, int], list[str]]:
+def check_rows(lf: pl.LazyFrame, contract: Contract, source: str, files: tuple[Path, ...] | None = None,
+               features: bool = True) -> tuple[list[str], dict[str, int], list[str]]:
     """Row-level checks in one streaming pass. Returns (warnings, infinite counts per feature, all-missing features).
 
     Raises DatasetError listing every fatal problem: zero rows, unparseable dates, null keys,
-    duplicate (Date, Code), all-missing targets.
+    duplicate (Date, Code), all-missing targets. ``features=False`` leaves the feature columns'
+    values to the cache build, which counts them in its own read (`value_warnings`).
     """
-    feats, targets = contract.features, contract.targets
+    feats, targets = (contract.features if features else []), contract.targets
     aggs = [pl.len().alias("__rows"),
             date_expr(contract).is_null().sum().alias("__bad_dates"),
             pl.col(contract.code).is_null().sum().alias("__null_codes")]
@@ -182,13 +183,8 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str,
     if problems:
         raise DatasetError(source, problems)
 
-    warnings: list[str] = []
     inf_counts = {c: stats[f"__inf_{c}"] for c in feats if stats[f"__inf_{c}"]}
-    for c, n in inf_counts.items():
-        warnings.append(f"feature '{c}': {n} infinite value(s) turned into missing values")
-    for c in feats:
-        if stats[f"__fin_{c}"] == 0:
-            warnings.append(f"feature '{c}': all values missing; it carries no information and is dropped")
+    warnings = value_warnings(feats, {c: stats[f"__fin_{c}"] for c in feats}, inf_counts)
     by_reason: dict[str, list[str]] = {}
     for c, why in contract.ignored.items():
         by_reason.setdefault(why, []).append(c)
@@ -196,6 +192,14 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str,
         shown = ", ".join(f"'{c}'" for c in cols[:12]) + (f" and {len(cols) - 12} more" if len(cols) > 12 else "")
         warnings.append(f"column{'s' if len(cols) > 1 else ''} {shown}: not a feature ({why})")
     return warnings, inf_counts, [c for c in feats if stats[f"__fin_{c}"] == 0]
+
+
+def value_warnings(feats: list[str], finite: dict[str, int], infinite: dict[str, int]) -> list[str]:
+    """Warnings about feature values: infinite ones (turned into missing), all missing (dropped)."""
+    warnings = [f"feature '{c}': {int(infinite[c])} infinite value(s) turned into missing values"
+                for c in feats if infinite.get(c)]
+    return warnings + [f"feature '{c}': all values missing; it carries no information and is dropped"
+                       for c in feats if finite[c] == 0]
 
 
 def _value_counts(files: tuple[Path, ...], columns: list[str]) -> tuple[dict[str, int], dict[str, int]]:

@@ -18,8 +18,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-# column name -> (dtype, values per (day, stock) row; 0 = a plain column, else a FixedSizeList width)
+# column name -> (dtype, values per (day, stock) row; 0 = a plain column, else the row's width)
 Layout = dict[str, tuple[np.dtype, int]]
+
+
+def row_array(values: np.ndarray, width: int) -> pa.Array:
+    """Values [rows * width] as one Arrow element per (day, stock) row: FixedSizeBinary(width x itemsize).
+
+    Not a FixedSizeList of numbers: its child array would have rows x width elements, and Arrow's IPC
+    writer refuses arrays longer than 2^31 - 1 (4,000 x 2,500 x 400 features is 4e9). One fixed-size
+    binary element per row keeps the length at D x S, and the values are still one contiguous buffer.
+    """
+    values = np.ascontiguousarray(values).reshape(-1)
+    rows = len(values) // max(width, 1)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width * values.dtype.itemsize), rows,
+                                                [None, pa.py_buffer(values)])
+
+
+def column_values(batch: pa.RecordBatch, name: str, dtype: np.dtype) -> np.ndarray:
+    """Zero-copy flat numpy view of column ``name``'s values (a memory-mapped batch stays mapped)."""
+    col = batch.column(name)
+    if pa.types.is_fixed_size_binary(col.type):
+        return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(col) * col.type.byte_width // dtype.itemsize)
+    return col.to_numpy(zero_copy_only=True)
 
 
 class _SkipPlaceholders:
@@ -83,8 +104,7 @@ def create_grid_file(path: Path, n_days: int, n_stocks: int, layout: Layout) -> 
     for dtype, width in layout.values():
         zeros = np.zeros(n_rows * max(width, 1), dtype=dtype)  # calloc: no page is touched
         placeholders.append(zeros)
-        values = pa.array(zeros)
-        arrays.append(pa.FixedSizeListArray.from_arrays(values, width) if width else values)
+        arrays.append(row_array(zeros, width) if width else pa.array(zeros))
     batch = pa.record_batch(arrays, names=list(layout))
     ranges = [(z.ctypes.data, z.ctypes.data + z.nbytes) for z in placeholders if z.nbytes]
     with open(path, "wb") as fh:
@@ -100,9 +120,7 @@ def create_grid_file(path: Path, n_days: int, n_stocks: int, layout: Layout) -> 
     got = ipc.open_file(mm).get_batch(0)
     offsets, row_bytes = {}, {}
     for name, (dtype, width) in layout.items():
-        col = got.column(name)
-        values = col.values if width else col
-        offsets[name] = values.buffers()[1].address - base
+        offsets[name] = got.column(name).buffers()[1].address - base
         row_bytes[name] = np.dtype(dtype).itemsize * max(width, 1)
     del got
     mm.close()

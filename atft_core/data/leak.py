@@ -27,8 +27,10 @@ MIN_STOCKS = 10  # days with fewer names give no RankIC
 # Days screened, evenly spaced: 64, fewer on a wide panel so that days x S x F x H stays near
 # SCREEN_CELLS (the cost is two sorts of each cell), but never fewer than 16. On 4,000 x 400 x 4 that is
 # 16 days, where the noise term is ~0.02: far below the floor, so more days would not change a verdict.
+# The cap binds only where the floor dominates: k * sd0 reaches the floor (0.2) only when days x (S - 1)
+# < ~900, i.e. S < ~57 stocks at 16 days, where a day has far fewer cells than SCREEN_CELLS / 16.
 SCREEN_DAYS = 64
-SCREEN_CELLS = 100_000_000
+SCREEN_CELLS = 25_000_000
 
 
 def screen_days(n_days: int, max_days: int = SCREEN_DAYS, cells_per_day: int = 0) -> np.ndarray:

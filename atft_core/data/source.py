@@ -7,7 +7,6 @@ failed download leaves nothing behind) and then read like local files. The finge
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -48,8 +47,14 @@ class LocalInput:
 
 
 def fingerprint_files(files: tuple[Path, ...], root: Path | None = None) -> str:
-    """blake2b over (relative name, bytes) of every file: content-keyed, order-stable."""
-    h = hashlib.blake2b(digest_size=16)
+    """xxh3-128 over (relative name, bytes) of every file: content-keyed, order-stable.
+
+    Not a cryptographic hash (a cache key, not a signature): ~10x faster than blake2b, so hashing a
+    6.7 GB panel takes about as long as reading it, not 10 s more.
+    """
+    import xxhash
+
+    h = xxhash.xxh3_128()
     for f in files:
         rel = f.relative_to(root) if root is not None and f.is_relative_to(root) else Path(f.name)
         h.update(str(rel).encode() + b"\0")

@@ -1,0 +1,109 @@
+"""Each chunk of days normalised, screened and written once, as soon as all its rows have been read.
+
+Market-level features are normalised over *past* days (a z-score of their daily series), so a chunk
+can be finished as soon as every earlier day's statistics are known: on a file ordered by date that
+is every chunk, in order, and the grid file is written exactly once (no raw copy read back).
+
+Which features are market-level is decided over all days (`DayStats.market_mask`). The stream
+decides it from the days seen when the first chunk is finished (a *guess*); the caller compares it
+with the mask over all days at the end and, in the rare case they differ, builds again with the
+right mask, so the result is always the one a whole-panel build gives. Chunks that complete before
+an earlier one (rows of a day spread over the file) are written raw and finished by `finish`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from atft_core.config import CacheConfig
+from atft_core.data.grid_file import GridFile
+from atft_core.data.leak import daily_rankics
+from atft_core.data.normalise import DayStats, normalise_days
+
+log = logging.getLogger("atft_core.data.grid_build")
+F32 = np.dtype(np.float32)
+
+
+class ChunkStream:
+    """Takes whole chunks of raw days ([c, S, F] float32, NaN = missing) and writes them normalised.
+
+    Work runs on one background thread, in the order chunks are given, so reading the next
+    record batches overlaps it; at most one chunk waits. ``market`` [F] fixes the market-level
+    features (a rebuild); None guesses them from the first finished chunk's days.
+    """
+
+    def __init__(self, grid: GridFile, valid: np.ndarray, y: np.ndarray, cfg: CacheConfig, n_feat: int,
+                 screened: np.ndarray, market: np.ndarray | None, progress: bool):
+        self.grid, self.valid, self.y, self.cfg = grid, valid, y, cfg  # valid [D, S] bool, y [D, S, H]
+        self.n_days = valid.shape[0]
+        self.chunk = max(1, cfg.chunk_days)
+        self.stats = DayStats(self.n_days, n_feat)
+        self.market = market
+        self.guessed = market is None
+        self.screened = screened
+        self.rics: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # screened day -> (ric [H, F], stocks [H, F])
+        self.nonzero = np.zeros(n_feat, dtype=bool)
+        self.done = np.zeros(-(-self.n_days // self.chunk), dtype=bool)  # statistics taken
+        self.raw: list[int] = []  # chunks written raw, finished in `finish`
+        self.progress, self.t0 = progress, time.perf_counter()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._last: Future | None = None
+
+    def put(self, c: int, slab: np.ndarray) -> None:
+        """Chunk c's raw values, every row present; taken over (the caller must not reuse ``slab``)."""
+        self.wait()
+        self._last = self._pool.submit(self._take, c, slab)
+
+    def wait(self) -> None:
+        """Until the chunk given last is written (before the caller reads the grid file itself)."""
+        if self._last is not None:
+            self._last.result()
+            self._last = None
+
+    def finish(self) -> None:
+        """Normalise the chunks that were written raw (their earlier days were not all known in time)."""
+        self.wait()
+        self._pool.shutdown()
+        for c in self.raw:
+            d0, d1 = self._days(c)
+            x = self.grid.read_days("x", d0, d1, F32, len(self.nonzero))
+            x[~self.valid[d0:d1]] = np.nan
+            self._normalise(c, x)
+        self.raw = []
+
+    def _take(self, c: int, slab: np.ndarray) -> None:
+        d0, d1 = self._days(c)
+        self.stats.add(d0, slab, self.valid[d0:d1])
+        self.done[c] = True
+        if self.done[:c].all():  # every earlier day's daily mean is known: past-only statistics are final
+            self._normalise(c, slab)
+        else:
+            self.grid.write_days("x", d0, slab)
+            self.raw.append(c)
+
+    def _normalise(self, c: int, x: np.ndarray) -> None:
+        d0, d1 = self._days(c)
+        if self.market is None:
+            self.market = self.stats.market_mask()
+        market_z = self.stats.market_z_days(self.market, self.cfg, d0, d1)
+        self.nonzero |= normalise_days(x, self.valid[d0:d1], self.market, market_z, self.cfg.clip)
+        here = self.screened[(self.screened >= d0) & (self.screened < d1)]
+        if len(here):
+            ric, cnt = daily_rankics(x[here - d0], self.y[here], self.valid[here])
+            for i, d in enumerate(here.tolist()):
+                self.rics[d] = (ric[i], cnt[i])
+        self.grid.write_days("x", d0, x)
+        if self.progress and self.n_days > self.chunk:
+            log.info("normalised days %d-%d of %d (%.1fs)", d0, d1, self.n_days, time.perf_counter() - self.t0)
+
+    def _days(self, c: int) -> tuple[int, int]:
+        return c * self.chunk, min((c + 1) * self.chunk, self.n_days)
+
+    def screen(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ric [n, H, F], stocks [n, H, F]) over the screened days, in day order."""
+        days = sorted(self.rics)
+        return np.stack([self.rics[d][0] for d in days]), np.stack([self.rics[d][1] for d in days])

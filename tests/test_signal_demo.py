@@ -1,6 +1,6 @@
-"""Acceptance on the default demo market, held-out test days: the default 2-epoch dry run learns the
-signal (clearly positive test RankIC), and ridge, the LightGBM peer and the oracle are scored on the
-same test days, in the order oracle > peer > model.
+"""Acceptance on the default demo market, held-out test days: the default 2-epoch dry run beats ridge
+clearly and comes near the LightGBM peer, with ridge, the peer and the oracle scored on the same
+test days.
 
 Seed 1: the defaults were chosen on seed 0's validation days only, so these test days are unseen
 by every choice made. The full comparison (model trained to convergence vs the peer, seeds 1-3)
@@ -32,9 +32,10 @@ def test_default_dry_run_learns_the_signal_on_held_out_test_days(tmp_path):
     assert (tmp_path / "run" / "test_predictions.parquet").exists()
     assert ridge <= 0.6 * oracle  # the planted signal is mostly beyond a linear last-day model
     assert peer > ridge + 0.02  # the peer finds the non-linear, temporal and sector parts
-    # The model learns the signal on days it never saw (the 120-day noise band of a mean RankIC is
-    # about +-0.01), but it does not yet beat the peer, nor reliably ridge (issue 13 is open: see the
-    # README's "Signal: model vs the peer"); this test pins what holds, and fails if learning breaks.
-    assert model > 0.03
-    assert oracle > peer > model
+    # The model finds them too: on these unseen days it is clearly above ridge (the 120-day noise
+    # band of a mean RankIC is about +-0.01; measured on CPU: model 0.1025, ridge 0.0658), and near
+    # the peer (0.1101) without beating it on this seed (README, "Signal: model vs the peer").
+    assert model > ridge + 0.015
+    assert model > 0.75 * peer
+    assert oracle > max(peer, model)
     assert "LightGBM peer" in b["markdown"] and "oracle (demo, same days)" in b["markdown"]

@@ -172,7 +172,7 @@ class GatedResidualNetwork(nn.Module):
 
 
 class VariableSelectionNetwork(nn.Module):
-    """TFT variable selection: a GRN per variable plus a softmax over variables, batched over F.
+    """TFT variable selection: a GRN per variable plus a gate per variable (softmax or sigmoid), batched over F.
 
     Input ``x [..., F, C]`` (C channels per variable, here FAN's three streams and the sector-relative
     one) and optional context ``[..., d_context]``; output ``(selected [..., D], weights [..., F])``

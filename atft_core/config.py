@@ -119,6 +119,8 @@ class ModelConfig:
     # Each feature minus its day's sector mean as one more encoder stream (what the peer gets too).
     # Measured on demo seed 0 (validation): sector-relative signal captured 0.08 -> 0.36, val RankIC +0.015.
     sector_relative_inputs: bool = True
+    # Width of a dense path from the forecast day's own inputs to the encoding (0 = off): see CurrentDayMLP.
+    current_day_width: int = 0
 
     @classmethod
     def reference(cls) -> "ModelConfig":
@@ -164,6 +166,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
     patience: int = 3  # epochs without val RankIC improvement before stopping
+    # > 0: an epoch that does not improve val RankIC is undone (weights, average and optimiser back to
+    # the best epoch's) and the learning rate is multiplied by this; 0 = keep training from where it is.
+    plateau_lr_factor: float = 0.0
     max_train_days: int | None = None  # explicit cap only; None = every training day every epoch
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -298,6 +303,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.static_dim", lambda v: _int(v) and v >= 0, "an integer >= 0"),
     ("model.vsn_gate", lambda v: v in ("softmax", "sigmoid"), "softmax or sigmoid"),
     ("model.vsn_var_dim", lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    ("model.current_day_width", lambda v: _int(v) and v >= 0, "an integer >= 0 (0 = no current-day path)"),
     ("model.fan_aux_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
     ("model.quantiles", lambda v: isinstance(v, tuple) and all(_num(q) and 0 < q < 1 for q in v),
      "a list of numbers in (0, 1)"),
@@ -316,6 +322,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("train.grad_clip", lambda v: _num(v) and v > 0, "a number > 0"),
     ("train.warmup_fraction", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("train.patience", lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    ("train.plateau_lr_factor", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = no rewind on a plateau)"),
     ("train.max_train_days", lambda v: v is None or (_int(v) and v >= 1), "empty or an integer >= 1"),
     ("train.device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda (--device)"),
     ("train.cpu_threads", lambda v: _int(v) and v >= 0, "an integer >= 0 (0 = torch's default)"),

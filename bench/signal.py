@@ -35,10 +35,10 @@ from bench.common import bench_dir
 
 OUT = Path(__file__).resolve().parent
 
-# Each row changes one thing against "base" (the defaults before this round), except "new defaults",
-# which is `DryRunConfig()` as shipped. Earlier rounds' rows (rank-gauss targets, cross-section context,
-# no FAN, dropout 0.4, weight decay 0.1, lr 1e-3: all worse) are in signal_ablation-screen.md.
-ABLATIONS: dict[str, dict[str, Any]] = {
+# Each round's rows change one thing against that round's base, except the last row, which is the
+# defaults the round shipped. Earlier rows (rank-gauss targets, cross-section context, no FAN,
+# dropout 0.4, weight decay 0.1, lr 1e-3: all worse) are in signal_ablation-screen.md.
+ROUND2: dict[str, dict[str, Any]] = {  # base: the defaults before round 2 (see round2_base)
     "base (previous defaults)": {},
     "sector-relative inputs": {"model.sector_relative_inputs": True},
     "sigmoid VSN gates": {"model.vsn_gate": "sigmoid"},
@@ -48,15 +48,36 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "Huber loss only": {"loss.rankic_weight": 0.0, "loss.cs_ic_weight": 0.0, "loss.sharpe_weight": 0.0},
     "new defaults": {"model.sector_relative_inputs": True, "model.vsn_gate": "sigmoid", "model.vsn_var_dim": 16},
 }
+_HUBER_ONLY = {"loss.rankic_weight": 0.0, "loss.cs_ic_weight": 0.0, "loss.sharpe_weight": 0.0}
+ROUND3: dict[str, dict[str, Any] | None] = {  # base: round 2's shipped defaults (see round3_base)
+    "base (round 2 defaults)": {},
+    "current-day path 64": {"model.current_day_width": 64},
+    "Huber loss only": _HUBER_ONLY,
+    "current-day path 64 + Huber only": {"model.current_day_width": 64, **_HUBER_ONLY},
+    "plateau rewind x0.3": {"train.plateau_lr_factor": 0.3},
+    "new defaults": None,  # DryRunConfig() as shipped
+}
 
 
-def previous_defaults() -> DryRunConfig:
-    """The configuration before this round changed the defaults (the ablation's base)."""
-    cfg = DryRunConfig()
+def round2_base() -> DryRunConfig:
+    """The configuration before round 2 changed the defaults."""
+    cfg = round3_base()
     cfg.model.sector_relative_inputs = False
     cfg.model.vsn_gate = "softmax"
     cfg.model.vsn_var_dim = 4
     return cfg
+
+
+def round3_base() -> DryRunConfig:
+    """Round 2's shipped defaults (sector-relative inputs, sigmoid gates, VSN width 16), before round 3."""
+    cfg = DryRunConfig()
+    cfg.model.current_day_width = 0
+    cfg.loss.rankic_weight, cfg.loss.cs_ic_weight, cfg.loss.sharpe_weight = 0.5, 0.3, 0.1
+    cfg.train.plateau_lr_factor = 0.0
+    return cfg
+
+
+ROUNDS: dict[str, tuple[Any, dict]] = {"round2": (round2_base, ROUND2), "round3": (round3_base, ROUND3)}
 
 
 def apply(cfg: DryRunConfig, overrides: dict[str, Any]) -> DryRunConfig:
@@ -115,9 +136,13 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: list[str], tag: str) -> dict:
+def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: list[str], tag: str,
+                 round_name: str = "round3") -> dict:
     path = OUT / f"signal_ablation{tag}.json"
+    base, table = ROUNDS[round_name]
     protocol = {"seeds": seeds, "max_epochs": epochs, "demo_days": days, "stocks": stocks}
+    if round_name != "round2":  # round 2's files predate rounds
+        protocol["round"] = round_name
     results: dict[str, Any] = {"protocol": protocol, "rows": {}}
     if path.exists():  # rows of an earlier run of the same protocol are kept (resume / add rows)
         old = json.loads(path.read_text())
@@ -128,7 +153,8 @@ def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: li
         if all(seed in per_seed for seed in seeds):
             continue
         for seed in seeds:
-            cfg = apply(previous_defaults(), ABLATIONS[name])
+            overrides = table[name]
+            cfg = DryRunConfig() if overrides is None else apply(base(), overrides)
             cfg.train.max_epochs = epochs
             cfg.train.seed = seed
             if seed not in per_seed:
@@ -235,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control-seeds", default=None, help="goals: seeds that also get a control run (default all)")
     ap.add_argument("--days", type=int, default=750)
     ap.add_argument("--stocks", type=int, default=300)
-    ap.add_argument("--rows", default=None, help="comma list of ablation rows (default: all, then 'new defaults')")
+    ap.add_argument("--rows", default=None, help="comma list of ablation rows (default: all of the round)")
+    ap.add_argument("--round", default="round3", choices=sorted(ROUNDS), help="ablation: which round's rows")
     ap.add_argument("--tag", default="", help="suffix of the output files (e.g. -screen)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -243,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     seeds = [int(s) for s in (args.seeds or "1,2,3").split(",")]
     if args.ablation:
-        rows = args.rows.split(",") if args.rows else list(ABLATIONS)
-        run_ablation(seeds, args.epochs, args.days, args.stocks, rows, args.tag)
+        rows = args.rows.split(",") if args.rows else list(ROUNDS[args.round][1])
+        run_ablation(seeds, args.epochs, args.days, args.stocks, rows, args.tag, args.round)
         print((OUT / f"signal_ablation{args.tag}.md").read_text())
     if args.goals:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds

@@ -363,6 +363,29 @@ def test_model_forward_backward_two_days() -> None:
     assert model.n_parameters == sum(p.numel() for p in model.parameters())
 
 
+def test_current_day_path_starts_neutral_and_reads_only_the_forecast_day() -> None:
+    x, static, day_id = _day_batch(2, 25, 10, 6)
+    model = ATFTGATFAN(6, (1, 5), ModelConfig(current_day_width=16, dropout=0.0)).eval()
+    assert model.current_day is not None
+    with_path = model(x, static, day_id)["pred"]
+    path, model.current_day = model.current_day, None
+    assert torch.equal(with_path, model(x, static, day_id)["pred"])  # zero-initialised output: no change yet
+    model.current_day = path
+    nn.init.normal_(path.out.weight)
+    seen: list[Tensor] = []
+    path.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    model(x, static, day_id)
+    assert seen[-1].shape == (50, 12)  # the forecast day's 6 values and their 6 sector deviations
+    assert torch.equal(seen[-1][:, :6], torch.nan_to_num(x[:, -1], nan=0.0))
+    earlier = x.clone()
+    earlier[:, :-1] += 5.0  # past days move: the path's input does not
+    model(earlier, static, day_id)
+    assert torch.equal(seen[-1], seen[-2])
+    out = model(x, static, day_id)["pred"]
+    out.sum().backward()
+    assert path.body[0].weight.grad is not None and path.body[0].weight.grad.abs().sum() > 0
+
+
 def test_model_quantile_mode() -> None:
     cfg = ModelConfig(quantiles=(0.9, 0.1, 0.5))
     model = ATFTGATFAN(12, (1, 5), cfg)

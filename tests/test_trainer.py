@@ -201,3 +201,41 @@ def test_validation_predicts_with_the_averaged_weights(demo):
     assert not np.allclose(np.nan_to_num(averaged), np.nan_to_num(tr.predict(days)))
     plain = Trainer(cache, small_config(max_train_days=6, ema_decay=0.0))
     assert plain.average is None and plain.eval_model is plain.model
+
+
+
+def _script_validation(tr: Trainer, scores: list[float]) -> None:
+    """Validation RankIC of the successive epochs set to `scores` (the predictions stay real)."""
+    left = iter(scores)
+    real = tr.evaluate
+
+    def scripted(days):
+        pred, metrics = real(days)
+        metrics[tr.horizons[0]]["rankic"] = next(left)
+        return pred, metrics
+
+    tr.evaluate = scripted
+
+
+def test_plateau_rewinds_to_the_best_epoch_with_a_lower_learning_rate(demo):
+    cache = open_cache(demo[1])
+    states: list[dict[str, torch.Tensor]] = []
+    tr = Trainer(cache, small_config(max_epochs=4, patience=3, max_train_days=4, plateau_lr_factor=0.5),
+                 on_epoch=lambda rec: states.append({k: v.clone() for k, v in tr.model.state_dict().items()}))
+    _script_validation(tr, [0.05, 0.01, 0.02, 0.06])  # epochs 1 and 2 do not improve on epoch 0
+    lr0 = tr.sched.lr_lambdas[0](5)
+    res = tr.fit()
+    assert [r.get("rewound_to") for r in res.history] == [None, 0, 0, None]
+    assert res.best_epoch == 3 and tr.lr_scale == 0.25
+    assert tr.sched.lr_lambdas[0](5) == pytest.approx(0.25 * lr0)
+    for k, v in states[0].items():  # after each rewind training is back at epoch 0's weights
+        assert torch.equal(states[1][k], v) and torch.equal(states[2][k], v), k
+    assert any(not torch.equal(states[3][k], v) for k, v in states[0].items())  # and trains on from there
+
+
+def test_without_plateau_factor_training_goes_on_from_where_it_is(demo):
+    cache = open_cache(demo[1])
+    tr = Trainer(cache, small_config(max_epochs=2, max_train_days=4, plateau_lr_factor=0.0))
+    _script_validation(tr, [0.05, 0.01])
+    res = tr.fit()
+    assert "rewound_to" not in res.history[1] and tr.lr_scale == 1.0 and res.best_epoch == 0

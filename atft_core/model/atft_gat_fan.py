@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from atft_core.config import ModelConfig
 from atft_core.model.blocks import (
+    CurrentDayMLP,
     FrequencyAdaptiveNorm,
     StaticCovariateEncoder,
     TemporalFusionBlock,
@@ -122,6 +123,10 @@ class ATFTGATFAN(nn.Module):
         self.vsn = VariableSelectionNetwork(n_features, streams, cfg.vsn_var_dim, d, cfg.dropout,
                                             d_context=d, gate=cfg.vsn_gate)
         self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
+        # the forecast day's raw values (and their sector deviations when that stream is on)
+        day_inputs = n_features * (1 + int(cfg.sector_relative_inputs))
+        self.current_day = (CurrentDayMLP(day_inputs, cfg.current_day_width, d, cfg.dropout)
+                            if cfg.current_day_width else None)
         self.cross_section = CrossSectionContext(d, cfg.dropout) if cfg.cross_section else None
         gat_heads = tuple(cfg.gat_heads) or (1,)
         # A shorter heads tuple than layers repeats its last entry (HPO may vary the layer count).
@@ -151,11 +156,15 @@ class ATFTGATFAN(nn.Module):
         fan = self.fan(x)
         ctx = self.static_encoder(static)
         streams = fan.channels()  # [S, L, F, 3]
+        day = [x[:, -1]]
         if self.cfg.sector_relative_inputs:
             rel = sector_relative(x, observed, static[:, 1], day_id)
             streams = torch.cat((streams, rel.unsqueeze(-1)), dim=-1)
+            day.append(rel[:, -1])
         selected, _ = self.vsn(streams, ctx.selection.unsqueeze(1))  # [S, L, D]
         h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
+        if self.current_day is not None:
+            h = h + self.current_day(torch.cat(day, dim=1)).to(h.dtype)
         return h, self.cfg.fan_aux_weight * fan.aux_loss()
 
     def edges(self, x: Tensor, static: Tensor, day_id: Tensor) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ all stocks of the cache, so the step has one shape and can be compiled with ``re
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -134,8 +135,10 @@ class Trainer:
                                      fused=True if self.device.type == "cuda" else None)
         total = max(1, len(self.sampler) * cfg.train.max_epochs)
         warmup = max(1, int(total * cfg.train.warmup_fraction))
+        self.lr_scale = 1.0  # lowered by train.plateau_lr_factor each time an epoch is rewound
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+            self.opt, lambda s: self.lr_scale * min(1.0, (s + 1) / warmup)
+            * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                     if self.device.type == "cuda" and cfg.train.amp else nullcontext())
 
@@ -267,6 +270,7 @@ class Trainer:
         best_pred: np.ndarray | None = None
         best_metrics: dict[int, dict[str, Any]] = {}
         best_state: dict[str, torch.Tensor] | None = None
+        rewind: dict[str, Any] | None = None
         stale = 0
         h0 = self.horizons[0]
         start = self.resume(cfg.train.resume_from) if cfg.train.resume_from else 0
@@ -297,8 +301,15 @@ class Trainer:
                     best_state = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
                 if checkpoint_path is not None:
                     self.save_checkpoint(checkpoint_path, epoch, m["rankic"])
+                if cfg.train.plateau_lr_factor > 0:
+                    rewind = self.snapshot()
             else:
                 stale += 1
+                if rewind is not None and stale < cfg.train.patience:
+                    self.rewind(rewind, cfg.train.plateau_lr_factor)
+                    rec["rewound_to"] = best[1]
+                    log.info("epoch %d did not improve: back to epoch %d's weights, learning rate x%g",
+                             epoch, best[1], self.lr_scale)
             if self.on_epoch is not None:
                 self.on_epoch(rec)
             if stale >= cfg.train.patience:
@@ -315,6 +326,21 @@ class Trainer:
                            val_days=self.split.val, train_days_per_epoch=history[0]["train_days"] if history else 0,
                            checkpoint=checkpoint_path, val_metrics=best_metrics, test_pred=test_pred,
                            test_days=self.split.test if test_pred is not None else None, test_metrics=test_metrics)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Copies of what training has learnt so far (weights, average, optimiser moments), for `rewind`."""
+        clone = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return {"model": clone, "opt": copy.deepcopy(self.opt.state_dict()),
+                "average": None if self.average is None else self.average.state()}
+
+    def rewind(self, snap: dict[str, Any], lr_factor: float) -> None:
+        """Back to a `snapshot` and a lower learning rate: the next epoch refines the best weights
+        instead of moving further from them (the schedule's step count runs on)."""
+        self.model.load_state_dict(snap["model"])
+        self.opt.load_state_dict(snap["opt"])
+        if self.average is not None:
+            self.average.load(snap["average"])
+        self.lr_scale *= lr_factor
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
         """Weights, optimiser and scheduler state, config, and a description of the data (see checkpoint.py)."""

@@ -47,3 +47,12 @@ class WeightAverage:
         """Start again from `model`'s weights (after loading a checkpoint)."""
         self.model.load_state_dict(model.state_dict())
         self.updates = 0
+
+    def state(self) -> dict:
+        """A copy of the average and its update count (for `load`)."""
+        return {"weights": {k: v.clone() for k, v in self.model.state_dict().items()}, "updates": self.updates}
+
+    @torch.no_grad()
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["weights"])
+        self.updates = int(state["updates"])

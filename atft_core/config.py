@@ -120,7 +120,8 @@ class ModelConfig:
     # Measured on demo seed 0 (validation): sector-relative signal captured 0.08 -> 0.36, val RankIC +0.015.
     sector_relative_inputs: bool = True
     # Width of a dense path from the forecast day's own inputs to the encoding (0 = off): see CurrentDayMLP.
-    current_day_width: int = 0
+    # Measured on demo seed 0 (300 stocks, validation): planted interaction captured 0.10 -> 0.30.
+    current_day_width: int = 64
 
     @classmethod
     def reference(cls) -> "ModelConfig":
@@ -143,9 +144,11 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     huber_delta: float = 1.0
-    rankic_weight: float = 0.5
-    cs_ic_weight: float = 0.3
-    sharpe_weight: float = 0.1
+    # Huber alone by default: on demo seed 0 (300 stocks, validation) the three ranking terms held the
+    # planted interaction back (captured 0.30 with them, 0.32 without) for no gain in RankIC. HPO searches them.
+    rankic_weight: float = 0.0
+    cs_ic_weight: float = 0.0
+    sharpe_weight: float = 0.0
     rank_anchors: int = 64  # K quantile knots per day of the soft rank (RankIC surrogate); more = closer to exact
     quantile_weight: float = 1.0  # weight of the pinball loss when the model has quantile heads
     horizon_weights: dict[int, float] = field(default_factory=dict)  # per horizon; unlisted ones get the defaults
@@ -168,7 +171,7 @@ class TrainConfig:
     patience: int = 3  # epochs without val RankIC improvement before stopping
     # > 0: an epoch that does not improve val RankIC is undone (weights, average and optimiser back to
     # the best epoch's) and the learning rate is multiplied by this; 0 = keep training from where it is.
-    plateau_lr_factor: float = 0.0
+    plateau_lr_factor: float = 0.3
     max_train_days: int | None = None  # explicit cap only; None = every training day every epoch
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)

@@ -226,11 +226,12 @@ def test_plateau_rewinds_to_the_best_epoch_with_a_lower_learning_rate(demo):
     lr0 = tr.sched.lr_lambdas[0](5)
     res = tr.fit()
     assert [r.get("rewound_to") for r in res.history] == [None, 0, 0, None]
-    assert res.best_epoch == 3 and tr.lr_scale == 0.25
+    assert res.best_epoch == 3 and tr.schedule.scale == 0.25
     assert tr.sched.lr_lambdas[0](5) == pytest.approx(0.25 * lr0)
     for k, v in states[0].items():  # after each rewind training is back at epoch 0's weights
         assert torch.equal(states[1][k], v) and torch.equal(states[2][k], v), k
     assert any(not torch.equal(states[3][k], v) for k, v in states[0].items())  # and trains on from there
+    assert tr.sched.state_dict()["lr_lambdas"][0]["scale"] == 0.25  # a checkpoint keeps the lowered rate
 
 
 def test_without_plateau_factor_training_goes_on_from_where_it_is(demo):
@@ -238,4 +239,4 @@ def test_without_plateau_factor_training_goes_on_from_where_it_is(demo):
     tr = Trainer(cache, small_config(max_epochs=2, max_train_days=4, plateau_lr_factor=0.0))
     _script_validation(tr, [0.05, 0.01])
     res = tr.fit()
-    assert "rewound_to" not in res.history[1] and tr.lr_scale == 1.0 and res.best_epoch == 0
+    assert "rewound_to" not in res.history[1] and tr.schedule.scale == 1.0 and res.best_epoch == 0

@@ -39,6 +39,7 @@ from atft_core.model import build_model
 from atft_core.train import checkpoint
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
+from atft_core.train.schedule import WarmupCosine
 from atft_core.train.syncs import allowed_sync
 from atft_core.train.targets import training_targets
 from atft_core.train.weight_average import WeightAverage
@@ -135,10 +136,8 @@ class Trainer:
                                      fused=True if self.device.type == "cuda" else None)
         total = max(1, len(self.sampler) * cfg.train.max_epochs)
         warmup = max(1, int(total * cfg.train.warmup_fraction))
-        self.lr_scale = 1.0  # lowered by train.plateau_lr_factor each time an epoch is rewound
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: self.lr_scale * min(1.0, (s + 1) / warmup)
-            * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        self.schedule = WarmupCosine(warmup, total)  # its scale is lowered by each plateau rewind
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.schedule)
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                     if self.device.type == "cuda" and cfg.train.amp else nullcontext())
 
@@ -309,7 +308,7 @@ class Trainer:
                     self.rewind(rewind, cfg.train.plateau_lr_factor)
                     rec["rewound_to"] = best[1]
                     log.info("epoch %d did not improve: back to epoch %d's weights, learning rate x%g",
-                             epoch, best[1], self.lr_scale)
+                             epoch, best[1], self.schedule.scale)
             if self.on_epoch is not None:
                 self.on_epoch(rec)
             if stale >= cfg.train.patience:
@@ -340,7 +339,7 @@ class Trainer:
         self.opt.load_state_dict(snap["opt"])
         if self.average is not None:
             self.average.load(snap["average"])
-        self.lr_scale *= lr_factor
+        self.schedule.scale *= lr_factor
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
         """Weights, optimiser and scheduler state, config, and a description of the data (see checkpoint.py)."""

@@ -53,6 +53,8 @@ class ChunkStream:
         self.progress, self.t0 = progress, time.perf_counter()
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._last: Future | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1)  # the writes (I/O) overlap the next chunk's work
+        self._written: Future | None = None
         self._free: list[np.ndarray] = []  # written chunks' buffers [chunk, S, F], reused by `slab`
         self._lock = threading.Lock()
 
@@ -86,6 +88,23 @@ class ChunkStream:
         if self._last is not None:
             self._last.result()
             self._last = None
+        self._wait_write()
+
+    def _write(self, d0: int, x: np.ndarray) -> None:
+        """Chunk x [c, S, F] to the grid from day d0 on the writer thread; at most one write pending
+        (one more chunk buffer alive: ~0.4 GB at 64 x 4,000 x 400)."""
+        self._wait_write()
+
+        def write() -> None:
+            self.grid.write_days("x", d0, x)
+            self._recycle(x)
+
+        self._written = self._writer.submit(write)
+
+    def _wait_write(self) -> None:
+        if self._written is not None:
+            self._written.result()
+            self._written = None
 
     def finish(self) -> None:
         """Normalise the chunks that were written raw (their earlier days were not all known in time)."""
@@ -98,6 +117,8 @@ class ChunkStream:
             x[~self.valid[d0:d1]] = np.nan
             self._normalise(c, x)
         self.raw = []
+        self._wait_write()
+        self._writer.shutdown()
 
     def _take(self, c: int, slab: np.ndarray) -> None:
         d0, d1 = self._days(c)
@@ -106,9 +127,8 @@ class ChunkStream:
         if self.done[:c].all():  # every earlier day's daily mean is known: past-only statistics are final
             self._normalise(c, slab)
         else:
-            self.grid.write_days("x", d0, slab)
+            self._write(d0, slab)
             self.raw.append(c)
-            self._recycle(slab)
 
     def _normalise(self, c: int, x: np.ndarray) -> None:
         d0, d1 = self._days(c)
@@ -121,8 +141,7 @@ class ChunkStream:
             ric, cnt = daily_rankics(x[here - d0], self.y[here], self.valid[here])
             for i, d in enumerate(here.tolist()):
                 self.rics[d] = (ric[i], cnt[i])
-        self.grid.write_days("x", d0, x)
-        self._recycle(x)
+        self._write(d0, x)
         if self.progress and self.n_days > self.chunk:
             log.info("normalised days %d-%d of %d (%.1fs)", d0, d1, self.n_days, time.perf_counter() - self.t0)
 

@@ -129,8 +129,10 @@ def _write_direct(path: Path, off: int, raw: memoryview) -> tuple[int, int]:
     """
     lo = -off % _ALIGN
     hi = lo + (len(raw) - lo) // _ALIGN * _ALIGN
+    if not hasattr(os, "O_DIRECT"):  # not on this OS (macOS): buffered writes
+        return 0, 0
     try:
-        fd = os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+        fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
     except OSError:
         return 0, 0
     bounce = mmap.mmap(-1, min(_BOUNCE, hi - lo))  # anonymous maps are page-aligned

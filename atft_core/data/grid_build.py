@@ -228,8 +228,7 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
             d1 = min(d0 + chunk, n_days)
             slab = open_.pop(c, None)
             if slab is None:
-                slab = (grid.read_days("x", d0, d1, F32, len(feats)) if on_disk[c]
-                        else np.full((d1 - d0, n_stocks, len(feats)), np.nan, dtype=np.float32))
+                slab = grid.read_days("x", d0, d1, F32, len(feats)) if on_disk[c] else stream.slab(d1 - d0)
             slab[day[rows] - d0, stock[rows]] = vals[rows]
             got[c] += len(day[rows])
             if got[c] == need[c]:

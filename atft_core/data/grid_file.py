@@ -10,6 +10,8 @@ writing them (a sparse file), and the real values are then written into each arr
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ import pyarrow.ipc as ipc
 
 # column name -> (dtype, values per (day, stock) row; 0 = a plain column, else the row's width)
 Layout = dict[str, tuple[np.dtype, int]]
+_ALIGN = 4096  # O_DIRECT's alignment of file offsets, lengths and memory (the largest block size in use)
+_BOUNCE = 8 << 20  # bytes copied to an aligned buffer per direct write
 
 
 def row_array(values: np.ndarray, width: int) -> pa.Array:
@@ -78,16 +82,30 @@ class GridFile:
     rows_per_day: int  # S
     offsets: dict[str, int]
     row_bytes: dict[str, int]
+    direct: bool = True  # write whole aligned pages with O_DIRECT (off where the file system refuses it)
 
     def write_days(self, name: str, day0: int, values: np.ndarray) -> None:
-        """Write values for days day0, day0+1, ... (shape [c, S, ...]) into array ``name``."""
+        """Write values for days day0, day0+1, ... (shape [c, S, ...]) into array ``name``.
+
+        The aligned middle of the region bypasses the page cache (`_write_direct`): a grid as large
+        as RAM written through it cost ~1.5 s of CPU per GB here (page allocation and reclaim, with
+        the panel being read evicted), and no reader needs it cached now.
+        """
         data = np.ascontiguousarray(values)
         off = self.offsets[name] + day0 * self.rows_per_day * self.row_bytes[name]
         expect = data.shape[0] * self.rows_per_day * self.row_bytes[name]
         assert data.nbytes == expect, (name, data.nbytes, expect)
-        with open(self.path, "r+b") as fh:
-            fh.seek(off)
-            fh.write(memoryview(data).cast("B"))
+        raw = memoryview(data).cast("B")
+        done = (0, 0)
+        if self.direct and len(raw) >= 2 * _ALIGN:
+            done = _write_direct(self.path, off, raw)
+            self.direct = done != (0, 0)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:  # whatever the direct write left: the unaligned head and tail (pages it never touches), or all
+            for lo, hi in ((0, done[0]), (done[1], len(raw))) if done != (0, 0) else ((0, len(raw)),):
+                _pwrite_all(fd, raw[lo:hi], off + lo)
+        finally:
+            os.close(fd)
 
     def read_days(self, name: str, day0: int, day1: int, dtype: np.dtype, width: int) -> np.ndarray:
         """Values of days [day0, day1) as a new array [c, S, width] (read, not mapped: no RSS left behind)."""
@@ -95,6 +113,46 @@ class GridFile:
         count = (day1 - day0) * self.rows_per_day * max(width, 1)
         out = np.fromfile(self.path, dtype=dtype, count=count, offset=off)
         return out.reshape(day1 - day0, self.rows_per_day, max(width, 1))
+
+
+def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, off)
+        data, off = data[n:], off + n
+
+
+def _write_direct(path: Path, off: int, raw: memoryview) -> tuple[int, int]:
+    """Write the whole `_ALIGN`-byte pages of file region [off, off + len(raw)) with O_DIRECT, through a
+    page-aligned bounce buffer; returns the byte range [lo, hi) of ``raw`` written, (0, 0) when the file
+    system refuses O_DIRECT (then nothing was written). The partial pages at both ends are left to
+    buffered writes (the kernel keeps the page cache and direct writes coherent either way).
+    """
+    lo = -off % _ALIGN
+    hi = lo + (len(raw) - lo) // _ALIGN * _ALIGN
+    if not hasattr(os, "O_DIRECT"):  # not on this OS (macOS): buffered writes
+        return 0, 0
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except OSError:
+        return 0, 0
+    bounce = mmap.mmap(-1, min(_BOUNCE, hi - lo))  # anonymous maps are page-aligned
+    pos = lo
+    try:
+        while pos < hi:
+            n = min(len(bounce), hi - pos)
+            bounce[:n] = raw[pos:pos + n]
+            with memoryview(bounce) as view:
+                written = os.pwrite(fd, view[:n], off + pos)
+            pos += written // _ALIGN * _ALIGN
+            if written != n:  # short: the rest goes through buffered writes
+                break
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+        bounce.close()
+    return (lo, pos) if pos > lo else (0, 0)
 
 
 def create_grid_file(path: Path, n_days: int, n_stocks: int, layout: Layout) -> GridFile:

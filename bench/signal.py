@@ -55,7 +55,9 @@ ROUND3: dict[str, dict[str, Any] | None] = {  # base: round 2's shipped defaults
     "Huber loss only": _HUBER_ONLY,
     "current-day path 64 + Huber only": {"model.current_day_width": 64, **_HUBER_ONLY},
     "plateau rewind x0.3": {"train.plateau_lr_factor": 0.3},
-    "new defaults": None,  # DryRunConfig() as shipped
+    "current-day path 64 + Huber only + plateau rewind x0.3": {"model.current_day_width": 64, **_HUBER_ONLY,
+                                                               "train.plateau_lr_factor": 0.3},
+    "new defaults": None,  # DryRunConfig() as shipped: Huber only + plateau rewind x0.3
 }
 
 

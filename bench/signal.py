@@ -1,7 +1,7 @@
 """Signal benchmark: does ATFT-GAT-FAN beat the model a quant would pick instead, on held-out days?
 
     python -m bench.signal --goals      # seeds 1,2,3: model vs LightGBM peer vs ridge vs oracle (test days)
-    python -m bench.signal --ablation   # each change on its own, mean and spread over seeds
+    python -m bench.signal --ablation --round round3 --seeds 0,4   # each change on its own, mean and spread
 
 Every number is a mean daily 1-day RankIC (`atft_core.evaluate.metrics`). Validation days pick the
 epoch (early stopping) and were the only days used to choose defaults (seed 0); the tables report

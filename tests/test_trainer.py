@@ -232,6 +232,10 @@ def test_plateau_rewinds_to_the_best_epoch_with_a_lower_learning_rate(demo):
         assert torch.equal(states[1][k], v) and torch.equal(states[2][k], v), k
     assert any(not torch.equal(states[3][k], v) for k, v in states[0].items())  # and trains on from there
     assert tr.sched.state_dict()["lr_lambdas"][0]["scale"] == 0.25  # a checkpoint keeps the lowered rate
+    snap = tr.snapshot()
+    tr.rewind(snap, 0.5)  # the optimiser's rate follows at once, not after the next scheduler step
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(tr.sched.base_lrs[0] * tr.schedule(tr.sched.last_epoch))
+    assert tr.schedule.scale == 0.125
 
 
 def test_without_plateau_factor_training_goes_on_from_where_it_is(demo):

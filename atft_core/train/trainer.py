@@ -336,10 +336,12 @@ class Trainer:
         """Back to a `snapshot` and a lower learning rate: the next epoch refines the best weights
         instead of moving further from them (the schedule's step count runs on)."""
         self.model.load_state_dict(snap["model"])
-        self.opt.load_state_dict(snap["opt"])
+        self.opt.load_state_dict(snap["opt"])  # also brings back the snapshot's learning rate: set below
         if self.average is not None:
             self.average.load(snap["average"])
         self.schedule.scale *= lr_factor
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
+            group["lr"] = base * self.schedule(self.sched.last_epoch)  # the next step already runs at the lower rate
 
     def save_checkpoint(self, path: Path, epoch: int, val_rankic: float | None) -> None:
         """Weights, optimiser and scheduler state, config, and a description of the data (see checkpoint.py)."""

@@ -7,6 +7,7 @@ Writes into `output_dir`:
     report/                 signal report of the test days (validation days when there are none)
     metrics.csv             one row per epoch
     checkpoint.pt           the best epoch's model, config and dataset fingerprint
+    checkpoint.member{k}.pt the same for member k of a seed ensemble (train.ensemble > 1)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from atft_core.evaluate.gate import Criterion, GateResult, evaluate_gate
 from atft_core.evaluate.report import build_report, report_markdown
 from atft_core.rundir import write_json
 from atft_core.train.gpu_monitor import monitor_for_device
-from atft_core.train.trainer import Trainer, TrainResult, resolve_device
+from atft_core.train.ensemble import fit_ensemble
+from atft_core.train.trainer import TrainResult, resolve_device
 
 log = logging.getLogger("atft_core.dryrun")
 
@@ -67,8 +69,8 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
     error: str | None = None
     loss_finite = True
     try:
-        trainer = Trainer(train_cache, cfg, monitor=monitor, split=split)
-        result = trainer.fit(checkpoint_path=output_dir / "checkpoint.pt")
+        result = fit_ensemble(train_cache, cfg, split=split, monitor=monitor,
+                              checkpoint_path=output_dir / "checkpoint.pt")
     except TrainingError as exc:
         error, loss_finite = str(exc), "non-finite" not in str(exc)
         log.error("dry run training failed: %s", exc)
@@ -88,8 +90,9 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
         if result.test_pred is not None and result.test_days is not None:
             files["test_predictions.parquet"] = write_predictions(cache, result.test_days, result.test_pred,
                                                                   output_dir / "test_predictions.parquet")
-        if result.checkpoint is not None and result.checkpoint.exists():
-            files["checkpoint.pt"] = result.checkpoint
+        for path in result.checkpoints or [result.checkpoint]:
+            if path is not None and path.exists():
+                files[path.name] = path
     rep_md = ""
     if result is not None:
         shown = files.get("test_predictions.parquet", files["val_predictions.parquet"])
@@ -141,6 +144,9 @@ def _metrics(result: TrainResult | None, gpu: dict[str, Any]) -> dict[str, Any]:
         "epoch_seconds": float(np.mean([r["seconds"] for r in hist])),
         "train_days_per_epoch": result.train_days_per_epoch,
         "final_train_loss": hist[-1]["train_loss"], "rss_mb": hist[-1]["rss_mb"],
+        # epochs above counts every member's; each member's own best epoch and scores are here
+        "ensemble": max(1, len(result.members)),
+        **({"members": result.members} if len(result.members) > 1 else {}),
     }
 
 

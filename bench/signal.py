@@ -1,6 +1,7 @@
 """Signal benchmark: does ATFT-GAT-FAN beat the model a quant would pick instead, on held-out days?
 
     python -m bench.signal --goals      # seeds 1,2,3: model vs LightGBM peer vs ridge vs oracle (test days)
+    python -m bench.signal --ensemble-curve   # seeds 0,4: 1..5 seed-ensemble members (validation and test)
     python -m bench.signal --ablation --round round3 --seeds 0,4   # each change on its own, mean and spread
 
 Every number is a mean daily 1-day RankIC (`atft_core.evaluate.metrics`). Validation days pick the
@@ -30,6 +31,7 @@ from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
 from atft_core.evaluate.controls import control_result, shuffled_target_cache
 from atft_core.evaluate.metrics import summarize
 from atft_core.evaluate.peer import fit_peer
+from atft_core.train.ensemble import fit_ensemble
 from atft_core.train.trainer import Trainer
 from bench.common import bench_dir
 
@@ -107,11 +109,11 @@ def train_eval(cache_path: Path, cfg: DryRunConfig, *, control_seed: int | None 
     split = make_split(cache, cfg.data)
     train_cache = cache if control_seed is None else shuffled_target_cache(cache, control_seed, days=split.train)
     t0 = time.perf_counter()
-    res = Trainer(train_cache, cfg, split=split).fit()
+    res = fit_ensemble(train_cache, cfg, split=split)
     out = {"val_rankic": res.val_metrics[cache.horizons[0]]["rankic"],
            "test_rankic": res.test_metrics[cache.horizons[0]]["rankic"] if res.test_metrics else None,
            "best_epoch": res.best_epoch, "epochs": len(res.history), "seconds": round(time.perf_counter() - t0, 1),
-           "val_curve": [round(r["val_rankic"], 4) for r in res.history]}
+           "val_curve": [round(r["val_rankic"], 4) for r in res.history], "members": res.members}
     if control_seed is not None:
         c = control_result(cache, split, res.val_pred, res.val_days, control_seed, min_stocks=cfg.data.min_stocks)
         out["control"] = {k: c[k] for k in ("rankic", "band", "inside")}
@@ -186,25 +188,25 @@ def ablation_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[int], tag: str = "") -> dict:
-    """Writes `signal_goals{tag}.json` after each seed (runs with different tags can share the work)."""
-    results: dict[str, Any] = {"seeds": {}, "max_epochs": epochs, "patience": patience}
+def run_goals(seeds: list[int], members: int, control_seeds: list[int], tag: str = "") -> dict:
+    """The shipped recipe on each seed: a seed ensemble of `members` default dry runs (validation picks
+    each member's epoch). Member 0 is the 2-epoch dry run itself (its seed is the demo seed), so the
+    dry-run column costs nothing extra. Writes `signal_goals{tag}.json` after each seed."""
+    member_epochs = DryRunConfig().train.max_epochs
+    results: dict[str, Any] = {"seeds": {}, "members": members, "member_epochs": member_epochs}
     for seed in seeds:
         path = demo_cache(seed)
         cfg = DryRunConfig()
         cfg.train.seed = seed
         row = baselines(path, cfg)
-        dry = train_eval(path, cfg)  # the default dry run (2 epochs)
+        cfg.train.ensemble = members
+        model = train_eval(path, cfg)
+        dry = model["members"][0]  # the default dry run: ensemble 1, train.seed = the demo seed
         row["dryrun_test"], row["dryrun_val"] = dry["test_rankic"], dry["val_rankic"]
-        long = copy.deepcopy(cfg)
-        long.train.max_epochs = epochs
-        long.train.patience = patience
-        trained = train_eval(path, long)
-        row["model_test"], row["model_val"], row["model_epochs"] = (trained["test_rankic"], trained["val_rankic"],
-                                                                    trained["epochs"])
-        row["model_best_epoch"], row["model_seconds"] = trained["best_epoch"], trained["seconds"]
-        row["dryrun_seconds"] = dry["seconds"]
+        row["model_test"], row["model_val"] = model["test_rankic"], model["val_rankic"]
+        row["model_members"], row["model_seconds"] = model["members"], model["seconds"]
         if seed in control_seeds:
+            cfg.train.ensemble = 1
             row["control"] = train_eval(path, cfg, control_seed=seed)["control"]
         results["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
@@ -213,27 +215,86 @@ def run_goals(seeds: list[int], epochs: int, patience: int, control_seeds: list[
 
 
 def merged_goals() -> dict:
-    """Every `signal_goals*.json` of the same protocol as one result (seeds in order)."""
+    """Every `signal_goals*.json` of the same protocol (ensemble size) as one result (seeds in order)."""
     merged: dict[str, Any] = {}
     for path in sorted(OUT.glob("signal_goals*.json")):
         part = json.loads(path.read_text())
+        if "members" not in part:  # an older protocol (one long run): kept for the record, not merged
+            continue
         if not merged:
             merged = {k: v for k, v in part.items() if k != "seeds"} | {"seeds": {}}
-        if (part["max_epochs"], part["patience"]) == (merged["max_epochs"], merged["patience"]):
+        if (part["members"], part["member_epochs"]) == (merged["members"], merged["member_epochs"]):
             merged["seeds"].update(part["seeds"])
     merged["seeds"] = dict(sorted(merged.get("seeds", {}).items(), key=lambda kv: int(kv[0])))
     return merged
 
 
+def run_ensemble_curve(seeds: list[int], members: int) -> dict:
+    """Validation and test RankIC of the first k members' mean, k = 1..members (tuning seeds only).
+
+    Each member is the default dry run with train.seed = k (`fit_ensemble`'s member k); its predictions
+    are kept under the bench folder, so a rerun or a larger `members` trains only what is missing.
+    """
+    store = bench_dir() / "signal" / "ensemble"
+    store.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"seeds": {}, "members": members, "member_epochs": DryRunConfig().train.max_epochs}
+    for seed in seeds:
+        cache = open_cache(demo_cache(seed))
+        cfg = DryRunConfig()
+        cfg.train.progress = False
+        split = make_split(cache, cfg.data)
+        preds = []
+        for k in range(members):
+            f = store / f"s{seed}-t{k}.npz"
+            if not f.exists():
+                cfg.train.seed = k
+                res = Trainer(cache, cfg, split=split).fit()
+                np.savez(f, val=res.val_pred[..., 0], test=res.test_pred[..., 0], val_days=res.val_days,
+                         test_days=res.test_days)
+            preds.append(np.load(f))
+        row: dict[str, Any] = {}
+        for part in ("val", "test"):
+            days = preds[0][f"{part}_days"]
+            target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
+            score = lambda p: summarize(p, target, min_stocks=cfg.data.min_stocks).rankic  # noqa: E731
+            row[f"{part}_members"] = [score(p[part]) for p in preds]
+            row[f"{part}_ensemble"] = [score(np.mean([p[part] for p in preds[:k]], axis=0))
+                                       for k in range(1, members + 1)]
+        out["seeds"][seed] = row
+        logging.info("seed %d: %s", seed, row)
+    (OUT / "signal_ensemble.json").write_text(json.dumps(out, indent=1))
+    (OUT / "signal_ensemble.md").write_text(ensemble_markdown(out))
+    return out
+
+
+def ensemble_markdown(results: dict) -> str:
+    rows = list(results["seeds"].values())
+    n = results["members"]
+    lines = [f"Seed ensembles of the default {results['member_epochs']}-epoch dry run on demo seeds "
+             f"{list(results['seeds'])} (the tuning seeds), 300 stocks; 1-day RankIC, mean +- std over seeds. "
+             "Row k: the mean prediction of members 0..k-1; 'members' is the mean of single members.", "",
+             "| members | val RankIC | test RankIC |", "|---|---|---|"]
+    single = [(statistics.fmean(r["val_members"]), statistics.fmean(r["test_members"])) for r in rows]
+    v, vs = _stats([s[0] for s in single])
+    t, ts = _stats([s[1] for s in single])
+    lines.append(f"| one member (mean of {n}) | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} |")
+    for k in range(n):
+        v, vs = _stats([r["val_ensemble"][k] for r in rows])
+        t, ts = _stats([r["test_ensemble"][k] for r in rows])
+        lines.append(f"| {k + 1} | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def goals_markdown(results: dict) -> str:
     rows = results["seeds"]
-    lines = [f"| seed | model (<= {results['max_epochs']} epochs) | 2-epoch dry run | LightGBM peer | ridge | oracle "
+    k, e = results["members"], results["member_epochs"]
+    lines = [f"| seed | model ({k} x {e}-epoch seed ensemble) | {e}-epoch dry run | LightGBM peer | ridge | oracle "
              "| model / oracle | control (band) |", "|---|---|---|---|---|---|---|---|"]
     for seed, r in rows.items():
         c = r.get("control")
         ctl = "not run" if c is None else \
             f"{c['rankic']:+.4f} (+-{c['band']:.4f}, {'inside' if c['inside'] else 'OUTSIDE'})"
-        lines.append(f"| {seed} | {r['model_test']:.4f} (epoch {r['model_best_epoch']}) | {r['dryrun_test']:.4f} | "
+        lines.append(f"| {seed} | {r['model_test']:.4f} | {r['dryrun_test']:.4f} | "
                      f"{r['peer_test']:.4f} | {r['ridge_test']:.4f} | {r['oracle_test']:.4f} | "
                      f"{r['model_test'] / r['oracle_test']:.0%} | {ctl} |")
     mean = {k: statistics.fmean(r[k] for r in rows.values())
@@ -258,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goals", action="store_true")
     ap.add_argument("--goals-table", action="store_true", help="only rebuild signal_goals.md from signal_goals*.json")
     ap.add_argument("--seeds", default=None, help="comma list (ablation default 1,2,3; goals 1,2,3)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--patience", type=int, default=3, help="goals: early-stopping patience of the long run")
+    ap.add_argument("--epochs", type=int, default=10, help="ablation: epochs per run (validation picks one)")
+    ap.add_argument("--members", type=int, default=5, help="goals / ensemble curve: seed-ensemble members")
+    ap.add_argument("--ensemble-curve", action="store_true",
+                    help="RankIC of 1..members ensemble members on the tuning seeds (default 0,4)")
     ap.add_argument("--control-seeds", default=None, help="goals: seeds that also get a control run (default all)")
     ap.add_argument("--days", type=int, default=750)
     ap.add_argument("--stocks", type=int, default=300)
@@ -277,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         print((OUT / f"signal_ablation{args.tag}.md").read_text())
     if args.goals:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
-        run_goals(seeds, args.epochs, args.patience, control, args.tag)
+        run_goals(seeds, args.members, control, args.tag)
+    if args.ensemble_curve:
+        run_ensemble_curve([int(x) for x in (args.seeds or "0,4").split(",")], args.members)
+        print((OUT / "signal_ensemble.md").read_text())
     if args.goals or args.goals_table:
         (OUT / "signal_goals.md").write_text(goals_markdown(merged_goals()))
         print((OUT / "signal_goals.md").read_text())

@@ -256,7 +256,8 @@ def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
     # bad flag answers in a second.
     base = _config(args.config)
     for epochs in {args.max_epochs, getattr(args, "hpo_max_epochs", None)}:
-        train = {k: v for k, v in (("max_epochs", epochs), ("device", args.device)) if v is not None}
+        train = {k: v for k, v in (("max_epochs", epochs), ("device", args.device),
+                                   ("resume_from", getattr(args, "resume_from", None))) if v is not None}
         gate = {k: v for k, v in overrides.items() if v is not None}
         cfg = validate_config(dataclasses.replace(base, train=dataclasses.replace(base.train, **train),
                                                   gate=dataclasses.replace(base.gate, **gate)))

@@ -70,6 +70,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def score_days(cache: Cache, days: np.ndarray, pred: np.ndarray, min_stocks: int) -> dict[int, dict[str, Any]]:
+    """Signal metrics per horizon of a [len(days), S, H] prediction grid against the cache's raw targets."""
+    target = np.where(cache.valid[days][:, :, None], cache.y[days], np.nan)
+    per_h = summarize_horizons(pred, target, cache.horizons, min_stocks=min_stocks)
+    return {h: m.to_dict() for h, m in per_h.items()}
+
+
 def rss_mb() -> float:
     """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -90,6 +97,9 @@ class TrainResult:
     test_pred: np.ndarray | None = None  # [n_test_days, S, H]
     test_days: np.ndarray | None = None
     test_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # a seed ensemble (atft_core.train.ensemble): each member's seed, best epoch and scores; its checkpoints
+    members: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
 
 
 class Trainer:
@@ -257,9 +267,7 @@ class Trainer:
 
     def evaluate(self, days: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
         pred = self.predict(days)
-        target = np.where(self.cache.valid[days][:, :, None], self.cache.y[days], np.nan)
-        per_h = summarize_horizons(pred, target, self.horizons, min_stocks=self.cfg.data.min_stocks)
-        return pred, {h: m.to_dict() for h, m in per_h.items()}
+        return pred, score_days(self.cache, days, pred, self.cfg.data.min_stocks)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, checkpoint_path: Path | None = None) -> TrainResult:

@@ -1,0 +1,75 @@
+"""Seed ensembles: member k is the plain run with seed + k, the ensemble predicts their mean."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from atft_core.config import config_problems
+from atft_core.data.cache import open_cache
+from atft_core.dryrun import run_dryrun
+from atft_core.train.ensemble import fit_ensemble
+from atft_core.train.trainer import Trainer, score_days
+from flows.cli import main
+from tests.test_trainer import demo, small_config  # noqa: F401  (demo: the module's cache fixture)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(**train):
+    cfg = small_config(**train)
+    cfg.data.split.val_days, cfg.data.split.test_days = 30, 30
+    return cfg
+
+
+def test_one_member_is_exactly_the_plain_run(demo):
+    cache = open_cache(demo[1])
+    plain = Trainer(cache, _config(seed=5)).fit()
+    one = fit_ensemble(cache, _config(seed=5, ensemble=1))
+    np.testing.assert_array_equal(one.val_pred, plain.val_pred)
+    np.testing.assert_array_equal(one.test_pred, plain.test_pred)
+    assert [m["seed"] for m in one.members] == [5]
+
+
+def test_dry_run_ensemble_predicts_the_members_mean_and_keeps_every_checkpoint(demo, tmp_path):
+    cache = open_cache(demo[1])
+    out = tmp_path / "run"
+    res = run_dryrun(demo[1], _config(seed=5, ensemble=2), out)
+    # each member is the plain run of its own seed
+    members = [Trainer(cache, _config(seed=s)).fit() for s in (5, 6)]
+    expected = np.mean([m.test_pred for m in members], axis=0)
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["metrics"]["ensemble"] == 2
+    assert [m["seed"] for m in gate["metrics"]["members"]] == [5, 6]
+    h0 = cache.horizons[0]
+    for got, m in zip(gate["metrics"]["members"], members, strict=True):
+        assert got["test_rankic"] == pytest.approx(m.test_metrics[h0]["rankic"], abs=1e-12)
+    # the gate's scores are those of the mean prediction, on the same days
+    scored = score_days(cache, members[0].test_days, expected.astype(np.float32), _config().data.min_stocks)
+    assert gate["metrics"]["test_rankic"] == pytest.approx(scored[h0]["rankic"], abs=1e-6)
+    assert gate["metrics"]["test_rankic"] not in [m.test_metrics[h0]["rankic"] for m in members]
+    assert (out / "checkpoint.pt").exists() and (out / "checkpoint.member1.pt").exists()
+    assert {"checkpoint.pt", "checkpoint.member1.pt"} <= set(res.files)
+    history = (out / "metrics.csv").read_text().splitlines()
+    assert history[0].split(",").count("member") == 1 and len(history) == 1 + 2  # one epoch per member
+
+
+def test_an_ensemble_cannot_resume_one_checkpoint(tmp_path, capsys):
+    cfg = _config(ensemble=3, resume_from="some/checkpoint.pt")
+    assert any("train.ensemble = 1" in p for p in config_problems(cfg))
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("train: {ensemble: 3}\n")
+    assert main(["train", "--config", str(yaml), "--resume", str(tmp_path / "checkpoint.pt"),
+                 "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "train.ensemble" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

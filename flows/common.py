@@ -69,14 +69,15 @@ def resolve_data_path(data_path: str | None, data_root: str | Path = DEFAULT_DAT
 def build_config(config_path: str | None = None, *, max_epochs: int | None = None, device: str | None = None,
                  min_gpu_util: float | None = None, min_rankic: float | None = None,
                  require_gpu: bool | None = None, profile: str | None = None,
-                 resume_from: str | None = None) -> DryRunConfig:
+                 resume_from: str | None = None, ensemble: int | None = None) -> DryRunConfig:
     """The YAML config (or defaults) with the flow's explicit overrides on top; None keeps the file's value."""
     from atft_core.data.roles import with_profile
 
     cfg = DryRunConfig.from_yaml(config_path) if config_path else DryRunConfig()
     cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns,
                                                                                            profile)))
-    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device), ("resume_from", resume_from))
+    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device), ("resume_from", resume_from),
+                               ("ensemble", ensemble))
              if v is not None}
     gate = {k: v for k, v in (("min_gpu_util", min_gpu_util), ("min_rankic", min_rankic),
                               ("require_gpu", require_gpu)) if v is not None}

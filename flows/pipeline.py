@@ -80,6 +80,7 @@ def atft_pipeline(
     hpo_workers: int = 1,
     profile: str | None = None,
     resume_from: str | None = None,
+    ensemble: int | None = None,
     hpo_max_epochs: int | None = None,
     gpu_start_timeout_s: float = Deadlines.start_s,
     gpu_timeout_s: float = Deadlines.total_s,
@@ -100,6 +101,7 @@ def atft_pipeline(
     missing gpu deployment fails the run), "deployment" or "local" (in-process subflow).
     profile: the panel's column layout ("auto", "atft", "gogooku3"); None keeps the config's.
     resume_from: a checkpoint.pt to continue training from (same panel layout, else a clear error).
+    ensemble: models trained from seeds seed..seed+K-1 whose mean is the prediction (HPO trials train one).
     """
     logger = get_run_logger()
     # The environment is read here and nowhere below.
@@ -108,7 +110,7 @@ def atft_pipeline(
 
     cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
                        min_rankic=min_rankic, require_gpu=require_gpu, profile=profile,
-                       resume_from=resume_from)
+                       resume_from=resume_from, ensemble=ensemble)
     hpo_cfg = build_config(config_path, max_epochs=hpo_max_epochs or max_epochs, device=device, profile=profile)
     validate_config(cfg)  # before anything is read or written: ranges, not only types
     validate_config(hpo_cfg)

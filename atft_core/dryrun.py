@@ -112,6 +112,7 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
         gate.passed = gate.passed and control["inside"]
     scored = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")} \
         if len(split.test) else metrics
+    scored = {**scored, "ensemble": metrics.get("ensemble", 1)}
     baselines = dryrun_baselines(cache, split, scored, min_stocks=cfg.data.min_stocks, control=control)
     report = {"passed": gate.passed, "criteria": gate.to_dict()["criteria"], "metrics": metrics, "error": error,
               "baselines": {k: v for k, v in baselines.items() if k != "markdown"},

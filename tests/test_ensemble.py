@@ -57,6 +57,7 @@ def test_dry_run_ensemble_predicts_the_members_mean_and_keeps_every_checkpoint(d
     scored = score_days(cache, members[0].test_days, expected.astype(np.float32), _config().data.min_stocks)
     assert gate["metrics"]["test_rankic"] == pytest.approx(scored[h0]["rankic"], abs=1e-6)
     assert gate["metrics"]["test_rankic"] not in [m.test_metrics[h0]["rankic"] for m in members]
+    assert "model (seed ensemble of 2)" in res.baselines["markdown"]
     assert (out / "checkpoint.pt").exists() and (out / "checkpoint.member1.pt").exists()
     assert {"checkpoint.pt", "checkpoint.member1.pt"} <= set(res.files)
     history = (out / "metrics.csv").read_text().splitlines()

@@ -257,7 +257,8 @@ def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | No
     lines = ["| predictor | IC | RankIC | RankIC IR | % of oracle RankIC |", "|---|---|---|---|---|"]
     where = "same days" if oracle is not None and "path" in oracle and str(oracle["path"]).endswith(".parquet") \
         else "all days"
-    rows = [("model", model), ("LightGBM peer (Alpha158-style features)", peer), ("ridge (last-day features)", ridge),
+    members = int((model or {}).get("ensemble") or 1)
+    rows = [("model" if members == 1 else f"model (seed ensemble of {members})", model), ("LightGBM peer (Alpha158-style features)", peer), ("ridge (last-day features)", ridge),
             (f"oracle (demo, {where})", oracle)]
     if control is not None:
         rows.append(("model on shuffled targets (control)", control))

@@ -31,8 +31,8 @@ from atft_core.evaluate.controls import control_result, shuffled_target_cache
 from atft_core.evaluate.gate import Criterion, GateResult, evaluate_gate
 from atft_core.evaluate.report import build_report, report_markdown
 from atft_core.rundir import write_json
-from atft_core.train.gpu_monitor import monitor_for_device
 from atft_core.train.ensemble import fit_ensemble
+from atft_core.train.gpu_monitor import monitor_for_device
 from atft_core.train.trainer import TrainResult, resolve_device
 
 log = logging.getLogger("atft_core.dryrun")

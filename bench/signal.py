@@ -256,10 +256,10 @@ def run_ensemble_curve(seeds: list[int], members: int) -> dict:
         for part in ("val", "test"):
             days = preds[0][f"{part}_days"]
             target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
-            score = lambda p: summarize(p, target, min_stocks=cfg.data.min_stocks).rankic  # noqa: E731
-            row[f"{part}_members"] = [score(p[part]) for p in preds]
-            row[f"{part}_ensemble"] = [score(np.mean([p[part] for p in preds[:k]], axis=0))
-                                       for k in range(1, members + 1)]
+            ms = cfg.data.min_stocks
+            row[f"{part}_members"] = [summarize(p[part], target, min_stocks=ms).rankic for p in preds]
+            row[f"{part}_ensemble"] = [summarize(np.mean([p[part] for p in preds[:k]], axis=0), target,
+                                                 min_stocks=ms).rankic for k in range(1, members + 1)]
         out["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
     (OUT / "signal_ensemble.json").write_text(json.dumps(out, indent=1))

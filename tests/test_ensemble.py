@@ -31,7 +31,7 @@ def _config(**train):
     return cfg
 
 
-def test_one_member_is_exactly_the_plain_run(demo):
+def test_one_member_is_exactly_the_plain_run(demo):  # noqa: F811
     cache = open_cache(demo[1])
     plain = Trainer(cache, _config(seed=5)).fit()
     one = fit_ensemble(cache, _config(seed=5, ensemble=1))
@@ -40,7 +40,7 @@ def test_one_member_is_exactly_the_plain_run(demo):
     assert [m["seed"] for m in one.members] == [5]
 
 
-def test_dry_run_ensemble_predicts_the_members_mean_and_keeps_every_checkpoint(demo, tmp_path):
+def test_dry_run_ensemble_predicts_the_members_mean_and_keeps_every_checkpoint(demo, tmp_path):  # noqa: F811
     cache = open_cache(demo[1])
     out = tmp_path / "run"
     res = run_dryrun(demo[1], _config(seed=5, ensemble=2), out)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from atft_core.config import DryRunConfig
 import pytest
 
 import flows.pipeline
+from atft_core.config import DryRunConfig
 from flows.cli import TRAIN_RECIPE, main, write_best_config
 
 

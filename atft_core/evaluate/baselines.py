@@ -258,8 +258,9 @@ def comparison_markdown(model: dict[str, Any] | None, ridge: dict[str, Any] | No
     where = "same days" if oracle is not None and "path" in oracle and str(oracle["path"]).endswith(".parquet") \
         else "all days"
     members = int((model or {}).get("ensemble") or 1)
-    rows = [("model" if members == 1 else f"model (seed ensemble of {members})", model), ("LightGBM peer (Alpha158-style features)", peer), ("ridge (last-day features)", ridge),
-            (f"oracle (demo, {where})", oracle)]
+    model_name = "model" if members == 1 else f"model (seed ensemble of {members})"
+    rows = [(model_name, model), ("LightGBM peer (Alpha158-style features)", peer),
+            ("ridge (last-day features)", ridge), (f"oracle (demo, {where})", oracle)]
     if control is not None:
         rows.append(("model on shuffled targets (control)", control))
     for name, m in rows:

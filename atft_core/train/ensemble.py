@@ -78,7 +78,8 @@ def combine(cache: Cache, results: list[TrainResult], min_stocks: int, seeds: li
     if test_metrics:
         log.info("ensemble of %d: val RankIC %.4f, test RankIC %.4f (members' mean %.4f / %.4f)", len(results),
                  val_metrics[h0]["rankic"], test_metrics[h0]["rankic"],
-                 float(np.mean([m["val_rankic"] for m in members])), float(np.mean([m["test_rankic"] for m in members])))
+                 float(np.mean([m["val_rankic"] for m in members])),
+                 float(np.mean([m["test_rankic"] for m in members])))
     return TrainResult(history=[rec for r in results for rec in r.history], best_epoch=first.best_epoch,
                        best_rankic=val_metrics[h0]["rankic"], val_pred=val_pred, val_days=first.val_days,
                        train_days_per_epoch=first.train_days_per_epoch,

@@ -179,6 +179,45 @@ _BUILD_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_a_hit_found_while_building_stops_the_build_and_keeps_the_cache(tmp_path, monkeypatch):
+    """The content hash runs beside the build; when it names a cache that exists, the build stops."""
+    import threading
+
+    import atft_core.data.cache as cache_mod
+
+    path = write(make_panel(days=120, stocks=60, features=12), tmp_path / "p.parquet")
+    cache_dir = tmp_path / "cache"
+    first = build_cache(path, cache_dir, progress=False)
+    manifest_before = (first.path / MANIFEST_FILE).read_text()
+    building = threading.Event()
+    real_hash, real_build = cache_mod.fingerprint_files, cache_mod.build_grid
+    batches = []
+
+    def slow_hash(*args):  # the hash ends only once the build has begun: the hit can only be seen inside it
+        assert building.wait(30)
+        return real_hash(*args)
+
+    def build_grid(*args, stop, **kw):
+        building.set()
+        deadline = time.time() + 30
+        while not stop() and time.time() < deadline:
+            time.sleep(0.01)
+
+        def counted_stop():
+            batches.append(1)
+            return stop()
+
+        return real_build(*args, stop=counted_stop, **kw)
+
+    monkeypatch.setattr(cache_mod, "fingerprint_files", slow_hash)
+    monkeypatch.setattr(cache_mod, "build_grid", build_grid)
+    again = build_cache(path, cache_dir, progress=False)
+    assert again.hit and again.path == first.path and again.fingerprint == first.fingerprint
+    assert batches == [1]  # stopped after its first record batch
+    assert _cache_entries(cache_dir) == [first.path]  # the stopped build's temp folder is gone
+    assert (first.path / MANIFEST_FILE).read_text() == manifest_before
+
+
 def test_build_killed_midway_leaves_no_cache_and_next_build_is_clean(tmp_path):
     path = write(make_panel(days=300, stocks=200, features=40, drop=0.0), tmp_path / "p.parquet")
     cache_dir = tmp_path / "cache"

@@ -26,6 +26,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -38,7 +40,7 @@ import pyarrow.ipc as ipc
 
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data.contract import check_rows, check_schema, read_schema
-from atft_core.data.grid_build import build_grid, plan_grid
+from atft_core.data.grid_build import BuildStopped, build_grid, plan_grid
 from atft_core.data.grid_file import column_values, row_array
 from atft_core.data.normalise import past_only_zscore, standardise_targets  # noqa: F401  (re-exported)
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
@@ -140,36 +142,61 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
     cfg = cfg or CacheConfig()
     cache_dir = Path(cache_dir)
     t0 = time.perf_counter()
-    with resolve_input(data_path, s3) as inp:
+    with resolve_input(data_path, s3) as inp, ThreadPoolExecutor(1, thread_name_prefix="fingerprint") as pool:
         contract = check_schema(read_schema(inp), inp.display, cfg.columns)
-        fingerprint = fingerprint_files(inp.files, inp.files[0].parent if len(inp.files) > 1 else None)
-        if progress:
-            log.info("fingerprint %s (%.1fs)", fingerprint[:16], time.perf_counter() - t0)
-        final = cache_dir / f"{fingerprint[:16]}-{params_key(cfg)}"
-        if (final / MANIFEST_FILE).exists():
+        # The content hash reads the whole file once more: it runs beside the checks and the build
+        # (I/O against CPU) instead of before them. A hit found while building stops the build.
+        hashing = pool.submit(fingerprint_files, inp.files, inp.files[0].parent if len(inp.files) > 1 else None)
+        suffix = params_key(cfg)
+
+        def hit() -> Path | None:
+            if not hashing.done():
+                return None
+            final = cache_dir / f"{hashing.result()[:16]}-{suffix}"
+            return final if (final / MANIFEST_FILE).exists() else None
+
+        def found(final: Path) -> CacheBuild:
             manifest = json.loads((final / MANIFEST_FILE).read_text())
             log.info("cache hit %s", final)
-            return CacheBuild(final, True, fingerprint, _summary(manifest, True, time.perf_counter() - t0),
+            return CacheBuild(final, True, hashing.result(), _summary(manifest, True, time.perf_counter() - t0),
                               manifest.get("warnings", []))
+
         lf = pl.scan_parquet(list(inp.files))
-        # every check that fails does so before a write, but one: all features missing, found by the build
-        warnings, _, _ = check_rows(lf, contract, inp.display, inp.files, features=False)
-        plan = plan_grid(lf, contract, inp.display, require)
+        try:
+            # every check that fails does so before a write, but one: all features missing, found by the build
+            warnings, _, _ = check_rows(lf, contract, inp.display, inp.files, features=False)
+            plan = plan_grid(lf, contract, inp.display, require)
+        except DatasetError:
+            hashing.result()
+            if (final := hit()) is not None:  # as before the overlap: a cached panel is a hit, checks or not
+                return found(final)
+            raise
         if progress:
             log.info("checked rows and keys: %d days x %d stocks (%.1fs)", *plan.valid.shape, time.perf_counter() - t0)
+        if (final := hit()) is not None:
+            return found(final)
         created = not cache_dir.exists()
         cache_dir.mkdir(parents=True, exist_ok=True)
         _sweep_stale_tmp(cache_dir)
 
         def fill(tmp: Path) -> dict[str, Any]:
-            built = build_grid(inp.files, contract, plan, cfg, tmp / GRID_FILE, progress, inp.display)
+            built = build_grid(inp.files, contract, plan, cfg, tmp / GRID_FILE, progress, inp.display,
+                               stop=lambda: hit() is not None)
             warnings.extend(built["warnings"])
-            return {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": str(data_path),
+            return {"format_version": FORMAT_VERSION, "fingerprint": hashing.result(), "source": str(data_path),
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "build_params": dataclasses.asdict(cfg), "warnings": warnings, **built["meta"]}
 
+        def name() -> Path:
+            fingerprint = hashing.result()
+            if progress:
+                log.info("fingerprint %s (%.1fs)", fingerprint[:16], time.perf_counter() - t0)
+            return cache_dir / f"{fingerprint[:16]}-{suffix}"
+
         try:
-            path, manifest = _atomic(cache_dir, final, fill)
+            path, manifest = _atomic(cache_dir, name, fill, tmp_name=f"pending-{suffix}")
+        except BuildStopped:
+            return found(hit())  # type: ignore[arg-type]  # stopped only once hit() found the cache
         except DatasetError:
             if created and not any(cache_dir.iterdir()):
                 cache_dir.rmdir()  # bad input leaves nothing behind, not even the folder
@@ -177,7 +204,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
     summary = _summary(manifest, False, time.perf_counter() - t0)
     for w in warnings:
         log.warning(w)
-    return CacheBuild(path, False, fingerprint, summary, warnings)
+    return CacheBuild(path, False, hashing.result(), summary, warnings)
 
 
 def _summary(manifest: dict[str, Any], hit: bool, seconds: float) -> dict[str, Any]:
@@ -212,16 +239,20 @@ def _publish(cache_dir: Path, final: Path, manifest: dict[str, Any], grid: dict[
     return _atomic(cache_dir, final, fill)[0]
 
 
-def _atomic(cache_dir: Path, final: Path, fill: Any) -> tuple[Path, dict[str, Any]]:
+def _atomic(cache_dir: Path, final: Path | Callable[[], Path], fill: Any,
+            tmp_name: str | None = None) -> tuple[Path, dict[str, Any]]:
     """fill(tmp) writes the grid into a private temp folder and returns the manifest; then rename.
 
-    Readers see a whole cache or none; a build that fails or is killed leaves only a temp folder,
-    removed here or swept by the next build.
+    ``final`` may be a function, asked once the grid is written (the content hash that names the
+    cache runs beside the build). Readers see a whole cache or none; a build that fails or is killed
+    leaves only a temp folder, removed here or swept by the next build.
     """
-    tmp = cache_dir / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    label = tmp_name or (final if isinstance(final, Path) else Path("pending")).name
+    tmp = cache_dir / f"{_TMP_PREFIX}{label}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     try:
         manifest = fill(tmp)
+        final = final if isinstance(final, Path) else final()
         manifest["bytes"] = (tmp / GRID_FILE).stat().st_size
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=_json_default))
         try:

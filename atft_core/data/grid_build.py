@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ _BATCH_CELLS = 32 << 20  # feature values per parquet record batch read (~128 MB
 F32 = np.dtype(np.float32)
 _WHOLE_GROUP_BYTES = 512 << 20  # parquet row groups read whole up to this size (see `_reader`)
 _OPEN_CHUNKS = 2  # chunks of days held in memory while their rows arrive (a batch spans ~1-2)
+
+
+class BuildStopped(Exception):
+    """`build_grid` was told to stop (its ``stop`` returned True): the cache it was building exists."""
 
 
 @dataclass
@@ -115,8 +120,11 @@ def _factorize(values: pl.Series) -> tuple[list[str], np.ndarray]:
 
 
 def build_grid(files: tuple[Path, ...], contract: Contract, plan: Plan, cfg: CacheConfig, grid_path: Path,
-               progress: bool, source: str) -> dict[str, Any]:
+               progress: bool, source: str, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Write the grid file at ``grid_path``; returns {"meta": manifest fields, "warnings": [...]}.
+
+    ``stop`` is asked after each record batch; when it says True the build ends with `BuildStopped`
+    (the content hash, running beside the build, found this panel's cache already built).
 
     One read of the panel's value columns. Built again (a second read) only when a feature turns out
     entirely missing (it is dropped) or the market-level features guessed from the first chunk are
@@ -124,7 +132,7 @@ def build_grid(files: tuple[Path, ...], contract: Contract, plan: Plan, cfg: Cac
     """
     feats, market, warnings = list(contract.features), None, []
     while True:
-        stream, infinite = _stream_grid(files, contract, feats, plan, cfg, grid_path, progress, market)
+        stream, infinite = _stream_grid(files, contract, feats, plan, cfg, grid_path, progress, market, stop)
         finite = stream.stats.count.astype(np.int64)
         if market is None and feats == contract.features:  # the values as the file has them: said once
             warnings = value_warnings(feats, dict(zip(feats, finite)), dict(zip(feats, infinite)))
@@ -142,7 +150,8 @@ def build_grid(files: tuple[Path, ...], contract: Contract, plan: Plan, cfg: Cac
 
 
 def _stream_grid(files: tuple[Path, ...], contract: Contract, feats: list[str], plan: Plan, cfg: CacheConfig,
-                 grid_path: Path, progress: bool, market: np.ndarray | None) -> tuple[ChunkStream, np.ndarray]:
+                 grid_path: Path, progress: bool, market: np.ndarray | None,
+                 stop: Callable[[], bool] | None) -> tuple[ChunkStream, np.ndarray]:
     """The grid file written chunk by chunk as the panel is read; returns the stream and infinite counts [F]."""
     n_days, n_stocks = plan.valid.shape
     n_h = len(contract.targets)
@@ -153,7 +162,11 @@ def _stream_grid(files: tuple[Path, ...], contract: Contract, feats: list[str], 
     y = np.full((n_days, n_stocks, n_h), np.nan, dtype=np.float32)
     screened = screen_days(n_days, cells_per_day=n_stocks * len(feats) * n_h)
     stream = ChunkStream(grid, plan.valid.astype(bool), y, cfg, len(feats), screened, market, progress)
-    infinite = _scatter(files, contract, feats, plan, cfg, grid, stream, y)
+    try:
+        infinite = _scatter(files, contract, feats, plan, cfg, grid, stream, y, stop)
+    except BaseException:
+        stream.abandon()  # its threads stop touching the file before the caller removes it
+        raise
     stream.finish()
     _say(progress, "read, normalised and wrote %d rows over %d days (%.1fs)", plan.rows, n_days,
          time.perf_counter() - t0)
@@ -196,7 +209,7 @@ def _meta(contract: Contract, feats: list[str], plan: Plan, stream: ChunkStream,
 
 
 def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan: Plan, cfg: CacheConfig,
-             grid: GridFile, stream: ChunkStream, y: np.ndarray) -> np.ndarray:
+             grid: GridFile, stream: ChunkStream, y: np.ndarray, stop: Callable[[], bool] | None) -> np.ndarray:
     """Raw features by record batch into chunks of days, each given to ``stream`` whole; fills y [D, S, H].
 
     A chunk of days stays in memory until all its rows have arrived (the plan knows how many). On a
@@ -251,6 +264,8 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
             y[day, stock] = _finite_f32(df.select(pl.col(contract.targets).cast(pl.Float32)))
             del df, k
             place(day, stock, vals)
+            if stop is not None and stop():
+                raise BuildStopped
     assert not open_ and (got == need).all(), "rows read differ from the keys pass"
     return infinite
 

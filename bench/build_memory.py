@@ -70,7 +70,11 @@ def measure(stocks: int, days: int, features: int) -> dict[str, float]:
     out: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix="atft-bench-build-", dir=bench_dir()))
     try:
-        out["scan_s"], out["scan_rss_mb"] = _child(_SCAN, str(long))
+        # The scan's time is mostly reading the file: 15 s from disk, 3 s from the page cache (measured).
+        # Best of two, so the second reads cached like the build does (its keys pass warms the cache).
+        first, out["scan_rss_mb"] = _child(_SCAN, str(long))
+        out["scan_s"] = min(first, _child(_SCAN, str(long))[0])
+        out["scan_first_s"] = first
         out["short_s"], out["short_rss_mb"] = _child(_BUILD, str(short), str(work / "short"))
         shutil.rmtree(work / "short", ignore_errors=True)
         out["long_s"], out["long_rss_mb"] = _child(_BUILD, str(long), str(work / "long"))
@@ -96,9 +100,9 @@ def run(quick: bool) -> list[Row]:
                  f"{d // 2} days: {m['short_rss_mb']:.0f} MB. Goal on 4,000 x 2,500 x 400 (16 GB grid): <= 6 GB."),
         Row("build_vs_scan", f"cache build time vs a polars scan, {s}x{d}x{f}", m["long_s"], "s", m["scan_s"], "s",
             time_ratio, "build time / streaming scan time of the same file", "<= 3", verdict(time_ratio <= 3.0),
-            note=f"the scan decodes every numeric column (streaming sum); the build validates, reads, scatters, "
-                 f"normalises, screens for look-ahead and writes the grid (peak RSS of the scan "
-                 f"{m['scan_rss_mb']:.0f} MB)."),
+            note=f"the scan decodes every numeric column (streaming sum), best of two ({m['scan_first_s']:.1f} s "
+                 f"the first time); the build hashes, validates, reads, scatters, normalises, screens for "
+                 f"look-ahead and writes the grid (peak RSS of the scan {m['scan_rss_mb']:.0f} MB)."),
     ]
 
 

@@ -90,9 +90,7 @@ def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path
         if result.test_pred is not None and result.test_days is not None:
             files["test_predictions.parquet"] = write_predictions(cache, result.test_days, result.test_pred,
                                                                   output_dir / "test_predictions.parquet")
-        for path in result.checkpoints or [result.checkpoint]:
-            if path is not None and path.exists():
-                files[path.name] = path
+        files.update({path.name: path for path in result.checkpoints if path.exists()})
     rep_md = ""
     if result is not None:
         shown = files.get("test_predictions.parquet", files["val_predictions.parquet"])

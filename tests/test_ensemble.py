@@ -6,22 +6,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from atft_core.config import config_problems
 from atft_core.data.cache import open_cache
 from atft_core.dryrun import run_dryrun
 from atft_core.train.trainer import Trainer, score_days
 from flows.cli import main
-from tests.test_trainer import demo, small_config  # noqa: F401  (demo: the module's cache fixture)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# demo: the module's cache fixture; _one_thread: autouse, one torch thread as in test_trainer
+from tests.test_trainer import _one_thread, demo, small_config  # noqa: F401
 
 
 def _config(**train):

@@ -247,7 +247,7 @@ def _atomic(cache_dir: Path, final: Path | Callable[[], Path], fill: Any,
     cache runs beside the build). Readers see a whole cache or none; a build that fails or is killed
     leaves only a temp folder, removed here or swept by the next build.
     """
-    label = tmp_name or (final if isinstance(final, Path) else Path("pending")).name
+    label = final.name if isinstance(final, Path) else tmp_name or "pending"
     tmp = cache_dir / f"{_TMP_PREFIX}{label}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     try:

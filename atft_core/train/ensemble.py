@@ -67,8 +67,9 @@ def combine(cache: Cache, results: list[TrainResult], min_stocks: int, seeds: li
     for m, r in enumerate(results):
         for rec in r.history:
             rec["member"] = m
+    checkpoints = [r.checkpoint for r in results if r.checkpoint is not None]
     if len(results) == 1:
-        first.members = members
+        first.members, first.checkpoints = members, checkpoints
         return first
     val_pred = _mean([r.val_pred for r in results])
     test_pred = None if first.test_pred is None else _mean([r.test_pred for r in results])
@@ -86,7 +87,7 @@ def combine(cache: Cache, results: list[TrainResult], min_stocks: int, seeds: li
                        loss_finite=all(r.loss_finite for r in results), checkpoint=first.checkpoint,
                        val_metrics=val_metrics, test_pred=test_pred, test_days=first.test_days,
                        test_metrics=test_metrics, members=members,
-                       checkpoints=[r.checkpoint for r in results if r.checkpoint is not None])
+                       checkpoints=checkpoints)
 
 
 def _mean(preds: list[np.ndarray]) -> np.ndarray:

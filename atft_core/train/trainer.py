@@ -97,7 +97,8 @@ class TrainResult:
     test_pred: np.ndarray | None = None  # [n_test_days, S, H]
     test_days: np.ndarray | None = None
     test_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # a seed ensemble (atft_core.train.ensemble): each member's seed, best epoch and scores; its checkpoints
+    # set by atft_core.train.ensemble (also for one member): each member's seed, best epoch and scores,
+    # and the checkpoints written
     members: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
 

@@ -123,6 +123,9 @@ class ModelConfig:
     # Off by default: on demo seed 0 (300 stocks) it took the planted interaction's capture 0.10 -> 0.30 and
     # val RankIC 0.103 -> 0.112, on seed 4 val RankIC fell 0.114 -> 0.104 (bench/signal_ablation-round3-*.md).
     current_day_width: int = 0
+    # Bin edges of a piecewise-linear code of each raw input value, one more VSN stream per bin
+    # (() = off): see PiecewiseLinearEncoding.
+    piecewise_edges: tuple[float, ...] = ()
 
     @classmethod
     def reference(cls) -> "ModelConfig":

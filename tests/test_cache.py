@@ -218,6 +218,28 @@ def test_a_hit_found_while_building_stops_the_build_and_keeps_the_cache(tmp_path
     assert (first.path / MANIFEST_FILE).read_text() == manifest_before
 
 
+def test_fingerprint_reads_a_settled_file_once_and_a_changed_or_fresh_one_again(tmp_path, monkeypatch):
+    """The flow hashes the panel for the task's cache key and again in the build: the second is free."""
+    from atft_core.data import source
+
+    path = write(make_panel(days=30, stocks=10, features=3), tmp_path / "p.parquet")
+    reads = []
+    real = source._hash_files
+    monkeypatch.setattr(source, "_hash_files", lambda *a: reads.append(1) or real(*a))
+    monkeypatch.setattr(source, "_FINGERPRINTS", {})
+    fresh = source.fingerprint_files((path,))
+    assert source.fingerprint_files((path,)) == fresh and len(reads) == 2  # just written: not remembered
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    assert source.fingerprint_files((path,)) == fresh and len(reads) == 3
+    assert source.fingerprint_files((path,)) == fresh and len(reads) == 3  # settled: remembered
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1  # same size, one byte changed, and an old (but different) time stamp: rehashed
+    path.write_bytes(bytes(data))
+    os.utime(path, (old - 5, old - 5))
+    assert source.fingerprint_files((path,)) != fresh and len(reads) == 4
+
+
 def test_build_killed_midway_leaves_no_cache_and_next_build_is_clean(tmp_path):
     path = write(make_panel(days=300, stocks=200, features=40, drop=0.0), tmp_path / "p.parquet")
     cache_dir = tmp_path / "cache"

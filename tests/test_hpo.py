@@ -113,7 +113,7 @@ def test_packaged_search_space_names_real_config_fields_and_applies():
     sp = SearchSpace.load()
     expected = {"train.lr", "train.weight_decay", "model.hidden", "model.attn_heads", "model.dropout", "data.window",
                 "model.graph_topk", "data.days_per_batch", "model.fan_k", "loss.rankic_weight", "loss.cs_ic_weight",
-                "loss.sharpe_weight", "model.vsn_var_dim", "model.current_day_width"}
+                "loss.sharpe_weight", "model.vsn_var_dim", "model.vsn_gate", "model.current_day_width"}
     assert set(sp.params) == expected
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     base = DryRunConfig()

@@ -13,6 +13,7 @@ from atft_core.config import ModelConfig
 from atft_core.model.blocks import (
     CurrentDayMLP,
     FrequencyAdaptiveNorm,
+    PiecewiseLinearEncoding,
     StaticCovariateEncoder,
     TemporalFusionBlock,
     VariableSelectionNetwork,
@@ -119,12 +120,15 @@ class ATFTGATFAN(nn.Module):
         self.fan = FrequencyAdaptiveNorm(n_features, cfg.fan_k, d)
         self.static_encoder = StaticCovariateEncoder(cfg.n_sections, cfg.n_sectors, cfg.static_dim, d,
                                                      cfg.dropout)
-        streams = _FAN_STREAMS + int(cfg.sector_relative_inputs)
+        self.piecewise = PiecewiseLinearEncoding(cfg.piecewise_edges) if cfg.piecewise_edges else None
+        streams = (_FAN_STREAMS + int(cfg.sector_relative_inputs)
+                   + (self.piecewise.n_bins if self.piecewise is not None else 0))
         self.vsn = VariableSelectionNetwork(n_features, streams, cfg.vsn_var_dim, d, cfg.dropout,
                                             d_context=d, gate=cfg.vsn_gate)
         self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
         # the forecast day's raw values (and their sector deviations when that stream is on)
-        day_inputs = n_features * (1 + int(cfg.sector_relative_inputs))
+        day_inputs = n_features * (1 + int(cfg.sector_relative_inputs)
+                                   + (self.piecewise.n_bins if self.piecewise is not None else 0))
         self.current_day = (CurrentDayMLP(day_inputs, cfg.current_day_width, d, cfg.dropout)
                             if cfg.current_day_width else None)
         self.cross_section = CrossSectionContext(d, cfg.dropout) if cfg.cross_section else None
@@ -161,6 +165,10 @@ class ATFTGATFAN(nn.Module):
             rel = sector_relative(x, observed, static[:, 1], day_id)
             streams = torch.cat((streams, rel.unsqueeze(-1)), dim=-1)
             day.append(rel[:, -1])
+        if self.piecewise is not None:
+            code = self.piecewise(x)  # [S, L, F, T]
+            streams = torch.cat((streams, code), dim=-1)
+            day.append(code[:, -1].flatten(1))
         selected, _ = self.vsn(streams, ctx.selection.unsqueeze(1))  # [S, L, D]
         h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
         if self.current_day is not None:

@@ -11,6 +11,7 @@ matmuls are left to autocast.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -409,3 +410,30 @@ class CurrentDayMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.body(x))
+
+
+class PiecewiseLinearEncoding(nn.Module):
+    """Each value as how far it fills a fixed ladder of bins: ``x [...] -> [..., T]`` in [0, 1].
+
+    Component t is ``clip((x - e_t) / (e_{t+1} - e_t), 0, 1)`` for the edges ``e`` (Gorishniy et al.
+    2022, "On Embeddings for Numerical Features in Tabular Deep Learning"). Any piecewise-linear
+    function of x with those knots is then one linear map of the code, so a step (the sign of a
+    feature) or a threshold (|x| > 1) is as easy for the VSN's per-variable GRN to form as a slope,
+    while from the raw value it must be bent out of a few ELUs. Fixed edges suit the cache's inputs:
+    they are per-day robust z-scores, clipped, so one ladder fits every feature and every day.
+    """
+
+    def __init__(self, edges: Sequence[float]) -> None:
+        super().__init__()
+        e = torch.tensor(sorted(float(v) for v in edges), dtype=torch.float32)
+        if len(e) < 2 or not bool((e[1:] > e[:-1]).all()):
+            raise ValueError(f"need at least two distinct edges, got {list(edges)}")
+        self.register_buffer("lo", e[:-1], persistent=False)
+        self.register_buffer("inv_width", 1.0 / (e[1:] - e[:-1]), persistent=False)
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.lo)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ((x.unsqueeze(-1) - self.lo) * self.inv_width).clamp(0.0, 1.0)

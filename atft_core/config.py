@@ -319,6 +319,9 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.fan_aux_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
     ("model.quantiles", lambda v: isinstance(v, tuple) and all(_num(q) and 0 < q < 1 for q in v),
      "a list of numbers in (0, 1)"),
+    ("model.piecewise_edges", lambda v: isinstance(v, tuple) and all(_num(e) for e in v)
+     and (len(v) == 0 or (len(v) >= 2 and all(a < b for a, b in zip(v, v[1:])))),
+     "empty (off) or a list of at least two increasing numbers (bin edges of the z-scored inputs)"),
     ("loss.huber_delta", lambda v: _num(v) and v > 0, "a number > 0"),
     ("loss.rankic_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
     ("loss.cs_ic_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),

@@ -24,6 +24,7 @@ from atft_core.model.blocks import (
     FrequencyAdaptiveNorm,
     GatedResidualNetwork,
     InterpretableMultiHeadAttention,
+    PiecewiseLinearEncoding,
     StaticCovariateEncoder,
     TemporalFusionBlock,
     VariableSelectionNetwork,
@@ -384,6 +385,33 @@ def test_current_day_path_starts_neutral_and_reads_only_the_forecast_day() -> No
     out = model(x, static, day_id)["pred"]
     out.sum().backward()
     assert path.body[0].weight.grad is not None and path.body[0].weight.grad.abs().sum() > 0
+
+
+def test_piecewise_linear_code_fills_bins_and_spans_piecewise_linear_functions() -> None:
+    enc = PiecewiseLinearEncoding((1.0, -1.0, 0.0))  # sorted on the way in
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 4.0])
+    expected = [[0, 0], [0, 0], [0.5, 0], [1, 0], [1, 0.5], [1, 1], [1, 1]]
+    assert enc.n_bins == 2 and torch.equal(enc(x), torch.tensor(expected))
+    # |x|, a sign-like step (a steep ramp between knots) and a hinge at 1 are exact linear maps of the
+    # code: what the VSN's per-variable GRN must otherwise bend out of a few ELUs
+    edges = (-2.0, -1.0, -0.25, 0.0, 0.25, 1.0, 2.0)
+    enc, knots = PiecewiseLinearEncoding(edges), torch.tensor(edges)
+    x = torch.linspace(-2, 2, 401)
+    for f in (torch.abs, lambda v: torch.clamp(v / 0.25, -1, 1), lambda v: torch.relu(v.abs() - 1)):
+        approx = f(knots[:1]) + enc(x) @ (f(knots[1:]) - f(knots[:-1]))
+        torch.testing.assert_close(approx, f(x))
+    with pytest.raises(ValueError, match="two distinct edges"):
+        PiecewiseLinearEncoding((0.0, 0.0))
+
+
+def test_model_with_piecewise_code_feeds_it_to_the_vsn_and_learns_through_it() -> None:
+    x, static, day_id = _day_batch(2, 25, 10, 6)
+    model = ATFTGATFAN(6, (1, 5), ModelConfig(piecewise_edges=(-1.0, 0.0, 1.0), current_day_width=8))
+    assert model.vsn.d_in == 3 + 1 + 2  # FAN's streams, the sector deviation, two bins
+    assert model.current_day is not None and model.current_day.body[0].in_features == 6 * (1 + 1 + 2)
+    out = model(x, static, day_id)
+    (out["pred"].pow(2).mean() + out["aux_loss"]).backward()
+    assert_all_grads(model)
 
 
 def test_model_quantile_mode() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.config import DryRunConfig
+from atft_core.config import TRAIN_RECIPE, DryRunConfig
 from atft_core.data.batches import make_split
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.data.demo import DemoConfig, generate_demo
@@ -189,24 +189,29 @@ def ablation_markdown(results: dict) -> str:
 
 
 def run_goals(seeds: list[int], members: int, control_seeds: list[int], tag: str = "") -> dict:
-    """The shipped recipe on each seed: a seed ensemble of `members` default dry runs (validation picks
-    each member's epoch). Member 0 is the 2-epoch dry run itself (its seed is the demo seed), so the
-    dry-run column costs nothing extra. Writes `signal_goals{tag}.json` after each seed."""
-    member_epochs = DryRunConfig().train.max_epochs
-    results: dict[str, Any] = {"seeds": {}, "members": members, "member_epochs": member_epochs}
+    """The shipped recipe on each seed (`TRAIN_RECIPE`: a seed ensemble, validation picks each member's
+    epoch) and the default dry run on its own (when the recipe's members train as long as the dry run,
+    its member 0 is that dry run and the column costs nothing extra). Writes `signal_goals{tag}.json`
+    after each seed."""
+    member_epochs = TRAIN_RECIPE["max_epochs"]
+    results: dict[str, Any] = {"seeds": {}, "members": members, "member_epochs": member_epochs,
+                               "alternate_encoding": DryRunConfig().train.ensemble_alternate_encoding}
     for seed in seeds:
         path = demo_cache(seed)
         cfg = DryRunConfig()
         cfg.train.seed = seed
         row = baselines(path, cfg)
-        cfg.train.ensemble = members
-        model = train_eval(path, cfg)
-        dry = model["members"][0]  # the default dry run: ensemble 1, train.seed = the demo seed
+        recipe = copy.deepcopy(cfg)
+        recipe.train.ensemble, recipe.train.max_epochs = members, member_epochs
+        model = train_eval(path, recipe)
+        if member_epochs == cfg.train.max_epochs:
+            dry = model["members"][0]  # the default dry run: ensemble 1, train.seed = the demo seed
+        else:
+            dry = train_eval(path, cfg)
         row["dryrun_test"], row["dryrun_val"] = dry["test_rankic"], dry["val_rankic"]
         row["model_test"], row["model_val"] = model["test_rankic"], model["val_rankic"]
         row["model_members"], row["model_seconds"] = model["members"], model["seconds"]
         if seed in control_seeds:
-            cfg.train.ensemble = 1
             row["control"] = train_eval(path, cfg, control_seed=seed)["control"]
         results["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
@@ -287,9 +292,10 @@ def ensemble_markdown(results: dict) -> str:
 
 def goals_markdown(results: dict) -> str:
     rows = results["seeds"]
-    k, e = results["members"], results["member_epochs"]
-    lines = [f"| seed | model ({k} x {e}-epoch seed ensemble) | {e}-epoch dry run | LightGBM peer | ridge | oracle "
-             "| model / oracle | control (band) |", "|---|---|---|---|---|---|---|---|"]
+    k, e, d = results["members"], results["member_epochs"], DryRunConfig().train.max_epochs
+    mix = ", encodings alternating" if results.get("alternate_encoding") else ""
+    lines = [f"| seed | model ({k} x {e}-epoch seed ensemble{mix}) | {d}-epoch dry run | LightGBM peer | ridge "
+             "| oracle | model / oracle | control (band) |", "|---|---|---|---|---|---|---|---|"]
     for seed, r in rows.items():
         c = r.get("control")
         ctl = "not run" if c is None else \
@@ -320,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goals-table", action="store_true", help="only rebuild signal_goals.md from signal_goals*.json")
     ap.add_argument("--seeds", default=None, help="comma list (ablation default 1,2,3; goals 1,2,3)")
     ap.add_argument("--epochs", type=int, default=10, help="ablation: epochs per run (validation picks one)")
-    ap.add_argument("--members", type=int, default=5, help="goals / ensemble curve: seed-ensemble members")
+    ap.add_argument("--members", type=int, default=None,
+                    help=f"seed-ensemble members (goals: the recipe's {TRAIN_RECIPE['ensemble']}; curve: 5)")
     ap.add_argument("--ensemble-curve", action="store_true",
                     help="RankIC of 1..members ensemble members on the tuning seeds (default 0,4)")
     ap.add_argument("--control-seeds", default=None, help="goals: seeds that also get a control run (default all)")
@@ -340,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print((OUT / f"signal_ablation{args.tag}.md").read_text())
     if args.goals:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
-        run_goals(seeds, args.members, control, args.tag)
+        run_goals(seeds, args.members or TRAIN_RECIPE["ensemble"], control, args.tag)
     if args.ensemble_curve:
-        run_ensemble_curve([int(x) for x in (args.seeds or "0,4").split(",")], args.members)
+        run_ensemble_curve([int(x) for x in (args.seeds or "0,4").split(",")], args.members or 5)
         print((OUT / "signal_ensemble.md").read_text())
     if args.goals or args.goals_table:
         (OUT / "signal_goals.md").write_text(goals_markdown(merged_goals()))

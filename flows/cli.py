@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from atft_core.config import TRAIN_RECIPE
 from atft_core.errors import ConfigError, DatasetError, TrainingError
 
 log = logging.getLogger("atft")
@@ -145,12 +146,6 @@ def _add_hpo_parser(sub: Any) -> None:
     p.add_argument("--gpu-stage", default="auto", choices=["auto", "deployment", "local"],
                    help="deployment: workers are runs of atft-hpo-worker/gpu on the gpu pool (needs PostgreSQL "
                         "for K > 1); local: K processes here; auto: the pool only under a deployment")
-
-
-# `atft train` without a word on these (config or flags): the recipe `bench.signal --goals` measures.
-# Every single run on the demo peaks within two epochs (longer schedules only early-stop later), and
-# averaging five such runs lifts RankIC by ~0.01 (bench/signal_ensemble.md): ten epochs of training.
-TRAIN_RECIPE = {"ensemble": 5, "max_epochs": 2}
 
 
 def cmd_train(args: argparse.Namespace) -> int:

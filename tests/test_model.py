@@ -366,7 +366,7 @@ def test_model_forward_backward_two_days() -> None:
 
 def test_current_day_path_starts_neutral_and_reads_only_the_forecast_day() -> None:
     x, static, day_id = _day_batch(2, 25, 10, 6)
-    model = ATFTGATFAN(6, (1, 5), ModelConfig(current_day_width=16, dropout=0.0)).eval()
+    model = ATFTGATFAN(6, (1, 5), ModelConfig(current_day_width=16, dropout=0.0, piecewise_edges=())).eval()
     assert model.current_day is not None
     with_path = model(x, static, day_id)["pred"]
     path, model.current_day = model.current_day, None

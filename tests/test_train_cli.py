@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import flows.pipeline
-from atft_core.config import DryRunConfig
-from flows.cli import TRAIN_RECIPE, main, write_best_config
+from atft_core.config import TRAIN_RECIPE, DryRunConfig
+from flows.cli import main, write_best_config
 
 
 def test_best_trial_yaml_round_trips_into_a_train_config(tmp_path):
@@ -32,10 +32,10 @@ def test_train_with_a_bad_config_is_one_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("yaml,flags,expected", [
-    ("", [], TRAIN_RECIPE),  # the measured recipe: a 5-member ensemble of 2-epoch runs
+    ("", [], TRAIN_RECIPE),  # the measured recipe: a 3-member ensemble of 3-epoch runs
     ("train: {max_epochs: 7}\n", [], {"ensemble": TRAIN_RECIPE["ensemble"], "max_epochs": 7}),
     ("train: {ensemble: 1}\n", ["--max-epochs", "12"], {"ensemble": 1, "max_epochs": 12}),
-    ("", ["--ensemble", "3"], {"ensemble": 3, "max_epochs": TRAIN_RECIPE["max_epochs"]}),
+    ("", ["--ensemble", "4"], {"ensemble": 4, "max_epochs": TRAIN_RECIPE["max_epochs"]}),
 ])
 def test_train_runs_the_measured_recipe_unless_told_otherwise(tmp_path, monkeypatch, yaml, flags, expected):
     seen = {}

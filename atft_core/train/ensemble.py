@@ -1,19 +1,24 @@
 """Seed ensembles: ATFT-GAT-FAN trained K times from different seeds, its predictions averaged.
 
-On the demo every training run peaks within two epochs: with ~460 training days the data, not the
-training time, is the limit, and two runs from different seeds differ by about as much as the
-changes the ablations measure. Averaging K runs removes that part of the error. Measured on the
-tuning seeds (0 and 4, 300 stocks, `python -m bench.signal --ensemble-curve`): five 2-epoch members
-score val RankIC 0.116 against 0.106 for one member on average (test days 0.105 against 0.095).
+On the demo every training run peaks within two or three epochs: with ~460 training days the data,
+not the training time, is the limit, and two runs from different seeds differ by about as much as
+the changes the ablations measure. Averaging K runs removes that part of the error.
 
-Every member is the same model, config and data; only ``train.seed`` differs (member k trains with
-``seed + k``: the batch order, initial weights and dropout). Validation still picks each member's
-epoch. The ensemble's prediction is the members' mean in the model's own units (they share the
-target scale, so a plain mean ranks the same as a mean of ranks, measured), and its metrics are
-computed from that mean exactly as a single model's are.
+Members differ in ``train.seed`` (member k trains with ``seed + k``: batch order, initial weights,
+dropout) and, with ``train.ensemble_alternate_encoding`` (the default), in how they read their
+inputs: even members use the configured piecewise-linear code of each value
+(`PiecewiseLinearEncoding`), odd members the raw values only. The two learn different parts of the
+demo's signal (`bench.signal_capture`: the code finds the extreme-value part, capture 0.30-0.40,
+and loses the interaction, ~0.01; the raw values find the interaction, 0.12-0.19, and the extremes
+less), so a pair of one each beats two of either: on the tuning seeds' validation days two members
+scored 0.121 / 0.118 (code + raw) against 0.114 / 0.116 (two with the code) and 0.118 / 0.112 (two
+raw). Validation still picks each member's epoch. The ensemble's prediction is the members' mean in
+the model's own units (they share the target scale, so a plain mean ranks the same as a mean of
+ranks, measured), and its metrics are computed from that mean exactly as a single model's are.
 
 Member 0 is the run ``ensemble = 1`` would make, bit for bit, and writes ``checkpoint.pt``; member k
-writes ``checkpoint.member{k}.pt`` next to it.
+writes ``checkpoint.member{k}.pt`` next to it, with its own config inside (an odd member's says
+``piecewise_edges: []``).
 """
 
 from __future__ import annotations
@@ -38,32 +43,51 @@ def member_checkpoint(path: Path, member: int) -> Path:
     return path if member == 0 else path.with_name(f"{path.stem}.member{member}{path.suffix}")
 
 
+def member_configs(cfg: DryRunConfig) -> list[DryRunConfig]:
+    """Member k's config: ``train.seed + k``; odd members without the piecewise code when alternating."""
+    out = []
+    for member in range(int(cfg.train.ensemble)):
+        mcfg = copy.deepcopy(cfg)
+        mcfg.train.seed = cfg.train.seed + member
+        if member % 2 and cfg.train.ensemble_alternate_encoding:
+            mcfg.model.piecewise_edges = ()
+        out.append(mcfg)
+    return out
+
+
 def fit_ensemble(cache: Cache, cfg: DryRunConfig, *, split: Split | None = None, monitor: Any = None,
                  checkpoint_path: Path | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train ``cfg.train.ensemble`` members and return the ensemble's `TrainResult`.
 
     ``history`` holds every member's epochs, each record with its ``member``; ``best_epoch`` and
-    ``checkpoint`` are member 0's; ``members`` lists each member's seed, best epoch and scores.
+    ``checkpoint`` are member 0's; ``members`` lists each member's seed, inputs, best epoch and scores.
     """
-    k = int(cfg.train.ensemble)
+    configs = member_configs(cfg)
     split = split or make_split(cache, cfg.data)
     results: list[TrainResult] = []
-    for member in range(k):
-        mcfg = copy.deepcopy(cfg)
-        mcfg.train.seed = cfg.train.seed + member
-        if k > 1:
-            log.info("ensemble member %d of %d (train.seed %d)", member + 1, k, mcfg.train.seed)
+    for member, mcfg in enumerate(configs):
+        if len(configs) > 1:
+            log.info("ensemble member %d of %d (train.seed %d, %s)", member + 1, len(configs), mcfg.train.seed,
+                     _inputs(mcfg))
         trainer = Trainer(cache, mcfg, split=split, monitor=monitor, on_epoch=_tagged(on_epoch, member))
         ckpt = None if checkpoint_path is None else member_checkpoint(checkpoint_path, member)
         results.append(trainer.fit(checkpoint_path=ckpt))
         del trainer  # one member's grid and weights in memory at a time
-    return combine(cache, results, cfg.data.min_stocks, seeds=[cfg.train.seed + m for m in range(k)])
+    return combine(cache, results, cfg.data.min_stocks, seeds=[c.train.seed for c in configs],
+                   inputs=[_inputs(c) for c in configs])
 
 
-def combine(cache: Cache, results: list[TrainResult], min_stocks: int, seeds: list[int]) -> TrainResult:
+def _inputs(cfg: DryRunConfig) -> str:
+    return "raw values + piecewise code" if cfg.model.piecewise_edges else "raw values"
+
+
+def combine(cache: Cache, results: list[TrainResult], min_stocks: int, seeds: list[int],
+            inputs: list[str] | None = None) -> TrainResult:
     """The members' mean prediction, scored on the same days; a single result comes back as it is."""
     first = results[0]
     members = [_member_summary(r, seed, cache.horizons[0]) for r, seed in zip(results, seeds, strict=True)]
+    for m, what in zip(members, inputs or [], strict=False):
+        m["inputs"] = what
     for m, r in enumerate(results):
         for rec in r.history:
             rec["member"] = m

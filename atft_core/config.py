@@ -236,9 +236,9 @@ class GateConfig:
 # What `atft train` trains when neither the config nor a flag says otherwise, and what
 # `bench.signal --goals` measures: three 3-epoch runs (nine epochs of training), encodings alternating
 # (code, raw values, code; validation picks each run's epoch). Chosen on the tuning seeds' validation
-# days (bench/signal_ensemble.md): val RankIC 0.121 / 0.121 against 0.116 / 0.116 for the previous
-# recipe (five 2-epoch runs on raw values); two such runs scored 0.124 / 0.121, within noise of three,
-# and the larger ensemble is kept for its lower variance.
+# days (`python -m bench.signal --recipes`, bench/signal_recipes.md): val RankIC 0.121 / 0.120 against
+# 0.116 / 0.117 for the previous recipe (five 2-epoch runs on raw values). Two such runs scored
+# 0.124 / 0.121, within noise of three; the larger ensemble is kept for its lower variance.
 TRAIN_RECIPE: dict[str, int] = {"ensemble": 3, "max_epochs": 3}
 
 

@@ -1,7 +1,7 @@
 """Signal benchmark: does ATFT-GAT-FAN beat the model a quant would pick instead, on held-out days?
 
     python -m bench.signal --goals      # seeds 1,2,3: model vs LightGBM peer vs ridge vs oracle (test days)
-    python -m bench.signal --ensemble-curve   # seeds 0,4: 1..5 seed-ensemble members (validation and test)
+    python -m bench.signal --recipes    # seeds 0,4: ensembles of raw / coded members (validation and test)
     python -m bench.signal --ablation --round round3 --seeds 0,4   # each change on its own, mean and spread
 
 Every number is a mean daily 1-day RankIC (`atft_core.evaluate.metrics`). Validation days pick the
@@ -234,59 +234,84 @@ def merged_goals() -> dict:
     return merged
 
 
-def run_ensemble_curve(seeds: list[int], members: int) -> dict:
-    """Validation and test RankIC of the first k members' mean, k = 1..members (tuning seeds only).
+# Member variants of the recipe comparison: (piecewise code on, epochs). Each member is the default
+# dry run with that encoding and epoch budget and train.seed = its index (`fit_ensemble`'s member k).
+MEMBER_VARIANTS: dict[str, tuple[bool, int]] = {"raw2": (False, 2), "code2": (True, 2), "raw3": (False, 3),
+                                                "code3": (True, 3)}
+# Recipe -> its members as (variant, training seed); member 0 first, as `fit_ensemble` orders them.
+RECIPES: dict[str, list[tuple[str, int]]] = {
+    "1 raw 2-epoch run": [("raw2", 0)],
+    "1 coded 2-epoch run (the dry run)": [("code2", 0)],
+    "2 raw 2-epoch runs": [("raw2", k) for k in range(2)],
+    "5 raw 2-epoch runs (previous recipe)": [("raw2", k) for k in range(5)],
+    "5 coded 2-epoch runs": [("code2", k) for k in range(5)],
+    "5 2-epoch runs, alternating": [("code2" if k % 2 == 0 else "raw2", k) for k in range(5)],
+    "2 coded 3-epoch runs": [("code3", k) for k in range(2)],
+    "3 coded 3-epoch runs": [("code3", k) for k in range(3)],
+    "2 3-epoch runs, alternating": [("code3", 0), ("raw3", 1)],
+    "3 3-epoch runs, alternating (the recipe)": [("code3", 0), ("raw3", 1), ("code3", 2)],
+}
 
-    Each member is the default dry run with train.seed = k (`fit_ensemble`'s member k); its predictions
-    are kept under the bench folder, so a rerun or a larger `members` trains only what is missing.
+
+def run_recipes(seeds: list[int]) -> dict:
+    """Validation and test RankIC of each recipe in `RECIPES` (tuning seeds only), with the mean of its
+    members' single scores. Member predictions are kept under the bench folder by variant and seed, so
+    a rerun trains only what is missing.
     """
-    store = bench_dir() / "signal" / "ensemble"
+    store = bench_dir() / "signal" / "members"
     store.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"seeds": {}, "members": members, "member_epochs": DryRunConfig().train.max_epochs}
+    out: dict[str, Any] = {"seeds": {}, "recipes": {name: [list(m) for m in ms] for name, ms in RECIPES.items()}}
     for seed in seeds:
         cache = open_cache(demo_cache(seed))
-        cfg = DryRunConfig()
-        cfg.train.progress = False
-        split = make_split(cache, cfg.data)
-        preds = []
-        for k in range(members):
-            f = store / f"s{seed}-t{k}.npz"
+        split = make_split(cache, DryRunConfig().data)
+        preds: dict[tuple[str, int], Any] = {}
+        for variant, k in sorted({m for ms in RECIPES.values() for m in ms}):
+            f = store / f"{variant}-s{seed}-t{k}.npz"
             if not f.exists():
-                cfg.train.seed = k
+                code, epochs = MEMBER_VARIANTS[variant]
+                cfg = DryRunConfig()
+                cfg.train.progress, cfg.train.seed, cfg.train.max_epochs = False, k, epochs
+                if not code:
+                    cfg.model.piecewise_edges = ()
                 res = Trainer(cache, cfg, split=split).fit()
                 np.savez(f, val=res.val_pred[..., 0], test=res.test_pred[..., 0], val_days=res.val_days,
                          test_days=res.test_days)
-            preds.append(np.load(f))
+                logging.info("seed %d %s t%d: val %.4f", seed, variant, k, res.best_rankic)
+            preds[variant, k] = np.load(f)
         row: dict[str, Any] = {}
-        for part in ("val", "test"):
-            days = preds[0][f"{part}_days"]
-            target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
-            ms = cfg.data.min_stocks
-            row[f"{part}_members"] = [summarize(p[part], target, min_stocks=ms).rankic for p in preds]
-            row[f"{part}_ensemble"] = [summarize(np.mean([p[part] for p in preds[:k]], axis=0), target,
-                                                 min_stocks=ms).rankic for k in range(1, members + 1)]
+        for name, members in RECIPES.items():
+            got = [preds[m] for m in members]
+            for part in ("val", "test"):
+                days = got[0][f"{part}_days"]
+                target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
+                ms = DryRunConfig().data.min_stocks
+                row.setdefault(name, {})[part] = summarize(np.mean([p[part] for p in got], axis=0), target,
+                                                           min_stocks=ms).rankic
+                row[name][f"{part}_members"] = statistics.fmean(
+                    summarize(p[part], target, min_stocks=ms).rankic for p in got)
         out["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
-    (OUT / "signal_ensemble.json").write_text(json.dumps(out, indent=1))
-    (OUT / "signal_ensemble.md").write_text(ensemble_markdown(out))
+    (OUT / "signal_recipes.json").write_text(json.dumps(out, indent=1))
+    (OUT / "signal_recipes.md").write_text(recipes_markdown(out))
     return out
 
 
-def ensemble_markdown(results: dict) -> str:
-    rows = list(results["seeds"].values())
-    n = results["members"]
-    lines = [f"Seed ensembles of the default {results['member_epochs']}-epoch dry run on demo seeds "
-             f"{list(results['seeds'])} (the tuning seeds), 300 stocks; 1-day RankIC, mean +- std over seeds. "
-             "Row k: the mean prediction of members 0..k-1; 'members' is the mean of single members.", "",
-             "| members | val RankIC | test RankIC |", "|---|---|---|"]
-    single = [(statistics.fmean(r["val_members"]), statistics.fmean(r["test_members"])) for r in rows]
-    v, vs = _stats([s[0] for s in single])
-    t, ts = _stats([s[1] for s in single])
-    lines.append(f"| one member (mean of {n}) | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} |")
-    for k in range(n):
-        v, vs = _stats([r["val_ensemble"][k] for r in rows])
-        t, ts = _stats([r["test_ensemble"][k] for r in rows])
-        lines.append(f"| {k + 1} | {v:.4f} +- {vs:.4f} | {t:.4f} +- {ts:.4f} |")
+def recipes_markdown(results: dict) -> str:
+    seeds = list(results["seeds"])
+    lines = [f"Training recipes on demo seeds {seeds} (the tuning seeds), 300 stocks; 1-day RankIC of the "
+             "members' mean prediction, per seed. 'Coded' members read the piecewise-linear code of each "
+             "value (model.piecewise_edges), 'raw' ones the raw values only; validation picks each "
+             "member's epoch. Validation chose the recipe; test days are shown, not used.", "",
+             "| recipe | epochs | " + " | ".join(f"val s{s}" for s in seeds) + " | val mean | members' val mean "
+             "| " + " | ".join(f"test s{s}" for s in seeds) + " |",
+             "|---|---|" + "---|" * (2 * len(seeds) + 2)]
+    for name, members in results["recipes"].items():
+        rows = [results["seeds"][s][name] for s in seeds]
+        epochs = sum(MEMBER_VARIANTS[v][1] for v, _ in members)
+        lines.append(f"| {name} | {epochs} | " + " | ".join(f"{r['val']:.4f}" for r in rows)
+                     + f" | {statistics.fmean(r['val'] for r in rows):.4f}"
+                     + f" | {statistics.fmean(r['val_members'] for r in rows):.4f} | "
+                     + " | ".join(f"{r['test']:.4f}" for r in rows) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -327,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, help="comma list (ablation default 1,2,3; goals 1,2,3)")
     ap.add_argument("--epochs", type=int, default=10, help="ablation: epochs per run (validation picks one)")
     ap.add_argument("--members", type=int, default=None,
-                    help=f"seed-ensemble members (goals: the recipe's {TRAIN_RECIPE['ensemble']}; curve: 5)")
-    ap.add_argument("--ensemble-curve", action="store_true",
-                    help="RankIC of 1..members ensemble members on the tuning seeds (default 0,4)")
+                    help=f"goals: seed-ensemble members (default: the recipe's {TRAIN_RECIPE['ensemble']})")
+    ap.add_argument("--recipes", action="store_true",
+                    help="training recipes (ensembles of raw / coded members) on the tuning seeds (default 0,4)")
     ap.add_argument("--control-seeds", default=None, help="goals: seeds that also get a control run (default all)")
     ap.add_argument("--days", type=int, default=750)
     ap.add_argument("--stocks", type=int, default=300)
@@ -348,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.goals:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
         run_goals(seeds, args.members or TRAIN_RECIPE["ensemble"], control, args.tag)
-    if args.ensemble_curve:
-        run_ensemble_curve([int(x) for x in (args.seeds or "0,4").split(",")], args.members or 5)
-        print((OUT / "signal_ensemble.md").read_text())
+    if args.recipes:
+        run_recipes([int(x) for x in (args.seeds or "0,4").split(",")])
+        print((OUT / "signal_recipes.md").read_text())
     if args.goals or args.goals_table:
         (OUT / "signal_goals.md").write_text(goals_markdown(merged_goals()))
         print((OUT / "signal_goals.md").read_text())

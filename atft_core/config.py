@@ -201,11 +201,12 @@ class TrainConfig:
     resume_from: str | None = None  # checkpoint.pt of an earlier run on the same panel layout: continue it
     # Members of a seed ensemble (atft_core.train.ensemble): K runs with seeds seed..seed+K-1, predictions
     # averaged. 1 = one model (the dry run's default: it is a quick go/no-go); HPO trials always train one.
-    # `atft train` trains TRAIN_RECIPE's ensemble by default (bench/signal_ensemble.md).
+    # `atft train` trains TRAIN_RECIPE's ensemble by default (bench/signal_recipes.md).
     ensemble: int = 1
     # Odd members read the raw values only (model.piecewise_edges off), even ones the configured
     # encoding: the two learn different planted parts (the code the extremes, the raw values the
-    # interaction), and a pair of one each beat two of either on both tuning seeds (ensemble.py).
+    # interaction), and mixing them scored at least as high as either kind alone at every ensemble
+    # size measured on the tuning seeds (ensemble.py, bench/signal_recipes.md).
     ensemble_alternate_encoding: bool = True
 
     def __post_init__(self) -> None:

@@ -10,10 +10,10 @@ inputs: even members use the configured piecewise-linear code of each value
 (`PiecewiseLinearEncoding`), odd members the raw values only. The two learn different parts of the
 demo's signal (`bench.signal_capture`: the code finds the extreme-value part, capture 0.30-0.40,
 and loses the interaction, ~0.01; the raw values find the interaction, 0.12-0.19, and the extremes
-less), so mixing them beats more of either (`python -m bench.signal --recipes`, tuning seeds 0 / 4,
-validation): two 3-epoch members scored 0.124 / 0.121 alternating against 0.114 / 0.116 both coded,
-and five 2-epoch members 0.118 / 0.117 alternating against 0.114 / 0.114 coded and 0.116 / 0.117
-raw. Validation still picks each member's epoch. The ensemble's prediction is the members' mean in
+less), so a mix scored at least as high as either kind alone (`python -m bench.signal --recipes`,
+tuning seeds 0 / 4, validation): two 3-epoch members 0.124 / 0.121 alternating against 0.114 / 0.116
+both coded, five 2-epoch members 0.118 / 0.117 alternating against 0.114 / 0.114 coded and
+0.116 / 0.117 raw. Validation still picks each member's epoch. The ensemble's prediction is the members' mean in
 the model's own units (they share the target scale, so a plain mean ranks the same as a mean of
 ranks, measured), and its metrics are computed from that mean exactly as a single model's are.
 

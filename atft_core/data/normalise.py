@@ -151,8 +151,11 @@ def _robust_z(block: np.ndarray, clip: float) -> np.ndarray:
         med = _median_sorted(ordered, n)
         dev = block - med
         scale = _mad_sorted(ordered, n, med) * _MAD_SCALE
-        low = np.flatnonzero(~(scale[:, 0] > 1e-12))
-        if len(low):  # std only where the MAD says nothing (mostly-equal values): rare, so only those rows
+        # std only where the MAD says nothing (mostly-equal values): rare, so only those rows. Rows with
+        # no value are left out: their std is NaN anyway, and numpy would warn about them, which the
+        # warnings filter above cannot always stop (it is process-wide and days run on threads).
+        low = np.flatnonzero(~(scale[:, 0] > 1e-12) & (n > 0))
+        if len(low):
             scale[low] = np.nanstd(block[low], axis=1, keepdims=True)
         ok = scale[:, 0] > 1e-12
         dev /= np.where(ok[:, None], scale, np.float32(1))

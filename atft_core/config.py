@@ -126,7 +126,7 @@ class ModelConfig:
     # Bin edges of a piecewise-linear code of each input value (the cache's z-scores), one more VSN
     # stream and current-day input per bin; () = off. See PiecewiseLinearEncoding. On the tuning seeds
     # (0 and 4, 300 stocks, validation) 2-epoch runs went 0.1065 -> 0.1109 and 0.1047 -> 0.1099 (mean of
-    # five training seeds each), the extreme-value part's capture 0.15-0.20 -> 0.30-0.37; 1.3x the time.
+    # five training seeds each), the extreme-value part's capture 0.15-0.20 -> 0.30-0.37; 1.2-1.3x the time.
     piecewise_edges: tuple[float, ...] = (-5.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0)
 
     @classmethod

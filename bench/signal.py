@@ -277,18 +277,21 @@ def run_recipes(seeds: list[int]) -> dict:
                 np.savez(f, val=res.val_pred[..., 0], test=res.test_pred[..., 0], val_days=res.val_days,
                          test_days=res.test_days)
                 logging.info("seed %d %s t%d: val %.4f", seed, variant, k, res.best_rankic)
-            preds[variant, k] = np.load(f)
+            with np.load(f) as z:  # read once: an npz reads its zip member again on every access
+                preds[variant, k] = {key: z[key] for key in z.files}
+        ms = DryRunConfig().data.min_stocks
+        targets = {}
+        for part in ("val", "test"):
+            days = next(iter(preds.values()))[f"{part}_days"]
+            targets[part] = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
+        single = {(m, part): summarize(p[part], targets[part], min_stocks=ms).rankic
+                  for m, p in preds.items() for part in targets}
         row: dict[str, Any] = {}
         for name, members in RECIPES.items():
-            got = [preds[m] for m in members]
-            for part in ("val", "test"):
-                days = got[0][f"{part}_days"]
-                target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
-                ms = DryRunConfig().data.min_stocks
-                row.setdefault(name, {})[part] = summarize(np.mean([p[part] for p in got], axis=0), target,
-                                                           min_stocks=ms).rankic
-                row[name][f"{part}_members"] = statistics.fmean(
-                    summarize(p[part], target, min_stocks=ms).rankic for p in got)
+            for part, target in targets.items():
+                mean = np.mean([preds[m][part] for m in members], axis=0)
+                row.setdefault(name, {})[part] = summarize(mean, target, min_stocks=ms).rankic
+                row[name][f"{part}_members"] = statistics.fmean(single[m, part] for m in members)
         out["seeds"][seed] = row
         logging.info("seed %d: %s", seed, row)
     (OUT / "signal_recipes.json").write_text(json.dumps(out, indent=1))

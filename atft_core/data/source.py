@@ -61,12 +61,12 @@ def fingerprint_files(files: tuple[Path, ...], root: Path | None = None) -> str:
     tick coarsely, so a rewrite of the same size right after could keep the same stamp.
     """
     started = time.time_ns()
-    stamp = (str(root), tuple((str(f), *_identity(f)) for f in files))
+    stamp = _stamp(files, root)
     if stamp in _FINGERPRINTS:
         return _FINGERPRINTS[stamp]
     digest = _hash_files(files, root)
     settled = all(mtime < started - _SETTLED_NS for *_, mtime in stamp[1])
-    if settled and stamp == (str(root), tuple((str(f), *_identity(f)) for f in files)):
+    if settled and stamp == _stamp(files, root):  # and unchanged while it was read
         with _FINGERPRINTS_LOCK:  # the build hashes on a thread of its own
             if len(_FINGERPRINTS) >= 16:
                 _FINGERPRINTS.pop(next(iter(_FINGERPRINTS)))
@@ -79,9 +79,10 @@ _FINGERPRINTS_LOCK = threading.Lock()
 _SETTLED_NS = 2_000_000_000
 
 
-def _identity(f: Path) -> tuple[int, int, int, int]:
-    st = f.stat()
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def _stamp(files: tuple[Path, ...], root: Path | None) -> tuple:
+    """Each file's name, device, inode, size and mtime in ns (the last field of each entry)."""
+    return str(root), tuple((str(f), (st := f.stat()).st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                            for f in files)
 
 
 def _hash_files(files: tuple[Path, ...], root: Path | None) -> str:

@@ -121,14 +121,13 @@ class ATFTGATFAN(nn.Module):
         self.static_encoder = StaticCovariateEncoder(cfg.n_sections, cfg.n_sectors, cfg.static_dim, d,
                                                      cfg.dropout)
         self.piecewise = PiecewiseLinearEncoding(cfg.piecewise_edges) if cfg.piecewise_edges else None
-        streams = (_FAN_STREAMS + int(cfg.sector_relative_inputs)
-                   + (self.piecewise.n_bins if self.piecewise is not None else 0))
+        bins = self.piecewise.n_bins if self.piecewise is not None else 0
+        streams = _FAN_STREAMS + int(cfg.sector_relative_inputs) + bins
         self.vsn = VariableSelectionNetwork(n_features, streams, cfg.vsn_var_dim, d, cfg.dropout,
                                             d_context=d, gate=cfg.vsn_gate)
         self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
-        # the forecast day's raw values (and their sector deviations when that stream is on)
-        day_inputs = n_features * (1 + int(cfg.sector_relative_inputs)
-                                   + (self.piecewise.n_bins if self.piecewise is not None else 0))
+        # the forecast day's raw values (their sector deviations and code when those streams are on)
+        day_inputs = n_features * (1 + int(cfg.sector_relative_inputs) + bins)
         self.current_day = (CurrentDayMLP(day_inputs, cfg.current_day_width, d, cfg.dropout)
                             if cfg.current_day_width else None)
         self.cross_section = CrossSectionContext(d, cfg.dropout) if cfg.cross_section else None

@@ -107,7 +107,10 @@ class ModelConfig:
     n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
     n_sectors: int = 40
     static_dim: int = 8
-    vsn_gate: str = "sigmoid"  # sigmoid (independent per variable) | softmax (TFT's): see VariableSelectionNetwork
+    # signed (in (-2, 2): a gate that follows another variable's sign forms x * sign(gate)) | sigmoid (0, 2) |
+    # softmax (TFT's). Signed lifted val RankIC 0.115 -> 0.127 (seed 0) and 0.115 -> 0.126 (seed 4), one
+    # 3-epoch run each: see VariableSelectionNetwork.
+    vsn_gate: str = "signed"
     # Width of each variable's own GRN in the VSN (its cost is S*L*F*this). 16, not 4: a variable whose
     # effect is an even function (extremes in either direction) needs it; measured on demo seed 0
     # (validation) the planted extreme part's capture went 0.01 -> 0.19, val RankIC 0.101 -> 0.107,
@@ -203,11 +206,11 @@ class TrainConfig:
     # averaged. 1 = one model (the dry run's default: it is a quick go/no-go); HPO trials always train one.
     # `atft train` trains TRAIN_RECIPE's ensemble by default (bench/signal_recipes.md).
     ensemble: int = 1
-    # Odd members read the raw values only (model.piecewise_edges off), even ones the configured
-    # encoding: the two learn different planted parts (the code the extremes, the raw values the
-    # interaction), and mixing them scored at least as high as either kind alone at every ensemble
-    # size measured on the tuning seeds (ensemble.py, bench/signal_recipes.md).
-    ensemble_alternate_encoding: bool = True
+    # True: odd members read the raw values only (model.piecewise_edges off), even ones the configured
+    # encoding. With sigmoid VSN gates the two learnt different planted parts and their mix won; with the
+    # signed gates the coded members learn both, and three coded members scored 0.129 / 0.133 on the
+    # tuning seeds' validation days against 0.127 / 0.132 alternating (ensemble.py, bench/signal_recipes.md).
+    ensemble_alternate_encoding: bool = False
 
     def __post_init__(self) -> None:
         # checked when the config is read, before a run folder or cache is made
@@ -235,11 +238,10 @@ class GateConfig:
 
 
 # What `atft train` trains when neither the config nor a flag says otherwise, and what
-# `bench.signal --goals` measures: three 3-epoch runs (nine epochs of training), encodings alternating
-# (code, raw values, code; validation picks each run's epoch). Chosen on the tuning seeds' validation
-# days (`python -m bench.signal --recipes`, bench/signal_recipes.md): val RankIC 0.121 / 0.120 against
-# 0.116 / 0.117 for the previous recipe (five 2-epoch runs on raw values). Two such runs scored
-# 0.124 / 0.121, within noise of three; the larger ensemble is kept for its lower variance.
+# `bench.signal --goals` measures: three 3-epoch runs (nine epochs of training; validation picks each
+# run's epoch). Chosen on the tuning seeds' validation days (`python -m bench.signal --recipes`,
+# bench/signal_recipes.md): with the signed VSN gates val RankIC 0.129 / 0.133 against 0.128 / 0.131 for
+# two such runs and 0.127 / 0.122 / 0.125 and 0.126 / 0.129 / 0.127 for the single runs.
 TRAIN_RECIPE: dict[str, int] = {"ensemble": 3, "max_epochs": 3}
 
 
@@ -331,7 +333,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.n_sections", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.n_sectors", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.static_dim", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("model.vsn_gate", lambda v: v in ("softmax", "sigmoid"), "softmax or sigmoid"),
+    ("model.vsn_gate", lambda v: v in ("softmax", "sigmoid", "signed"), "softmax, sigmoid or signed"),
     ("model.vsn_var_dim", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.current_day_width", lambda v: _int(v) and v >= 0, "an integer >= 0 (0 = no current-day path)"),
     ("model.fan_aux_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),

@@ -76,6 +76,7 @@ def round3_base() -> DryRunConfig:
     """Round 2's shipped defaults (sector-relative inputs, sigmoid gates, VSN width 16), before round 3."""
     cfg = DryRunConfig()
     cfg.model.current_day_width = 0
+    cfg.model.vsn_gate, cfg.model.piecewise_edges = "sigmoid", ()  # both came later (code: recipes; signed: round 4)
     cfg.loss.rankic_weight, cfg.loss.cs_ic_weight, cfg.loss.sharpe_weight = 0.5, 0.3, 0.1
     cfg.train.plateau_lr_factor = 0.0
     return cfg
@@ -234,10 +235,13 @@ def merged_goals() -> dict:
     return merged
 
 
-# Member variants of the recipe comparison: (piecewise code on, epochs). Each member is the default
-# dry run with that encoding and epoch budget and train.seed = its index (`fit_ensemble`'s member k).
-MEMBER_VARIANTS: dict[str, tuple[bool, int]] = {"raw2": (False, 2), "code2": (True, 2), "raw3": (False, 3),
-                                                "code3": (True, 3)}
+# Member variants of the recipe comparison: (piecewise code on, epochs, VSN gate). Each member is the
+# default dry run with that encoding, epoch budget and gate, and train.seed = its index (`fit_ensemble`'s
+# member k). "s" variants use the signed gates of round 4 (`VariableSelectionNetwork`).
+MEMBER_VARIANTS: dict[str, tuple[bool, int, str]] = {
+    "raw2": (False, 2, "sigmoid"), "code2": (True, 2, "sigmoid"), "raw3": (False, 3, "sigmoid"),
+    "code3": (True, 3, "sigmoid"), "scode2": (True, 2, "signed"), "scode3": (True, 3, "signed"),
+    "sraw3": (False, 3, "signed")}
 # Recipe -> its members as (variant, training seed); member 0 first, as `fit_ensemble` orders them.
 RECIPES: dict[str, list[tuple[str, int]]] = {
     "1 raw 2-epoch run": [("raw2", 0)],
@@ -249,28 +253,42 @@ RECIPES: dict[str, list[tuple[str, int]]] = {
     "2 coded 3-epoch runs": [("code3", k) for k in range(2)],
     "3 coded 3-epoch runs": [("code3", k) for k in range(3)],
     "2 3-epoch runs, alternating": [("code3", 0), ("raw3", 1)],
-    "3 3-epoch runs, alternating (the recipe)": [("code3", 0), ("raw3", 1), ("code3", 2)],
+    "3 3-epoch runs, alternating": [("code3", 0), ("raw3", 1), ("code3", 2)],
+    "signed: 1 coded 2-epoch run": [("scode2", 0)],
+    "signed: 1 coded 3-epoch run": [("scode3", 0)],
+    "signed: 3 coded 3-epoch runs": [("scode3", k) for k in range(3)],
+    "signed: 3 3-epoch runs, alternating": [("scode3", 0), ("sraw3", 1), ("scode3", 2)],
 }
 
 
-def run_recipes(seeds: list[int]) -> dict:
+def run_recipes(seeds: list[int], names: list[str] | None = None) -> dict:
     """Validation and test RankIC of each recipe in `RECIPES` (tuning seeds only), with the mean of its
     members' single scores. Member predictions are kept under the bench folder by variant and seed, so
-    a rerun trains only what is missing.
+    a rerun trains only what is missing. ``names``: only these recipes, merged into the existing
+    `signal_recipes.json` (the other rows keep their earlier results).
     """
     store = bench_dir() / "signal" / "members"
     store.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"seeds": {}, "recipes": {name: [list(m) for m in ms] for name, ms in RECIPES.items()}}
+    names = names or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    saved = OUT / "signal_recipes.json"
+    out: dict[str, Any] = json.loads(saved.read_text()) if names != list(RECIPES) and saved.exists() else {}
+    out.setdefault("seeds", {})
+    out["recipes"] = {name: [list(m) for m in ms] for name, ms in RECIPES.items()
+                      if name in names or all(name in row for row in out["seeds"].values())}
     for seed in seeds:
         cache = open_cache(demo_cache(seed))
         split = make_split(cache, DryRunConfig().data)
         preds: dict[tuple[str, int], Any] = {}
-        for variant, k in sorted({m for ms in RECIPES.values() for m in ms}):
+        for variant, k in sorted({m for n in names for m in RECIPES[n]}):
             f = store / f"{variant}-s{seed}-t{k}.npz"
             if not f.exists():
-                code, epochs = MEMBER_VARIANTS[variant]
+                code, epochs, gate = MEMBER_VARIANTS[variant]
                 cfg = DryRunConfig()
                 cfg.train.progress, cfg.train.seed, cfg.train.max_epochs = False, k, epochs
+                cfg.model.vsn_gate = gate
                 if not code:
                     cfg.model.piecewise_edges = ()
                 res = Trainer(cache, cfg, split=split).fit()
@@ -286,31 +304,34 @@ def run_recipes(seeds: list[int]) -> dict:
             targets[part] = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
         single = {(m, part): summarize(p[part], targets[part], min_stocks=ms).rankic
                   for m, p in preds.items() for part in targets}
-        row: dict[str, Any] = {}
-        for name, members in RECIPES.items():
+        row: dict[str, Any] = out["seeds"].setdefault(str(seed), {})
+        for name in names:
+            members = RECIPES[name]
             for part, target in targets.items():
                 mean = np.mean([preds[m][part] for m in members], axis=0)
                 row.setdefault(name, {})[part] = summarize(mean, target, min_stocks=ms).rankic
                 row[name][f"{part}_members"] = statistics.fmean(single[m, part] for m in members)
-        out["seeds"][seed] = row
-        logging.info("seed %d: %s", seed, row)
-    (OUT / "signal_recipes.json").write_text(json.dumps(out, indent=1))
+        logging.info("seed %d: %s", seed, {n: row[n] for n in names})
+    saved.write_text(json.dumps(out, indent=1))
     (OUT / "signal_recipes.md").write_text(recipes_markdown(out))
     return out
 
 
 def recipes_markdown(results: dict) -> str:
     seeds = list(results["seeds"])
-    lines = [f"Training recipes on demo seeds {seeds} (the tuning seeds), 300 stocks; 1-day RankIC of the "
-             "members' mean prediction, per seed. 'Coded' members read the piecewise-linear code of each "
-             "value (model.piecewise_edges), 'raw' ones the raw values only; validation picks each "
-             "member's epoch. Validation chose the recipe; test days are shown, not used.", "",
+    lines = [f"Training recipes on demo seeds {', '.join(map(str, seeds))} (the tuning seeds), 300 stocks; 1-day "
+             "RankIC of the members' mean prediction, per seed. 'Coded' members read the piecewise-linear code "
+             "of each value (model.piecewise_edges), 'raw' ones the raw values only; rows marked 'signed:' use "
+             "the signed VSN gates (model.vsn_gate, the default since round 4), the others the sigmoid ones. "
+             "Validation picks each member's epoch and chose the recipe; test days are shown, not used.", "",
              "| recipe | epochs | " + " | ".join(f"val s{s}" for s in seeds) + " | val mean | members' val mean "
              "| " + " | ".join(f"test s{s}" for s in seeds) + " |",
              "|---|---|" + "---|" * (2 * len(seeds) + 2)]
     for name, members in results["recipes"].items():
-        rows = [results["seeds"][s][name] for s in seeds]
         epochs = sum(MEMBER_VARIANTS[v][1] for v, _ in members)
+        rows = [results["seeds"][s].get(name) for s in seeds]
+        if None in rows:  # a recipe measured on fewer seeds than the others: not comparable, left out
+            continue
         lines.append(f"| {name} | {epochs} | " + " | ".join(f"{r['val']:.4f}" for r in rows)
                      + f" | {statistics.fmean(r['val'] for r in rows):.4f}"
                      + f" | {statistics.fmean(r['val_members'] for r in rows):.4f} | "
@@ -358,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"goals: seed-ensemble members (default: the recipe's {TRAIN_RECIPE['ensemble']})")
     ap.add_argument("--recipes", action="store_true",
                     help="training recipes (ensembles of raw / coded members) on the tuning seeds (default 0,4)")
+    ap.add_argument("--recipe-rows", default=None,
+                    help="recipes: only these (a |-separated list of names), merged into signal_recipes.json")
     ap.add_argument("--control-seeds", default=None, help="goals: seeds that also get a control run (default all)")
     ap.add_argument("--days", type=int, default=750)
     ap.add_argument("--stocks", type=int, default=300)
@@ -377,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         control = [int(s) for s in args.control_seeds.split(",")] if args.control_seeds else seeds
         run_goals(seeds, args.members or TRAIN_RECIPE["ensemble"], control, args.tag)
     if args.recipes:
-        run_recipes([int(x) for x in (args.seeds or "0,4").split(",")])
+        run_recipes([int(x) for x in (args.seeds or "0,4").split(",")],
+                    args.recipe_rows.split("|") if args.recipe_rows else None)
         print((OUT / "signal_recipes.md").read_text())
     if args.goals or args.goals_table:
         (OUT / "signal_goals.md").write_text(goals_markdown(merged_goals()))

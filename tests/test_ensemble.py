@@ -1,5 +1,5 @@
-"""Seed ensembles: member k is the plain one-model run with seed + k (odd members on raw values), the
-ensemble predicts their mean."""
+"""Seed ensembles: member k is the plain one-model run with seed + k (odd members on raw values when
+alternating), the ensemble predicts their mean."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def _config(**train):
 def test_dry_run_ensemble_predicts_the_members_mean_and_keeps_every_checkpoint(demo, tmp_path):  # noqa: F811
     cache = open_cache(demo[1])
     out = tmp_path / "run"
-    res = run_dryrun(demo[1], _config(seed=5, ensemble=2), out)
+    # alternating encodings (off by default) so that the members' configs differ and each checkpoint must
+    # carry its own
+    res = run_dryrun(demo[1], _config(seed=5, ensemble=2, ensemble_alternate_encoding=True), out)
     # each member is the plain run of its own seed; the odd one reads the raw values only
     raw = _config(seed=6)
     raw.model.piecewise_edges = ()
@@ -69,12 +71,12 @@ def test_an_ensemble_cannot_resume_one_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_members_alternate_encodings_unless_told_not_to():
+def test_members_share_the_encoding_unless_told_to_alternate():
     cfg = _config(seed=3, ensemble=4)
     assert [c.train.seed for c in member_configs(cfg)] == [3, 4, 5, 6]
+    assert all(c.model.piecewise_edges == cfg.model.piecewise_edges for c in member_configs(cfg))
+    cfg.train.ensemble_alternate_encoding = True
     assert [bool(c.model.piecewise_edges) for c in member_configs(cfg)] == [True, False, True, False]
     assert cfg.model.piecewise_edges  # the caller's config is left as it was
-    cfg.train.ensemble_alternate_encoding = False
-    assert all(c.model.piecewise_edges == cfg.model.piecewise_edges for c in member_configs(cfg))
     cfg.train.ensemble_alternate_encoding, cfg.model.piecewise_edges = True, ()
     assert not any(c.model.piecewise_edges for c in member_configs(cfg))  # raw values everywhere

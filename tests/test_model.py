@@ -95,6 +95,46 @@ def test_variable_selection_network() -> None:
     assert len(list(vsn.modules())) < 20
 
 
+def _fit_sign_flip(gate: str) -> float:
+    """Correlation of a VSN + linear read-out, trained on y = x * sign(g) from (x, g), with y."""
+    torch.manual_seed(0)
+    vsn = VariableSelectionNetwork(2, 1, 4, 8, gate=gate)
+    head = nn.Linear(8, 1)
+    params = [*vsn.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    x = torch.randn(2048, 2, 1)
+    y = x[:, 0, 0] * torch.sign(x[:, 1, 0])
+    for _ in range(300):
+        pred = head(vsn(x)[0])[:, 0]
+        loss = F.mse_loss(pred, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = head(vsn(x)[0])[:, 0]
+    return float(torch.corrcoef(torch.stack((pred, y)))[0, 1])
+
+
+def test_signed_gate_forms_a_sign_flip_that_a_positive_gate_cannot() -> None:
+    """Signed gates start neutral (weight 1), may go negative, and so learn x * sign(g).
+
+    The mechanism the default relies on: after the VSN the model mixes variables linearly, so the
+    product must come from the gate. A positive gate tops out near 0.71 (x (1 + c sign(g))), a little
+    more with the GRN's bends.
+    """
+    vsn = VariableSelectionNetwork(5, 3, 4, 8, gate="signed")
+    with torch.no_grad():
+        vsn.selector.norm.norm.weight.zero_()  # the selector's output (its last layer norm) at 0: neutral logits
+        vsn.selector.norm.norm.bias.zero_()
+    _, weights = vsn(torch.randn(7, 5, 3))
+    torch.testing.assert_close(weights, torch.ones(7, 5))
+    signed, positive = _fit_sign_flip("signed"), _fit_sign_flip("sigmoid")
+    assert signed > 0.95, signed
+    assert positive < 0.8, positive
+    with pytest.raises(ValueError, match="signed"):
+        VariableSelectionNetwork(2, 1, 4, 8, gate="relu")
+
+
 def test_vsn_batched_equals_per_variable_loop() -> None:
     """The batched einsum form computes what a loop of one small GRN per variable would."""
     n_vars, d = 6, 4

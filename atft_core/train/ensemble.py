@@ -5,15 +5,15 @@ not the training time, is the limit, and two runs from different seeds differ by
 the changes the ablations measure. Averaging K runs removes that part of the error.
 
 Members differ in ``train.seed`` (member k trains with ``seed + k``: batch order, initial weights,
-dropout) and, with ``train.ensemble_alternate_encoding`` (the default), in how they read their
+dropout) and, with ``train.ensemble_alternate_encoding`` (off by default), in how they read their
 inputs: even members use the configured piecewise-linear code of each value
-(`PiecewiseLinearEncoding`), odd members the raw values only. The two learn different parts of the
-demo's signal (`bench.signal_capture`: the code finds the extreme-value part, capture 0.30-0.40,
-and loses the interaction, ~0.01; the raw values find the interaction, 0.12-0.19, and the extremes
-less), so a mix scored at least as high as either kind alone (`python -m bench.signal --recipes`,
-tuning seeds 0 / 4, validation): two 3-epoch members 0.124 / 0.121 alternating against 0.114 / 0.116
-both coded, five 2-epoch members 0.118 / 0.117 alternating against 0.114 / 0.114 coded and
-0.116 / 0.117 raw. Validation still picks each member's epoch. The ensemble's prediction is the members' mean in
+(`PiecewiseLinearEncoding`), odd members the raw values only. With the sigmoid VSN gates of round 3
+the two learnt different parts of the demo's signal (the code the extreme-value part, the raw values
+the interaction) and a mix beat either kind (`python -m bench.signal --recipes`, tuning seeds 0 / 4,
+validation: two 3-epoch members 0.124 / 0.121 alternating against 0.114 / 0.116 both coded). With the
+signed gates (round 4, the default) a coded member learns both, and three coded members scored
+0.129 / 0.133 against 0.127 / 0.132 alternating, so members now share the encoding.
+Validation still picks each member's epoch. The ensemble's prediction is the members' mean in
 the model's own units (they share the target scale, so a plain mean ranks the same as a mean of
 ranks, measured), and its metrics are computed from that mean exactly as a single model's are.
 

@@ -2,7 +2,7 @@
 clearly and comes near the LightGBM peer, with ridge, the peer and the oracle scored on the same
 test days.
 
-Seed 1: the defaults were chosen on seed 0's validation days only, so these test days are unseen
+Seed 1: the defaults were chosen on the validation days of seeds 0 and 4 only, so these test days are unseen
 by every choice made. The full comparison (model trained to convergence vs the peer, seeds 1-3)
 is `python -m bench.signal --goals` (README, Performance): a benchmark, not a test.
 """
@@ -32,11 +32,12 @@ def test_default_dry_run_learns_the_signal_on_held_out_test_days(tmp_path):
     assert (tmp_path / "run" / "test_predictions.parquet").exists()
     assert ridge <= 0.6 * oracle  # the planted signal is mostly beyond a linear last-day model
     assert peer > ridge + 0.02  # the peer finds the non-linear, temporal and sector parts
-    # The model finds them too: on these unseen days it is clearly above ridge and near the peer.
-    # Measured on CPU with the defaults: model 0.1017, ridge 0.0658, peer 0.1101 (raw values without the
-    # piecewise code gave 0.0867 here, and 0.1025 with the defaults before those: one training run moves
-    # by about +-0.01 on this seed, so the margins below leave room for that, and for a GPU's numerics).
-    assert model > ridge + 0.01
-    assert model > 0.7 * peer
+    # The model finds them too: on these unseen days it is well above ridge and level with the peer.
+    # Measured on CPU with the defaults (signed VSN gates): model 0.1101, ridge 0.0658, peer 0.1101 (0.1017
+    # with the sigmoid gates before them, 0.0867 on raw values without the piecewise code: one training
+    # run moves by about +-0.01 on this seed, so the margins below leave room for that, and for a GPU's
+    # numerics).
+    assert model > ridge + 0.03
+    assert model > 0.85 * peer
     assert oracle > max(peer, model)
     assert "LightGBM peer" in b["markdown"] and "oracle (demo, same days)" in b["markdown"]

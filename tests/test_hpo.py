@@ -22,6 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from atft_core.config import DryRunConfig
+from atft_core.errors import ConfigError
 from atft_core.hpo.config import FAIL_REASON_ATTR, HpoConfig
 from atft_core.hpo.objective import Objective, report_epoch
 from atft_core.hpo.report import trial_rows
@@ -308,6 +309,30 @@ def test_same_study_continued_across_two_runs_accumulates_trials(tmp_path, space
     # The second run's sampler is seeded differently: it does not repeat the first run's trials.
     assert {t.params["train.lr"] for t in study.trials[:3]}.isdisjoint(t.params["train.lr"] for t in study.trials[3:])
     assert second.best_value == max(t.value for t in study.trials)
+
+
+def test_a_study_from_before_a_choices_change_is_refused_up_front_and_kept(tmp_path):
+    """A nightly study whose trials sampled model.vsn_gate from [sigmoid, softmax] meets a search space
+    that added `signed`: Optuna would fail every new trial, so nothing is queued and the study stays."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    gate = "  model.vsn_gate: {type: categorical, choices: [%s]}\n"
+    old, new, wider = (tmp_path / n for n in ("old.yaml", "new.yaml", "wider.yaml"))
+    old.write_text(SPACE + gate % "sigmoid, softmax")
+    new.write_text(SPACE + gate % "signed, sigmoid, softmax")
+    wider.write_text(SPACE.replace("high: 0.5", "high: 0.4") + gate % "sigmoid, softmax")  # a moved range is fine
+    cfg = hpo(str(old), n_trials=2, max_epochs=1, pruner="none", storage=storage, study_name="nightly")
+    run_study("unused", DryRunConfig(), cfg, tmp_path / "run1", score=planted)
+    with pytest.raises(ConfigError) as refused:
+        run_study("unused", DryRunConfig(), dataclasses.replace(cfg, search_space=str(new)), tmp_path / "run2",
+                  score=planted)
+    msg = str(refused.value)
+    assert "model.vsn_gate" in msg and "['sigmoid', 'softmax']" in msg and "['signed', 'sigmoid', 'softmax']" in msg
+    assert "--study-name nightly-2" in msg and "'nightly' is unchanged" in msg
+    assert "train.lr" not in msg  # only what changed is named
+    assert states(load(storage, "nightly")) == {"COMPLETE": 2}  # nothing queued
+    again = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, search_space=str(wider)), tmp_path / "run3",
+                      score=planted)
+    assert again.study_counts["complete"] == 4
 
 
 def oom(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:

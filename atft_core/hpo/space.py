@@ -49,6 +49,28 @@ class SearchSpace:
             raise ValueError(f"{source}: invalid search space:\n  - " + "\n  - ".join(problems))
         return cls(params, source)
 
+    def changed_since(self, trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+        """Parameters this space samples differently from the study's earlier ``trials``, one line each.
+
+        Optuna refuses, trial after trial, a parameter whose categorical choices, kind or log scale
+        changed within one study ("does not support dynamic value space"): a study started before a
+        search-space change would fail every new trial. Ranges may move; those are fine.
+        """
+        before: dict[str, optuna.distributions.BaseDistribution] = {}
+        for t in trials:
+            for name, dist in t.distributions.items():
+                before.setdefault(name, dist)
+        problems = []
+        for name, dist in self.params.items():
+            if name not in before:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(before[name], dist)
+            except ValueError:
+                problems.append(f"{name}: the study's trials sampled it as {_describe(before[name])}, "
+                                f"{self.source or 'the search space'} now says {_describe(dist)}")
+        return problems
+
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample every parameter for `trial` (a retried or enqueued trial gets its fixed values back)."""
         out: dict[str, Any] = {}
@@ -60,6 +82,13 @@ class SearchSpace:
             else:
                 out[name] = trial.suggest_categorical(name, dist.choices)
         return out
+
+
+def _describe(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"categorical {list(dist.choices)}"
+    kind = "float" if isinstance(dist, optuna.distributions.FloatDistribution) else "int"
+    return f"{kind} [{dist.low}, {dist.high}]{' log' if getattr(dist, 'log', False) else ''}"
 
 
 def _distribution(name: str, spec: Any) -> optuna.distributions.BaseDistribution:

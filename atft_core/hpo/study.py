@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from atft_core.config import DryRunConfig
+from atft_core.errors import ConfigError
 from atft_core.hpo.config import BATCH_ATTR, HpoConfig, StudyBatch
 from atft_core.hpo.objective import Score
 from atft_core.hpo.report import HpoSummary, finish_study
@@ -37,9 +38,22 @@ class WorkerError(RuntimeError):
 
 
 def prepare_study(hpo: HpoConfig, storage_url: str) -> StudyBatch:
-    """Create or load the study and queue `hpo.n_trials` trials for workers to drain."""
+    """Create or load the study and queue `hpo.n_trials` trials for workers to drain.
+
+    A study whose earlier trials sampled a parameter in a way the search space no longer does (its
+    categorical choices changed, say) is refused before anything is queued: Optuna would fail every
+    new trial of it. The study is left as it was.
+    """
+    space = SearchSpace.load(hpo.search_space)
     study = open_study(build_storage(storage_url, hpo), hpo)
-    first = len(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    changed = space.changed_since(trials)
+    if changed:
+        raise ConfigError(changed, hint=(
+            f"Optuna cannot change how a parameter is sampled within one study. Start a new study "
+            f"(--study-name {hpo.study_name}-2, or a new name in the deployment's parameters), or give "
+            f"--search-space a file with the study's own choices; study '{hpo.study_name}' is unchanged"))
+    first = len(trials)
     batch = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     for _ in range(hpo.n_trials):
         study.enqueue_trial({}, user_attrs={BATCH_ATTR: batch})  # {}: every parameter left to the sampler

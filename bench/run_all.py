@@ -84,15 +84,26 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n\nnotes:\n" + "\n".join(notes)
 
 
-def format_markdown(rows: list[Row], machine: dict[str, Any], quick: bool) -> str:
+def _where(machine: dict[str, Any]) -> str:
+    return (f"{machine['date'][:10]} on {machine['cpu']} ({machine['cores']} cores, shared; load average at start "
+            f"{', '.join(str(x) for x in machine.get('loadavg_at_start', []))}), torch {machine['torch']}")
+
+
+def format_markdown(rows: list[Row], machine: dict[str, Any], quick: bool,
+                    reruns: list[dict[str, Any]] | None = None) -> str:
+    """The table with its footnotes. ``machine``: where the whole suite ran; ``reruns``: later ``--merge``
+    runs ({"machine", "keys", "only"}), each said under the header with the rows it replaced."""
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
-    out = [f"Measured {machine['date'][:10]} on {machine['cpu']} ({machine['cores']} cores, shared; load average "
-           f"at start {', '.join(str(x) for x in machine.get('loadavg_at_start', []))}), torch {machine['torch']}, "
-           f"{'quick (CI) sizes' if quick else 'full sizes'}: `python -m bench.run_all"
-           f"{' --quick' if quick else ''}`.", "",
-           "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    out = [f"Measured {_where(machine)}, {'quick (CI) sizes' if quick else 'full sizes'}: `python -m bench.run_all"
+           f"{' --quick' if quick else ''}`."]
+    number = {r.key: i for i, r in enumerate(rows, 1)}
+    for rerun in reruns or []:
+        nums = sorted(number[k] for k in rerun["keys"] if k in number)
+        out.append(f"Rows {', '.join(f'[{n}]' for n in nums)} measured again {_where(rerun['machine'])}: "
+                   f"`python -m bench.run_all --only {','.join(rerun['only'])} --merge`.")
+    out += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for i, r in enumerate(rows, 1):
         c = _cells(r)
         c[0] = f"{c[0]} [{i}]"
@@ -145,22 +156,28 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    machine = machine_info()
+    machine = here = machine_info()
     t0 = time.perf_counter()
     rows = run_suites(a.quick, only)
     elapsed = time.perf_counter() - t0
     a.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = a.out_dir / "results.json"
-    if a.merge:
+    reruns: list[dict[str, Any]] = []
+    if a.merge and json_path.exists():
+        # the header keeps where the whole suite ran and says which rows this run replaced, and where
+        previous = json.loads(json_path.read_text())
+        reruns = previous.get("reruns", []) + [{"machine": machine, "keys": [r.key for r in rows],
+                                                "only": only or list(SUITES)}]
+        machine = previous.get("machine", machine)
         rows = _merge(json_path, rows)
     print()
     print(format_table(rows))
-    print(f"\n{machine['date']}  {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"load avg at start {machine['loadavg_at_start']}; suite took {elapsed:.0f} s")
+    print(f"\n{here['date']}  {here['cpu']}, {here['cores']} cores, torch {here['torch']}, "
+          f"load avg at start {here['loadavg_at_start']}; suite took {elapsed:.0f} s")
     json_path.write_text(json.dumps({"machine": machine, "quick": a.quick, "elapsed_s": round(elapsed, 1),
-                                     "only": only, "merged": a.merge, "rows": [r.to_dict() for r in rows]},
-                                    indent=1))
-    (a.out_dir / "results.md").write_text(format_markdown(rows, machine, a.quick))
+                                     "only": only, "merged": a.merge, "reruns": reruns,
+                                     "rows": [r.to_dict() for r in rows]}, indent=1))
+    (a.out_dir / "results.md").write_text(format_markdown(rows, machine, a.quick, reruns))
     print(f"wrote {json_path} and {a.out_dir / 'results.md'}")
     return 1 if any(r.verdict == "ERROR" for r in rows) else 0
 

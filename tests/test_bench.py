@@ -108,3 +108,16 @@ def test_row_and_formatting():
     assert fmt_num(0.0123, "s") == "12.3 ms" and fmt_num(2.5e6, "rows/s") == "2.50e6 rows/s"
     table = run_all.format_table([r])
     assert "name" in table.splitlines()[0] and "40.6x" in table
+
+
+def test_a_merged_table_says_which_rows_were_measured_again_and_where():
+    rows = [Row("a", "first", 1.0, "s", 2.0, "s", 2.0, "baseline / measured", "> 1x", "PASS", note="n"),
+            Row("b", "second", 1.0, "s", 3.0, "s", 3.0, "baseline / measured", "> 1x", "PASS", note="n")]
+    whole = {"date": "2026-11-25T10:00:00", "cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0+cpu",
+             "loadavg_at_start": [0.7]}
+    again = {**whole, "date": "2026-12-01T12:00:00", "cpu": "Intel Xeon", "loadavg_at_start": [0.2]}
+    md = run_all.format_markdown(rows, whole, False, [{"machine": again, "keys": ["b"], "only": ["training"]}])
+    first, second = md.splitlines()[:2]
+    assert first.startswith("Measured 2026-11-25 on AMD EPYC")
+    assert second.startswith("Rows [2] measured again 2026-12-01 on Intel Xeon") and "--only training --merge" in second
+    assert run_all.format_markdown(rows, whole, False).splitlines()[1] == ""  # no merge: no such line

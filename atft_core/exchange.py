@@ -22,9 +22,14 @@ import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from atft_core.publish import ArtifactTarget, make_s3_client, redact, run_files, upload_file
+from atft_core.publish import ArtifactTarget, is_permanent, make_s3_client, redact, run_files, upload_file
+
+T = TypeVar("T")
 
 log = logging.getLogger("atft_core.exchange")
 
@@ -140,31 +145,46 @@ def fetch_cache(target: ArtifactTarget, name: str, work_dir: Path, *, client=Non
     return local
 
 
-def _list(client, target: ArtifactTarget, key: str) -> dict[str, int]:
+def _list(client, target: ArtifactTarget, key: str, sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
     """{path below key: size} of the objects under `key`."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    out: dict[str, int] = {}
-    try:
+    def listing() -> dict[str, int]:
+        out: dict[str, int] = {}
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=f"{key}/"):
             for obj in page.get("Contents", []):
                 out[obj["Key"][len(key) + 1:]] = int(obj["Size"])
-    except (BotoCoreError, ClientError) as exc:
-        raise ExchangeError(f"cannot list {key} at {target.where}: {redact(str(exc))}. Check AWS_ENDPOINT_URL, the "
-                            "bucket name and the credentials") from None
-    return out
+        return out
+
+    return _retrying(target, f"listing {key}", listing, sleep)
 
 
-def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
+def _download(client, target: ArtifactTarget, key: str, path: Path, sleep: Callable[[float], None] = time.sleep
+              ) -> None:
     """One object to `path`, through a temporary name: a reader never sees half a file."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        client.download_file(target.bucket, key, str(tmp))
-    except (BotoCoreError, ClientError) as exc:
+        _retrying(target, f"download of {key}", lambda: client.download_file(target.bucket, key, str(tmp)), sleep)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise ExchangeError(f"download of {key} from {target.where} failed: {redact(str(exc))}") from None
+        raise
     tmp.replace(path)
 
+
+def _retrying(target: ArtifactTarget, what: str, call: Callable[[], T], sleep: Callable[[float], None]) -> T:
+    """`call` with `target.attempts` tries and doubling delays, as uploads get (`publish.upload_file`):
+    botocore's own retries are off. A permanent error (no such bucket or key, access denied) fails at once."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for attempt in range(1, target.attempts + 1):
+        try:
+            return call()
+        except (BotoCoreError, ClientError) as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            if attempt == target.attempts or is_permanent(exc):
+                raise ExchangeError(f"{what} at {target.where} failed after {attempt} attempt(s): {reason}. Check "
+                                    "AWS_ENDPOINT_URL, the bucket name and the credentials") from None
+            delay = target.backoff_s * 2 ** (attempt - 1)
+            log.warning("%s at %s failed (attempt %d/%d: %s); retrying in %.1fs", what, target.where, attempt,
+                        target.attempts, reason, delay)
+            sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -166,7 +166,7 @@ def upload_file(client, target: ArtifactTarget, path: Path, key: str, *, local_c
             break
         except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
             reason = redact(f"{type(exc).__name__}: {exc}")
-            if attempt == target.attempts or _is_permanent(exc):
+            if attempt == target.attempts or is_permanent(exc):
                 raise PublishError(
                     f"upload of {path.name} to {target.where} failed after {attempt} attempt(s): "
                     f"{reason}. The local copy is kept in {local_copy}. Check AWS_ENDPOINT_URL, the "
@@ -178,7 +178,7 @@ def upload_file(client, target: ArtifactTarget, path: Path, key: str, *, local_c
     return f"s3://{target.bucket}/{key}"
 
 
-def _is_permanent(exc: BaseException) -> bool:
+def is_permanent(exc: BaseException) -> bool:
     """Errors another try cannot fix (no such bucket, access denied): fail at once."""
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import boto3
@@ -18,7 +20,7 @@ from atft_core.exchange import (
     run_key,
     share_folder,
 )
-from atft_core.publish import ArtifactTarget
+from atft_core.publish import ArtifactTarget, make_s3_client
 
 
 def _target(bucket: str, endpoint: str) -> ArtifactTarget:
@@ -95,8 +97,42 @@ def test_run_folder_round_trip_and_subfolder(tmp_path, s3_endpoint, s3_bucket):
 
 def test_unreachable_bucket_is_one_clear_error(tmp_path, s3_endpoint, s3_bucket):
     target = _target("no-such-bucket-" + s3_bucket, s3_endpoint)
-    with pytest.raises(ExchangeError, match="cannot list .*no-such-bucket.*Check AWS_ENDPOINT_URL"):
+    # a missing bucket is permanent: one attempt, no back-off
+    with pytest.raises(ExchangeError, match="listing .*no-such-bucket.*after 1 attempt.*Check AWS_ENDPOINT_URL"):
         fetch_folder(target, run_key(target, "r"), tmp_path / "r")
+
+
+class _Flaky:
+    """The real client, but the first call of each named method fails as a dropped connection would."""
+
+    def __init__(self, client, *methods: str):
+        self._client, self._pending = client, set(methods)
+
+    def __getattr__(self, name):
+        real = getattr(self._client, name)
+        if name not in self._pending:
+            return real
+
+        def once(*args, **kwargs):
+            self._pending.discard(name)
+            from botocore.exceptions import EndpointConnectionError
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/")
+        return once
+
+
+def test_a_dropped_connection_is_retried_per_file_and_the_cache_comes_down_whole(tmp_path, s3_endpoint, s3_bucket,
+                                                                                caplog):
+    target = dataclasses.replace(_target(s3_bucket, s3_endpoint), backoff_s=0.01)
+    cache = _cache(tmp_path / "cpu-host")
+    share_folder(cache, target, cache_key(target, cache.name), manifest=True)
+    flaky = _Flaky(make_s3_client(target), "get_paginator", "download_file")
+    with caplog.at_level(logging.WARNING, logger="atft_core.exchange"):
+        got = fetch_cache(target, cache.name, tmp_path / "gpu-host", client=flaky)
+    assert (got / "shards" / "x.arrow").read_bytes() == (cache / "shards" / "x.arrow").read_bytes()
+    assert (got / "meta.json").read_text() == (cache / "meta.json").read_text()
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retried) == 2 and "listing" in retried[0] and "download of" in retried[1]
+    assert not list(got.parent.glob(".*"))  # no temporary file or folder left behind
 
 
 def test_a_study_file_of_another_host_is_refused_by_a_remote_worker(tmp_path):

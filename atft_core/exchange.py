@@ -22,12 +22,11 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from atft_core.publish import ArtifactTarget, is_permanent, make_s3_client, redact, run_files, upload_file
+from atft_core.publish import ArtifactTarget, make_s3_client, redact, run_files, upload_file, with_retries
 
 T = TypeVar("T")
 
@@ -145,7 +144,7 @@ def fetch_cache(target: ArtifactTarget, name: str, work_dir: Path, *, client=Non
     return local
 
 
-def _list(client, target: ArtifactTarget, key: str, sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+def _list(client, target: ArtifactTarget, key: str) -> dict[str, int]:
     """{path below key: size} of the objects under `key`."""
     def listing() -> dict[str, int]:
         out: dict[str, int] = {}
@@ -154,37 +153,28 @@ def _list(client, target: ArtifactTarget, key: str, sleep: Callable[[float], Non
                 out[obj["Key"][len(key) + 1:]] = int(obj["Size"])
         return out
 
-    return _retrying(target, f"listing {key}", listing, sleep)
+    return _retried(target, f"listing {key}", listing)
 
 
-def _download(client, target: ArtifactTarget, key: str, path: Path, sleep: Callable[[float], None] = time.sleep
-              ) -> None:
+def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
     """One object to `path`, through a temporary name: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        _retrying(target, f"download of {key}", lambda: client.download_file(target.bucket, key, str(tmp)), sleep)
+        _retried(target, f"download of {key}", lambda: client.download_file(target.bucket, key, str(tmp)))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
 
 
-def _retrying(target: ArtifactTarget, what: str, call: Callable[[], T], sleep: Callable[[float], None]) -> T:
-    """`call` with `target.attempts` tries and doubling delays, as uploads get (`publish.upload_file`):
-    botocore's own retries are off. A permanent error (no such bucket or key, access denied) fails at once."""
+def _retried(target: ArtifactTarget, what: str, call: Callable[[], T]) -> T:
+    """`call` retried as uploads are (`publish.with_retries`); the last failure is one `ExchangeError`."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    for attempt in range(1, target.attempts + 1):
-        try:
-            return call()
-        except (BotoCoreError, ClientError) as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}")
-            if attempt == target.attempts or is_permanent(exc):
-                raise ExchangeError(f"{what} at {target.where} failed after {attempt} attempt(s): {reason}. Check "
-                                    "AWS_ENDPOINT_URL, the bucket name and the credentials") from None
-            delay = target.backoff_s * 2 ** (attempt - 1)
-            log.warning("%s at %s failed (attempt %d/%d: %s); retrying in %.1fs", what, target.where, attempt,
-                        target.attempts, reason, delay)
-            sleep(delay)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    def failed(attempt: int, reason: str) -> Exception:
+        return ExchangeError(f"{what} at {target.where} failed after {attempt} attempt(s): {reason}. Check "
+                             "AWS_ENDPOINT_URL, the bucket name and the credentials")
+
+    return with_retries(target, f"{what} at {target.where}", call, errors=(BotoCoreError, ClientError),
+                        failed=failed, logger=log)

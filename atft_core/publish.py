@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 log = logging.getLogger("atft_core.publish")
+T = TypeVar("T")
 
 ENV_URI = "ATFT_ARTIFACT_URI"
 # Environment variables whose values are secrets: scrubbed from any text we emit.
@@ -160,22 +162,37 @@ def upload_file(client, target: ArtifactTarget, path: Path, key: str, *, local_c
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
+    def failed(attempt: int, reason: str) -> Exception:
+        return PublishError(f"upload of {path.name} to {target.where} failed after {attempt} attempt(s): "
+                            f"{reason}. The local copy is kept in {local_copy}. Check AWS_ENDPOINT_URL, the "
+                            f"bucket name and the credentials, then re-run")
+
+    with_retries(target, f"upload of {path.name} to {target.where}",
+                 lambda: client.upload_file(str(path), target.bucket, key),
+                 errors=(BotoCoreError, ClientError, S3UploadFailedError, OSError), failed=failed, sleep=sleep,
+                 logger=logger)
+    return f"s3://{target.bucket}/{key}"
+
+
+def with_retries(target: ArtifactTarget, what: str, call: Callable[[], T], *, errors: tuple[type[BaseException], ...],
+                 failed: Callable[[int, str], Exception], sleep: Callable[[float], None] = time.sleep,
+                 logger: logging.Logger | logging.LoggerAdapter = log) -> T:
+    """`call` with `target.attempts` tries and doubling delays from `target.backoff_s` (botocore's own
+    retries are off, see `make_s3_client`, so attempts are counted here). An error in `errors` is retried
+    unless it is permanent (`is_permanent`) or the last try; then ``failed(attempts made, reason)`` is raised,
+    the reason redacted."""
     for attempt in range(1, target.attempts + 1):
         try:
-            client.upload_file(str(path), target.bucket, key)
-            break
-        except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
+            return call()
+        except errors as exc:
             reason = redact(f"{type(exc).__name__}: {exc}")
             if attempt == target.attempts or is_permanent(exc):
-                raise PublishError(
-                    f"upload of {path.name} to {target.where} failed after {attempt} attempt(s): "
-                    f"{reason}. The local copy is kept in {local_copy}. Check AWS_ENDPOINT_URL, the "
-                    f"bucket name and the credentials, then re-run") from None
+                raise failed(attempt, reason) from None
             delay = target.backoff_s * 2 ** (attempt - 1)
-            logger.warning("upload of %s to %s failed (attempt %d/%d: %s); retrying in %.1fs",
-                           path.name, target.where, attempt, target.attempts, reason, delay)
+            logger.warning("%s failed (attempt %d/%d: %s); retrying in %.1fs", what, attempt, target.attempts,
+                           reason, delay)
             sleep(delay)
-    return f"s3://{target.bucket}/{key}"
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -7,8 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
+from atft_core.data import build_kernels
 from atft_core.data.leak import MIN_STOCKS, daily_rankics
-from atft_core.data.normalise import _MAD_SCALE, _mad_sorted, _median_sorted, normalise_cross_section, normalise_days
+from atft_core.data.normalise import _MAD_SCALE, _mad_sorted, _median_sorted, cross_section_days, fill_market
 from atft_core.evaluate.metrics import daily_ic
 
 
@@ -72,17 +73,48 @@ def _reference_normalise(x: np.ndarray, which: np.ndarray, clip: float) -> np.nd
     return out
 
 
-def test_normalise_cross_section_equals_reference():
-    rng = np.random.default_rng(1)
-    x = np.moveaxis(_with_gaps(rng, (5, 6, 300)), 1, 2).copy()  # [c=5, S=300, F=6]
+def _day_panel(seed: int, days: int = 5, stocks: int = 300, feats: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """x [c, S, F] with gaps, ties, a constant feature-day, a MAD-0 / std > 0 one; stocks without a row NaN."""
+    rng = np.random.default_rng(seed)
+    x = np.moveaxis(_with_gaps(rng, (days, feats, stocks)), 1, 2).copy()
     x[1, :, 4] = 3.0  # constant on a day: MAD and std 0 -> 0
-    x[2, :, 5] = np.where(np.arange(300) < 290, 1.0, np.arange(300.0)).astype(np.float32)  # MAD 0, std > 0
-    for which in (np.ones(6, bool), np.array([True, False, True, True, False, True])):
-        got = x.copy()
-        normalise_cross_section(got, which, 5.0)
-        want = _reference_normalise(x, which, 5.0)
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
-        assert np.array_equal(np.isnan(got), np.isnan(want))
+    x[2, :, 5] = np.where(np.arange(stocks) < stocks - 10, 1.0, np.arange(stocks)).astype(np.float32)  # MAD 0, std > 0
+    valid = rng.random((days, stocks)) > 0.15
+    x[~valid] = np.nan
+    return x, valid
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cross_section_days_equals_reference(compiled):
+    x, valid = _day_panel(1)
+    got = x.copy()
+    days, nonzero = cross_section_days(got, valid, 5.0, compiled=compiled)
+    want = np.nan_to_num(_reference_normalise(x, np.ones(x.shape[2], bool), 5.0), nan=0.0)
+    want[~valid] = 0.0
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    assert np.array_equal(nonzero, (got != 0).any(axis=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN feature-days
+        np.testing.assert_array_equal(days.n, np.isfinite(x).sum(axis=1))
+        np.testing.assert_allclose(days.total, np.nansum(x.astype(np.float64), axis=1), rtol=1e-12)
+        np.testing.assert_array_equal(days.lo, np.nanmin(x, axis=1))
+        np.testing.assert_array_equal(days.hi, np.nanmax(x, axis=1))
+
+
+def test_compiled_build_kernels_give_the_numpy_numbers():
+    """The fused kernels against the numpy steps they replace, on a wide panel with every odd case."""
+    assert build_kernels.AVAILABLE, "numba is a dependency (pyproject.toml): `make install` installs it"
+    x, valid = _day_panel(7, days=3, stocks=2_001, feats=70)
+    a, b = x.copy(), x.copy()
+    days_a, nz_a = cross_section_days(a, valid, 5.0, compiled=False)
+    days_b, nz_b = cross_section_days(b, valid, 5.0, compiled=True)
+    exact = (a == b).mean()
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    assert exact > 0.999  # only the std fallback's rows may differ, in the last bits (float64 vs float32 sums)
+    np.testing.assert_array_equal(nz_a, nz_b)
+    for name in ("n", "lo", "hi"):
+        np.testing.assert_array_equal(getattr(days_a, name), getattr(days_b, name))
+    np.testing.assert_allclose(days_a.total, days_b.total, rtol=1e-12)
 
 
 def _reference_rankics(x, y, valid):
@@ -118,18 +150,16 @@ def test_daily_rankics_equal_daily_ic():
     assert np.array_equal(stocks, pair.sum(axis=1))
 
 
-def test_normalise_days_equals_the_steps_it_fuses():
+def test_fill_market_sets_every_stock_with_a_row_to_the_days_value():
     rng = np.random.default_rng(3)
-    x = np.moveaxis(_with_gaps(rng, (4, 5, 80)), 1, 2).copy()  # [c=4, S=80, F=5]
+    x = rng.standard_normal((4, 80, 5)).astype(np.float32)
     valid = rng.random((4, 80)) > 0.2
+    valid[3] = False  # a day without rows: nothing nonzero from it
     market = np.array([False, True, False, False, True])
     market_z = rng.standard_normal((4, 5)).astype(np.float32)
+    market_z[:3, 4] = 0.0  # nonzero only on the day without rows
     want = x.copy()
-    normalise_cross_section(want, ~market, 5.0)
-    want[:, :, market] = market_z[:, None, market]
-    want = np.nan_to_num(want, nan=0.0)
-    want[~valid] = 0.0
-    got = x.copy()
-    nonzero = normalise_days(got, valid, market, market_z, 5.0)
-    np.testing.assert_array_equal(got, want)
-    assert np.array_equal(nonzero, (want != 0).any(axis=(0, 1)))
+    want[:, :, market] = np.where(valid[:, :, None], market_z[:, None, market], 0.0)
+    nonzero = fill_market(x, valid, market, market_z)
+    np.testing.assert_array_equal(x, want)
+    assert nonzero.tolist() == [False, True, False, False, False]

@@ -23,7 +23,7 @@ import numpy as np
 from atft_core.config import CacheConfig
 from atft_core.data.grid_file import GridFile
 from atft_core.data.leak import daily_rankics
-from atft_core.data.normalise import DayStats, normalise_days
+from atft_core.data.normalise import DayStats, cross_section_days, fill_market
 
 log = logging.getLogger("atft_core.data.grid_build")
 F32 = np.dtype(np.float32)
@@ -47,7 +47,9 @@ class ChunkStream:
         self.guessed = market is None
         self.screened = screened
         self.rics: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # screened day -> (ric [H, F], stocks [H, F])
-        self.nonzero = np.zeros(n_feat, dtype=bool)
+        self.n_feat = n_feat
+        self.cs_nonzero = np.zeros(n_feat, dtype=bool)  # z-scored per day: nonzero on some day
+        self.market_nonzero = np.zeros(n_feat, dtype=bool)  # market-level: nonzero on some day
         self.done = np.zeros(-(-self.n_days // self.chunk), dtype=bool)  # statistics taken
         self.raw: list[int] = []  # chunks written raw, finished in `finish`
         self.progress, self.t0 = progress, time.perf_counter()
@@ -70,7 +72,7 @@ class ChunkStream:
         with self._lock:
             buf = self._free.pop() if self._free else None
         if buf is None:
-            buf = np.empty((self.chunk, self.valid.shape[1], len(self.nonzero)), dtype=F32)
+            buf = np.empty((self.chunk, self.valid.shape[1], self.n_feat), dtype=F32)
         return buf[:days]
 
     def _recycle(self, x: np.ndarray) -> None:
@@ -115,18 +117,22 @@ class ChunkStream:
             self._written = None
 
     def finish(self) -> None:
-        """Normalise the chunks that were written raw (their earlier days were not all known in time)."""
+        """Fill in the market-level features of the chunks written before their earlier days were known."""
         self.wait()
         self._pool.shutdown()
         self._free = []
         for c in self.raw:
             d0, d1 = self._days(c)
-            x = self.grid.read_days("x", d0, d1, F32, len(self.nonzero))
-            x[~self.valid[d0:d1]] = np.nan
-            self._normalise(c, x)
+            self._complete(c, self.grid.read_days("x", d0, d1, F32, self.n_feat))
         self.raw = []
         self._wait_write()
         self._writer.shutdown()
+
+    @property
+    def nonzero(self) -> np.ndarray:
+        """[F] bool: the feature's cache values are nonzero somewhere."""
+        market = np.zeros(self.n_feat, dtype=bool) if self.market is None else self.market
+        return np.where(market, self.market_nonzero, self.cs_nonzero)
 
     def abandon(self) -> None:
         """The build stopped early: let the pending work end (its errors no longer matter), then the threads."""
@@ -142,20 +148,23 @@ class ChunkStream:
 
     def _take(self, c: int, slab: np.ndarray) -> None:
         d0, d1 = self._days(c)
-        self.stats.add(d0, slab, self.valid[d0:d1])
+        summaries, nonzero = cross_section_days(slab, self.valid[d0:d1], self.cfg.clip)  # same day: final now
+        self.stats.add(d0, summaries)
+        self.cs_nonzero |= nonzero.any(axis=0)
         self.done[c] = True
         if self.done[:c].all():  # every earlier day's daily mean is known: past-only statistics are final
-            self._normalise(c, slab)
+            self._complete(c, slab)
         else:
             self._write(d0, slab)
             self.raw.append(c)
 
-    def _normalise(self, c: int, x: np.ndarray) -> None:
+    def _complete(self, c: int, x: np.ndarray) -> None:
+        """Chunk c's market-level features from past days, its leak screen, and its write."""
         d0, d1 = self._days(c)
         if self.market is None:
             self.market = self.stats.market_mask()
         market_z = self.stats.market_z_days(self.market, self.cfg, d0, d1)
-        self.nonzero |= normalise_days(x, self.valid[d0:d1], self.market, market_z, self.cfg.clip)
+        self.market_nonzero |= fill_market(x, self.valid[d0:d1], self.market, market_z)
         here = self.screened[(self.screened >= d0) & (self.screened < d1)]
         if len(here):
             ric, cnt = daily_rankics(x[here - d0], self.y[here], self.valid[here])

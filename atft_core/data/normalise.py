@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from atft_core.config import CacheConfig
+from atft_core.data import build_kernels
 
 _MAD_SCALE = 1.4826  # MAD -> standard deviation under normality
 
@@ -33,29 +36,19 @@ class DayStats:
         self.lo = np.full(n_feat, np.inf)
         self.hi = np.full(n_feat, -np.inf)
 
-    def add(self, day0: int, x: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """x [c, S, F] raw values of days day0..day0+c-1, NaN where missing or the stock had no row (no inf).
-
-        Per day, vectorised over stocks and features, six passes over the day's block (NaN-skipping
-        min / max reductions instead of masked copies). ``valid`` [c, S]: rows to use (None: all).
-        """
-        for k in range(x.shape[0]):
-            v = x[k] if valid is None or valid[k].all() else x[k][valid[k]]
-            missing = np.isnan(v)
-            n = v.shape[0] - np.count_nonzero(missing, axis=0)
-            total = np.where(missing, np.float32(0), v).sum(axis=0, dtype=np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = total / n  # NaN on a day without a value
-            lo, hi = np.fmin.reduce(v, axis=0), np.fmax.reduce(v, axis=0)  # NaN only where all are missing
-            self.daily_mean[day0 + k] = mean
-            self.count += n
-            has = n > 0
-            self.lo[has] = np.minimum(self.lo[has], lo[has])
-            self.hi[has] = np.maximum(self.hi[has], hi[has])
-            finite = n >= 2
-            with np.errstate(invalid="ignore"):
-                self.days_with_data += finite
-                self.spread += finite & ((hi.astype(np.float64) - lo) > 1e-9 * (1 + np.abs(mean)))
+    def add(self, day0: int, days: DaySummaries) -> None:
+        """The raw values' summaries of days day0, day0+1, ... (`cross_section_days` returns them)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = days.total / days.n  # NaN on a day without a value
+        self.daily_mean[day0:day0 + len(mean)] = mean
+        self.count += days.n.sum(axis=0)
+        has = days.n > 0
+        self.lo = np.fmin(self.lo, np.where(has, days.lo, np.inf).min(axis=0))
+        self.hi = np.fmax(self.hi, np.where(has, days.hi, -np.inf).max(axis=0))
+        finite = days.n >= 2
+        with np.errstate(invalid="ignore"):
+            self.days_with_data += finite.sum(axis=0)
+            self.spread += (finite & ((days.hi.astype(np.float64) - days.lo) > 1e-9 * (1 + np.abs(mean)))).sum(axis=0)
 
     def market_mask(self) -> np.ndarray:
         """Features equal for every stock on (almost) every day: index returns, macro, market flows.
@@ -88,58 +81,92 @@ class DayStats:
         return z.astype(np.float32)
 
 
-def normalise_cross_section(x: np.ndarray, which: np.ndarray, clip: float) -> None:
-    """In place on x [c, S, F]: per-day robust z-score (median / MAD, std when MAD is 0), clipped; same day only.
+@dataclass
+class DaySummaries:
+    """Per day and feature, over the raw values of the stocks with a row: [c, F] each."""
 
-    Missing cells (NaN) stay NaN. One day at a time (a [F, S] block fits in cache), days on threads:
-    numpy's sorts and arithmetic release the GIL.
+    n: np.ndarray  # int64 finite values
+    total: np.ndarray  # float64 their sum
+    lo: np.ndarray  # float32 min (NaN without a value)
+    hi: np.ndarray  # float32 max
+
+    @classmethod
+    def empty(cls, days: int, n_feat: int) -> DaySummaries:
+        return cls(n=np.zeros((days, n_feat), np.int64), total=np.zeros((days, n_feat)),
+                   lo=np.full((days, n_feat), np.nan, np.float32), hi=np.full((days, n_feat), np.nan, np.float32))
+
+
+def cross_section_days(x: np.ndarray, valid: np.ndarray, clip: float,
+                       compiled: bool | None = None) -> tuple[DaySummaries, np.ndarray]:
+    """In place: raw x [c, S, F] -> every feature's per-day robust z-score; returns (raw summaries, nonzero [c, F]).
+
+    x: NaN where missing, and on every cell of a stock without a row that day (``valid`` [c, S]
+    False). The z-score: (v - median) / (1.4826 MAD), the std where the MAD is 0, 0 where both are,
+    clipped to +-clip; then 0 where missing or not valid. Same day only. Market-level features come
+    out z-scored too: `fill_market` overwrites them once their past-only statistics are known.
+
+    Days run on threads. ``compiled`` (default: when numba is installed) uses `build_kernels`, ~3.5x
+    faster on 4,000 x 400 days than the numpy steps, with the same numbers.
     """
-    cols = np.flatnonzero(which)
-    if len(cols) == 0:
-        return
-    every = len(cols) == x.shape[2]
+    days, n_stocks, n_feat = x.shape
+    out = DaySummaries.empty(days, n_feat)
+    nonzero = np.zeros((days, n_feat), dtype=bool)
+    use_kernels = build_kernels.AVAILABLE if compiled is None else compiled
+    scratch = _Scratch((n_feat, n_stocks))
 
-    def day(k: int) -> None:
-        # [Fc, S] contiguous: every reduction and sort runs along memory, one feature row at a time
-        block = np.ascontiguousarray(x[k].T if every else x[k][:, cols].T)
-        z = _robust_z(block, clip).T
-        if every:
-            x[k] = z
-        else:
-            x[k][:, cols] = z
+    def day_compiled(k: int) -> None:
+        ordered = scratch.take()
+        try:
+            build_kernels.transpose(x[k], ordered)
+            ordered.sort(axis=1)  # numpy's SIMD sort: faster than anything compiled here
+            build_kernels.day(x[k], ordered, valid[k], clip, out.n[k], out.total[k], out.lo[k], out.hi[k], nonzero[k])
+        finally:
+            scratch.give(ordered)
 
-    parallel_map(day, range(x.shape[0]))
+    def day_numpy(k: int) -> None:
+        block = np.ascontiguousarray(x[k].T)  # [F, S]: every reduction and sort along memory
+        finite = np.isfinite(block)
+        out.n[k] = finite.sum(axis=1)
+        out.total[k] = np.where(finite, block, np.float32(0)).sum(axis=1, dtype=np.float64)
+        with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+            out.lo[k], out.hi[k] = np.fmin.reduce(block, axis=1), np.fmax.reduce(block, axis=1)
+        z = _robust_z(block, clip)
+        np.copyto(z, np.float32(0), where=np.isnan(z))
+        x[k] = z.T
+        x[k][~valid[k]] = 0.0
+        nonzero[k] = (x[k] != 0).any(axis=0)
+
+    parallel_map(day_compiled if use_kernels else day_numpy, range(days))
+    return out, nonzero
 
 
-def normalise_days(x: np.ndarray, valid: np.ndarray, market: np.ndarray, market_z: np.ndarray,
-                   clip: float) -> np.ndarray:
-    """In place: raw x [c, S, F] (NaN missing) -> the cache's values; returns [F] bool, nonzero somewhere.
+def fill_market(x: np.ndarray, valid: np.ndarray, market: np.ndarray, market_z: np.ndarray) -> np.ndarray:
+    """In place on x [c, S, F]: market-level features (``market`` [F]) <- ``market_z`` [c, F] for every
+    stock with a row (0 for the others); returns [F] bool, nonzero somewhere (False off ``market``)."""
+    cols = np.flatnonzero(market)
+    nonzero = np.zeros(len(market), dtype=bool)
+    if len(cols):
+        x[:, :, cols] = np.where(valid[:, :, None], market_z[:, None, cols], np.float32(0))
+        nonzero[cols] = ((market_z[:, cols] != 0) & valid.any(axis=1)[:, None]).any(axis=0)
+    return nonzero
 
-    Cross-sectional features: `normalise_cross_section`'s z-score; market features (``market`` [F]):
-    ``market_z`` [c, F] (past days only) for every stock; missing cells and stocks not valid that day
-    (``valid`` [c, S]): 0. Day by day on threads, every step on one day's block while it is in cache.
-    """
-    cols = np.flatnonzero(~market)
-    every = len(cols) == x.shape[2]
-    mcols = np.flatnonzero(market)
-    nonzero = np.zeros((x.shape[0], x.shape[2]), dtype=bool)
 
-    def day(k: int) -> None:
-        xk = x[k]
-        if len(cols):
-            z = _robust_z(np.ascontiguousarray(xk.T if every else xk[:, cols].T), clip)
-            np.copyto(z, np.float32(0), where=np.isnan(z))
-            if every:
-                xk[...] = z.T
-            else:
-                xk[:, cols] = z.T
-        if len(mcols):
-            xk[:, mcols] = market_z[k, mcols]
-        xk[~valid[k]] = 0.0
-        nonzero[k] = (xk != 0).any(axis=0)
+class _Scratch:
+    """Buffers of one shape handed to threads and taken back: a fresh 6 MB array per day would be
+    page-faulted in every time (the allocator maps blocks this large anew)."""
 
-    parallel_map(day, range(x.shape[0]))
-    return nonzero.any(axis=0)
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape, self.free, self.lock = shape, [], threading.Lock()
+
+    def take(self) -> np.ndarray:
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        return np.empty(self.shape, dtype=np.float32)
+
+    def give(self, buf: np.ndarray) -> None:
+        with self.lock:
+            self.free.append(buf)
 
 
 def _robust_z(block: np.ndarray, clip: float) -> np.ndarray:

@@ -1,0 +1,158 @@
+"""Compiled kernels of the cache build: the row scatter, and each day's [S, F] block in cache, few passes over it.
+
+The numpy path (`normalise.cross_section_days` with compiled=False) makes ~15 passes over each day's block
+(transposes in and out, NaN masks, the day statistics, the z-score's arithmetic): on a 4,000 x 400
+day that is ~17 ms against the 3.3 ms of the one step numpy does best, the SIMD row sort. These
+kernels keep that sort and fuse everything else into two passes: a blocked transpose in, and one
+pass that reads the day statistics, median and MAD off the sorted rows and writes the clipped
+z-scores straight back in [S, F] order. Same numbers as the numpy path (tested against it).
+
+Compiled by numba on first call and cached in __pycache__ next to this file (~2 s once, then milliseconds).
+`AVAILABLE` is False where numba is not installed (the GPU host's image): the numpy path runs there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit
+except ImportError:  # numba is a dependency; a host without it (the GPU image) takes the numpy path
+    AVAILABLE = False
+
+    def njit(**_options):  # the plain functions are never called there: AVAILABLE gates them
+        return lambda fn: fn
+else:
+    AVAILABLE = True
+
+_MAD_SCALE = np.float32(1.4826)
+_BLOCK = 32  # transpose tile: 32 x 32 float32 = 4 KB each way, in L1
+
+
+@njit(nogil=True, cache=True)
+def transpose(src, dst):
+    """src [S, F] -> dst [F, S], tile by tile (both sides stay in cache)."""
+    n_s, n_f = src.shape
+    for s0 in range(0, n_s, _BLOCK):
+        s1 = min(s0 + _BLOCK, n_s)
+        for f0 in range(0, n_f, _BLOCK):
+            f1 = min(f0 + _BLOCK, n_f)
+            for s in range(s0, s1):
+                for f in range(f0, f1):
+                    dst[f, s] = src[s, f]
+
+@njit(nogil=True, cache=True)
+def kth_deviation(row, p, n, med, k):
+    """The k-th smallest |v - med| (0-based) over row[:n] sorted ascending, p values below med.
+
+    Left of p the deviations read right to left are ascending, from p on they are ascending: the
+    k-th smallest of two sorted runs, by binary search on how many come from the left one.
+    """
+    n_right = n - p
+    lo, hi = max(0, k + 1 - n_right), min(k + 1, p)
+    while lo < hi:
+        i = (lo + hi) // 2
+        # take i + 1 from the left when the left's (i+1)-th is below the right's (k+1-i)-th
+        if k - i >= 0 and i < p and np.abs(row[p + k - i] - med) > np.abs(row[p - 1 - i] - med):
+            lo = i + 1
+        else:
+            hi = i
+    j = k + 1 - lo
+    best = -np.inf
+    if lo > 0:
+        best = max(best, np.abs(row[p - lo] - med))
+    if j > 0:
+        best = max(best, np.abs(row[p + j - 1] - med))
+    return np.float32(best)
+
+@njit(nogil=True, cache=True)
+def day(x, ordered, valid, clip, n_out, total_out, lo_out, hi_out, nonzero_out):
+    """One day in place: x [S, F] raw (NaN missing) -> clipped robust z-scores; ordered [F, S] = x.T
+    sorted along S (NaN last), valid [S].
+
+    Every feature: (v - median) / (1.4826 MAD), the std where the MAD is 0, 0 where both are;
+    clipped; 0 where missing or the stock has no row that day. Per feature also the raw values'
+    count, float64 sum, min and max, and whether any output is nonzero.
+    """
+    n_s, n_f = x.shape
+    med_f = np.empty(n_f, dtype=np.float32)
+    scale_f = np.empty(n_f, dtype=np.float32)
+    for f in range(n_f):
+        row = ordered[f]
+        a, b = 0, n_s  # finite values come first: n = index of the first NaN
+        while a < b:
+            mid = (a + b) // 2
+            if np.isnan(row[mid]):
+                b = mid
+            else:
+                a = mid + 1
+        n = a
+        acc = np.zeros(8)  # eight running sums: one long chain of dependent adds is 4x slower
+        for s in range(0, n - n % 8, 8):
+            for u in range(8):
+                acc[u] += row[s + u]
+        total = acc.sum()
+        for s in range(n - n % 8, n):
+            total += row[s]
+        n_out[f], total_out[f] = n, total
+        scale_f[f] = 0.0
+        med_f[f] = 0.0
+        if n == 0:
+            lo_out[f], hi_out[f] = np.nan, np.nan
+            continue
+        lo_out[f], hi_out[f] = row[0], row[n - 1]
+        med = np.float32((row[(n - 1) // 2] + row[n // 2]) / np.float32(2))
+        a, b = 0, n  # p = values strictly below the median
+        while a < b:
+            mid = (a + b) // 2
+            if row[mid] < med:
+                a = mid + 1
+            else:
+                b = mid
+        p = a
+        mad = np.float32((kth_deviation(row, p, n, med, max((n - 1) // 2, 0))
+                          + kth_deviation(row, p, n, med, n // 2)) / np.float32(2))
+        scale = np.float32(mad * _MAD_SCALE)
+        if not scale > 1e-12:  # mostly-equal values: the MAD says nothing, the std may
+            mean = total / n
+            ss = 0.0
+            for s in range(n):
+                ss += (row[s] - mean) * (row[s] - mean)
+            scale = np.float32(np.sqrt(ss / n))
+        med_f[f] = med
+        scale_f[f] = scale if scale > 1e-12 else np.float32(0.0)
+    clip32 = np.float32(clip)
+    nonzero_out[:] = False
+    for s in range(n_s):
+        row_x = x[s]
+        if not valid[s]:
+            row_x[:] = 0.0
+            continue
+        for f in range(n_f):
+            v = row_x[f]
+            z = np.float32(0.0)
+            if scale_f[f] > 0 and not np.isnan(v):
+                z = min(max(np.float32(np.float32(v - med_f[f]) / scale_f[f]), -clip32), clip32)
+            row_x[f] = z
+            if z != 0:
+                nonzero_out[f] = True
+
+
+@njit(nogil=True, cache=True)
+def scatter_rows(vals, sel, day, day0, stock, slab, infinite):
+    """slab[day[r] - day0, stock[r], :] = vals[r, :] for r in sel, infinite values as NaN (counted per column).
+
+    vals [rows, F] float32 (a record batch's features, row-major), slab [c, S, F] from day day0 on.
+    Fuses the infinite check into the copy (numpy needed an isinf pass over the batch first).
+    """
+    n_f = vals.shape[1]
+    for i in range(len(sel)):
+        r = sel[i]
+        dst = slab[day[r] - day0, stock[r]]
+        src = vals[r]
+        for f in range(n_f):
+            v = src[f]
+            if np.isinf(v):
+                v = np.nan
+                infinite[f] += 1
+            dst[f] = v

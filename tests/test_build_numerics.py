@@ -84,11 +84,15 @@ def _day_panel(seed: int, days: int = 5, stocks: int = 300, feats: int = 6) -> t
     return x, valid
 
 
+def _feature_major(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 1))  # [c, S, F] -> the raw chunks' [c, F, S]
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cross_section_days_equals_reference(compiled):
     x, valid = _day_panel(1)
-    got = x.copy()
-    days, nonzero = cross_section_days(got, valid, 5.0, compiled=compiled)
+    got = np.full_like(x, 99.0)
+    days, nonzero = cross_section_days(_feature_major(x), valid, 5.0, got, compiled=compiled)
     want = np.nan_to_num(_reference_normalise(x, np.ones(x.shape[2], bool), 5.0), nan=0.0)
     want[~valid] = 0.0
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
@@ -105,9 +109,9 @@ def test_compiled_build_kernels_give_the_numpy_numbers():
     """The fused kernels against the numpy steps they replace, on a wide panel with every odd case."""
     assert build_kernels.AVAILABLE, "numba is a dependency (pyproject.toml): `make install` installs it"
     x, valid = _day_panel(7, days=3, stocks=2_001, feats=70)
-    a, b = x.copy(), x.copy()
-    days_a, nz_a = cross_section_days(a, valid, 5.0, compiled=False)
-    days_b, nz_b = cross_section_days(b, valid, 5.0, compiled=True)
+    a, b = np.empty_like(x), np.empty_like(x)
+    days_a, nz_a = cross_section_days(_feature_major(x), valid, 5.0, a, compiled=False)
+    days_b, nz_b = cross_section_days(_feature_major(x), valid, 5.0, b, compiled=True)
     exact = (a == b).mean()
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
     assert exact > 0.999  # only the std fallback's rows may differ, in the last bits (float64 vs float32 sums)

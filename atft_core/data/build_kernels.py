@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from numba import njit
+    from numba import carray, njit, types
+    from numba.extending import intrinsic
 except ImportError:  # numba is a dependency; a host without it (the GPU image) takes the numpy path
     AVAILABLE = False
 
@@ -25,21 +26,19 @@ except ImportError:  # numba is a dependency; a host without it (the GPU image) 
 else:
     AVAILABLE = True
 
+    @intrinsic
+    def _f32_pointer(typingctx, address):
+        """An integer address as a float32 pointer (a column buffer pyarrow allocated), for `carray`."""
+        sig = types.CPointer(types.float32)(types.int64)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+        return sig, codegen
+
 _MAD_SCALE = np.float32(1.4826)
-_BLOCK = 32  # transpose tile: 32 x 32 float32 = 4 KB each way, in L1
+_TILE = 32  # stocks per tile of the transposed write: 32 output rows of F floats (51 KB at 400) stay in L2
 
-
-@njit(nogil=True, cache=True)
-def transpose(src, dst):
-    """src [S, F] -> dst [F, S], tile by tile (both sides stay in cache)."""
-    n_s, n_f = src.shape
-    for s0 in range(0, n_s, _BLOCK):
-        s1 = min(s0 + _BLOCK, n_s)
-        for f0 in range(0, n_f, _BLOCK):
-            f1 = min(f0 + _BLOCK, n_f)
-            for s in range(s0, s1):
-                for f in range(f0, f1):
-                    dst[f, s] = src[s, f]
 
 @njit(nogil=True, cache=True)
 def kth_deviation(row, p, n, med, k):
@@ -66,15 +65,15 @@ def kth_deviation(row, p, n, med, k):
     return np.float32(best)
 
 @njit(nogil=True, cache=True)
-def day(x, ordered, valid, clip, n_out, total_out, lo_out, hi_out, nonzero_out):
-    """One day in place: x [S, F] raw (NaN missing) -> clipped robust z-scores; ordered [F, S] = x.T
-    sorted along S (NaN last), valid [S].
+def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonzero_out):
+    """One day: block [F, S] raw (NaN missing), ordered = block sorted along S (NaN last), valid [S]
+    -> out [S, F] clipped robust z-scores (the cache's row layout).
 
     Every feature: (v - median) / (1.4826 MAD), the std where the MAD is 0, 0 where both are;
     clipped; 0 where missing or the stock has no row that day. Per feature also the raw values'
     count, float64 sum, min and max, and whether any output is nonzero.
     """
-    n_s, n_f = x.shape
+    n_f, n_s = block.shape
     med_f = np.empty(n_f, dtype=np.float32)
     scale_f = np.empty(n_f, dtype=np.float32)
     for f in range(n_f):
@@ -123,36 +122,52 @@ def day(x, ordered, valid, clip, n_out, total_out, lo_out, hi_out, nonzero_out):
         scale_f[f] = scale if scale > 1e-12 else np.float32(0.0)
     clip32 = np.float32(clip)
     nonzero_out[:] = False
-    for s in range(n_s):
-        row_x = x[s]
-        if not valid[s]:
-            row_x[:] = 0.0
-            continue
+    for s0 in range(0, n_s, _TILE):  # a tile of stocks: their output rows stay in cache across features
+        s1 = min(s0 + _TILE, n_s)
         for f in range(n_f):
-            v = row_x[f]
-            z = np.float32(0.0)
-            if scale_f[f] > 0 and not np.isnan(v):
-                z = min(max(np.float32(np.float32(v - med_f[f]) / scale_f[f]), -clip32), clip32)
-            row_x[f] = z
-            if z != 0:
-                nonzero_out[f] = True
+            med, scale = med_f[f], scale_f[f]
+            for s in range(s0, s1):
+                v = block[f, s]
+                z = np.float32(0.0)
+                if scale > 0 and valid[s] and not np.isnan(v):
+                    z = min(max(np.float32(np.float32(v - med) / scale), -clip32), clip32)
+                    if z != 0:
+                        nonzero_out[f] = True
+                out[s, f] = z
 
 
 @njit(nogil=True, cache=True)
-def scatter_rows(vals, sel, day, day0, stock, slab, infinite):
-    """slab[day[r] - day0, stock[r], :] = vals[r, :] for r in sel, infinite values as NaN (counted per column).
+def gather_columns(addresses, n_rows, sel, day, day0, stock, slab, infinite):
+    """slab[day[r] - day0, f, stock[r]] = column f's value at row r, for r in sel; infinite -> NaN (counted).
 
-    vals [rows, F] float32 (a record batch's features, row-major), slab [c, S, F] from day day0 on.
-    Fuses the infinite check into the copy (numpy needed an isinf pass over the batch first).
+    addresses [F]: where each column's n_rows float32 values are (a record batch's decoded buffers,
+    kept alive by the caller); slab [c, F, S] feature-major, so each day's block comes out ready for
+    the row sort (no transposes, no row-major copy of the batch). The rows are first cut into runs
+    that fill consecutive stocks of one day (on a file ordered by date and code, one run per day):
+    each feature then copies whole runs, a loop the compiler vectorises.
     """
-    n_f = vals.shape[1]
-    for i in range(len(sel)):
+    n = len(sel)
+    run_row = np.empty(n, dtype=np.int64)
+    run_len = np.empty(n, dtype=np.int64)
+    runs = 0
+    for i in range(n):
         r = sel[i]
-        dst = slab[day[r] - day0, stock[r]]
-        src = vals[r]
-        for f in range(n_f):
-            v = src[f]
-            if np.isinf(v):
-                v = np.nan
-                infinite[f] += 1
-            dst[f] = v
+        if runs and r == run_row[runs - 1] + run_len[runs - 1] and day[r] == day[r - 1] \
+                and stock[r] == stock[r - 1] + 1:
+            run_len[runs - 1] += 1
+        else:
+            run_row[runs], run_len[runs] = r, 1
+            runs += 1
+    for f in range(len(addresses)):
+        col = carray(_f32_pointer(addresses[f]), (n_rows,))
+        count = 0
+        for k in range(runs):
+            r0, m = run_row[k], run_len[k]
+            dst = slab[day[r0] - day0, f]
+            s0 = stock[r0]
+            for j in range(m):
+                v = col[r0 + j]
+                bad = np.isinf(v)
+                count += bad
+                dst[s0 + j] = np.float32(np.nan) if bad else v
+        infinite[f] += count

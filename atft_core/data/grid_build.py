@@ -63,6 +63,8 @@ class Plan:
     section_vocab: list[str]
     sector_vocab: list[str]
     rows: int
+    row_day: np.ndarray  # [rows] int32: each row's day, in the files' order
+    row_stock: np.ndarray  # [rows] int32: each row's stock
 
 
 def plan_grid(lf: pl.LazyFrame, contract: Contract, source: str, require: DataConfig | None) -> Plan:
@@ -82,7 +84,8 @@ def plan_grid(lf: pl.LazyFrame, contract: Contract, source: str, require: DataCo
     section_vocab = _static_ids(keys, contract.section, day_idx, stock_idx, static[:, :, 0])
     sector_vocab = _static_ids(keys, contract.sector, day_idx, stock_idx, static[:, :, 1])
     return Plan(dates=np.asarray(dates).astype("datetime64[D]"), codes=np.asarray(codes, dtype=str), valid=valid,
-                static=static, section_vocab=section_vocab, sector_vocab=sector_vocab, rows=len(keys))
+                static=static, section_vocab=section_vocab, sector_vocab=sector_vocab, rows=len(keys),
+                row_day=day_idx.astype(np.int32), row_stock=stock_idx.astype(np.int32))
 
 
 def check_history(n_days: int, contract: Contract, require: DataConfig, source: str) -> None:
@@ -217,42 +220,40 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
              grid: GridFile, stream: ChunkStream, y: np.ndarray, stop: Callable[[], bool] | None) -> np.ndarray:
     """Raw features by record batch into chunks of days, each given to ``stream`` whole; fills y [D, S, H].
 
-    A chunk of days stays in memory until all its rows have arrived (the plan knows how many). On a
-    file ordered by date that is every chunk. On another order (rows of a day spread over the file)
-    at most `_OPEN_CHUNKS` chunks stay open; the others go to the file and are read back when more of
-    their rows come. Returns the count of infinite values per feature [F] (they become missing).
+    Only the value columns are decoded: each row's (day, stock) cell is the keys pass's, row for row
+    (both read the files in the same order). A chunk of days stays in memory until all its rows have
+    arrived (the plan knows how many). On a file ordered by date that is every chunk. On another order
+    (rows of a day spread over the file) at most `_OPEN_CHUNKS` chunks stay open; the others go to the
+    file and are read back when more of their rows come. Returns the count of infinite values per
+    feature [F] (they become missing).
     """
     n_days, n_stocks = plan.valid.shape
+    n_feat = len(feats)
     chunk = max(1, cfg.chunk_days)
     need = np.add.reduceat(plan.valid.sum(axis=1), np.arange(0, n_days, chunk))  # rows per chunk
     got = np.zeros_like(need)
     on_disk = np.zeros(len(need), dtype=bool)  # chunks whose partial values were written to the file
-    open_: dict[int, np.ndarray] = {}  # chunk -> its [c, S, F] raw values, NaN where no row yet
-    infinite = np.zeros(len(feats), dtype=np.int64)
-    code_ids = pl.DataFrame({"__code": plan.codes.tolist(), "__stock": np.arange(n_stocks, dtype=np.int64)})
-    columns = list(dict.fromkeys([contract.date, contract.code, *feats, *contract.targets]))
-    keys = [date_expr(contract).alias("__date"), pl.col(contract.code).cast(pl.String).alias("__code")]
+    open_: dict[int, np.ndarray] = {}  # chunk -> its [c, F, S] raw values, NaN where no row yet
+    infinite = np.zeros(n_feat, dtype=np.int64)
+    columns = [*feats, *contract.targets]
     batch_rows = max(1024, _BATCH_CELLS // max(1, len(columns)))
 
     def park(c: int, slab: np.ndarray) -> None:
         on_disk[c] = True
-        grid.write_days("x", c * chunk, slab)
+        grid.write_days("x", c * chunk, slab)  # the chunk's region of the grid file as scratch space
 
-    def place(day: np.ndarray, stock: np.ndarray, vals: np.ndarray) -> None:
+    def place(day: np.ndarray, stock: np.ndarray, cols: list[np.ndarray]) -> None:
         ck = day // chunk
         for c in np.unique(ck).tolist():
-            rows = slice(None) if ck[0] == ck[-1] == c else np.flatnonzero(ck == c)
+            sel = np.arange(len(day)) if ck[0] == ck[-1] == c else np.flatnonzero(ck == c)
             d0 = c * chunk
             d1 = min(d0 + chunk, n_days)
             slab = open_.pop(c, None)
             if slab is None:
-                slab = grid.read_days("x", d0, d1, F32, len(feats)) if on_disk[c] else stream.slab(d1 - d0)
-            if build_kernels.AVAILABLE:
-                sel = np.arange(len(day)) if isinstance(rows, slice) else rows
-                build_kernels.scatter_rows(vals, sel, day, d0, stock, slab, infinite)
-            else:
-                slab[day[rows] - d0, stock[rows]] = vals[rows]
-            got[c] += len(day[rows])
+                slab = (grid.read_days("x", d0, d1, F32, n_feat).reshape(d1 - d0, n_feat, n_stocks) if on_disk[c]
+                        else stream.slab(d1 - d0))
+            _gather(cols, sel, day, d0, stock, slab, infinite)
+            got[c] += len(sel)
             if got[c] == need[c]:
                 stream.put(c, slab)
             else:
@@ -261,22 +262,43 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
             c = min(open_)
             park(c, open_.pop(c))
 
+    row = 0
     for batch in _batches(files, columns, batch_rows):
-        df = pl.from_arrow(batch)
-        del batch
-        k = df.select(keys)
-        day = np.searchsorted(plan.dates, k["__date"].to_numpy().astype("datetime64[D]"))
-        stock = k.join(code_ids, on="__code", how="left", maintain_order="left")["__stock"].to_numpy()
-        vals = df.select(pl.col(feats).cast(pl.Float32)).to_numpy(order="c")  # rows move whole
-        if not build_kernels.AVAILABLE:  # the compiled scatter turns infinite values into NaN itself
-            vals = _finite_f32(vals, infinite)
-        y[day, stock] = _finite_f32(df.select(pl.col(contract.targets).cast(pl.Float32)).to_numpy(order="c"))
-        del df, k
-        place(day, stock, vals)
+        n = batch.num_rows
+        day, stock = plan.row_day[row:row + n], plan.row_stock[row:row + n]
+        row += n
+        cols = [_f32(batch.column(name)) for name in columns]
+        y[day, stock] = _finite_f32(np.stack(cols[n_feat:], axis=1))
+        place(day, stock, cols[:n_feat])
+        del batch, cols
         if stop is not None and stop():
             raise BuildStopped
-    assert not open_ and (got == need).all(), "rows read differ from the keys pass"
+    assert row == plan.rows and not open_ and (got == need).all(), "rows read differ from the keys pass"
     return infinite
+
+
+def _f32(values: pa.Array) -> np.ndarray:
+    """A column as float32 numpy values, nulls as NaN (zero-copy when it is float32 without nulls)."""
+    if values.type != pa.float32():
+        values = values.cast(pa.float32(), safe=False)  # as polars casts: out-of-range doubles become inf
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _gather(cols: list[np.ndarray], sel: np.ndarray, day: np.ndarray, day0: int, stock: np.ndarray,
+            slab: np.ndarray, infinite: np.ndarray) -> None:
+    """slab[day - day0, f, stock] = cols[f] over rows ``sel`` (infinite values as NaN, counted per feature)."""
+    if build_kernels.AVAILABLE:
+        addresses = np.array([c.ctypes.data for c in cols], dtype=np.int64)  # cols stay alive: the caller's
+        build_kernels.gather_columns(addresses, len(day), sel, day, day0, stock, slab, infinite)
+        return
+    d, s = day[sel] - day0, stock[sel]
+    for f, col in enumerate(cols):
+        v = col[sel]
+        inf = np.isinf(v)
+        if inf.any():
+            infinite[f] += np.count_nonzero(inf)
+            v = np.where(inf, np.float32(np.nan), v)
+        slab[d, f, s] = v
 
 
 def _batches(files: tuple[Path, ...], columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -307,16 +329,9 @@ def _reader(path: Path) -> pq.ParquetFile:
     return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
 
 
-def _finite_f32(out: np.ndarray, infinite: np.ndarray | None = None) -> np.ndarray:
-    """In place on [rows, columns] float32: +-inf -> NaN (nulls already are).
-
-    ``infinite`` [columns] accumulates how many infinite values each column had (a warning names them).
-    """
-    inf = np.isinf(out)
-    if inf.any():
-        if infinite is not None:
-            infinite += np.count_nonzero(inf, axis=0)
-        out[inf] = np.nan
+def _finite_f32(out: np.ndarray) -> np.ndarray:
+    """In place on float32 values: +-inf -> NaN (nulls already are): an infinite return is unknown."""
+    out[np.isinf(out)] = np.nan
     return out
 
 

@@ -30,7 +30,8 @@ F32 = np.dtype(np.float32)
 
 
 class ChunkStream:
-    """Takes whole chunks of raw days ([c, S, F] float32, NaN = missing) and writes them normalised.
+    """Takes whole chunks of raw days ([c, F, S] float32, feature-major, NaN = missing) and writes them
+    normalised in the cache's layout ([c, S, F]).
 
     Work runs on one background thread, in the order chunks are given, so reading the next
     record batches overlaps it; at most one chunk waits. ``market`` [F] fixes the market-level
@@ -57,27 +58,33 @@ class ChunkStream:
         self._last: Future | None = None
         self._writer = ThreadPoolExecutor(max_workers=1)  # the writes (I/O) overlap the next chunk's work
         self._written: Future | None = None
-        self._free: list[np.ndarray] = []  # written chunks' buffers [chunk, S, F], reused by `slab`
+        self._free: list[np.ndarray] = []  # flat chunk buffers (chunk x S x F floats), reused
         self._lock = threading.Lock()
 
     def slab(self, days: int) -> np.ndarray:
-        """A [days, S, F] float32 buffer for a chunk's raw values, a written chunk's when there is one.
+        """A [days, F, S] float32 buffer for a chunk's raw values (feature-major: each day's block is
+        ready for the row sort), a written chunk's when there is one.
 
-        Not cleared: every cell with a row is overwritten by the scatter, and the caller sets the
-        cells without one to NaN when the chunk is complete (`put`), which on a dense panel is a few
-        cells instead of a 0.4 GB fill per 64 x 4,000 x 400 chunk (~8 % of the build's time).
-        Reused rather than allocated: first touching fresh memory (page faults) cost up to ~1 s per
-        such chunk here when the page cache has to give way, a third of the build's time.
+        Not cleared: every cell with a row is overwritten by the scatter, and the cells without one
+        are set to NaN when the chunk is complete (`put`), which on a dense panel is a few cells
+        instead of a 0.4 GB fill per 64 x 4,000 x 400 chunk (~8 % of the build's time).
         """
+        return self._buffer(days).reshape(days, self.n_feat, self.valid.shape[1])
+
+    def _buffer(self, days: int) -> np.ndarray:
+        """days x S x F floats, flat. Reused rather than allocated: first touching fresh memory (page
+        faults) cost up to ~1 s per 64 x 4,000 x 400 chunk here when the page cache has to give way."""
         with self._lock:
             buf = self._free.pop() if self._free else None
         if buf is None:
-            buf = np.empty((self.chunk, self.valid.shape[1], self.n_feat), dtype=F32)
-        return buf[:days]
+            buf = np.empty(self.chunk * self.valid.shape[1] * self.n_feat, dtype=F32)
+        return buf[:days * self.valid.shape[1] * self.n_feat]
 
     def _recycle(self, x: np.ndarray) -> None:
-        base = x if x.base is None else x.base
-        if isinstance(base, np.ndarray) and base.shape == (self.chunk, *x.shape[1:]) and base.dtype == F32:
+        base = x
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if base.ndim == 1 and base.size == self.chunk * self.valid.shape[1] * self.n_feat and base.dtype == F32:
             with self._lock:
                 self._free.append(base)
 
@@ -89,7 +96,7 @@ class ChunkStream:
         d0, d1 = self._days(c)
         absent = ~self.valid[d0:d1]
         if absent.any():
-            slab[absent] = np.nan
+            slab.transpose(0, 2, 1)[absent] = np.nan
         self.wait()
         self._last = self._pool.submit(self._take, c, slab)
 
@@ -148,14 +155,16 @@ class ChunkStream:
 
     def _take(self, c: int, slab: np.ndarray) -> None:
         d0, d1 = self._days(c)
-        summaries, nonzero = cross_section_days(slab, self.valid[d0:d1], self.cfg.clip)  # same day: final now
+        x = self._buffer(d1 - d0).reshape(d1 - d0, self.valid.shape[1], self.n_feat)
+        summaries, nonzero = cross_section_days(slab, self.valid[d0:d1], self.cfg.clip, x)  # same day: final
+        self._recycle(slab)
         self.stats.add(d0, summaries)
         self.cs_nonzero |= nonzero.any(axis=0)
         self.done[c] = True
         if self.done[:c].all():  # every earlier day's daily mean is known: past-only statistics are final
-            self._complete(c, slab)
+            self._complete(c, x)
         else:
-            self._write(d0, slab)
+            self._write(d0, x)
             self.raw.append(c)
 
     def _complete(self, c: int, x: np.ndarray) -> None:

@@ -72,3 +72,29 @@ def test_market_features_guessed_wrong_from_the_first_chunk_are_corrected(tmp_pa
     kinds = cb.manifest["feature_kinds"]
     assert kinds["late_spread"] == "cross_sectional" and kinds["early_spread"] == "market"
     assert ca.manifest["feature_kinds"] == kinds and ca.manifest["leak_screen"] == cb.manifest["leak_screen"]
+
+
+def test_compiled_and_numpy_builds_give_the_same_cache(tmp_path, monkeypatch):
+    """The numba kernels (gather, day statistics and z-scores) against the numpy path hosts without numba take,
+    through the whole build: shuffled rows, chunks split across batches, an integer feature, infinite values."""
+    from atft_core.data import build_kernels
+
+    df = _panel().with_columns(
+        (pl.col("feat_2") * 100).round().cast(pl.Int32).alias("int_feat"),
+        pl.when(pl.int_range(pl.len()) % 37 == 0).then(float("inf")).otherwise(pl.col("feat_3")).alias("feat_3"),
+    )
+    path = tmp_path / "p.parquet"
+    pq.write_table(df.sample(fraction=1.0, shuffle=True, seed=2).to_arrow(), path, row_group_size=131)
+    compiled = open_cache(build_cache(path, tmp_path / "a", CacheConfig(chunk_days=4), progress=False).path)
+    monkeypatch.setattr(build_kernels, "AVAILABLE", False)
+    plain = open_cache(build_cache(path, tmp_path / "b", CacheConfig(chunk_days=4), progress=False).path)
+    np.testing.assert_allclose(compiled.x, plain.x, rtol=1e-6, atol=1e-6)
+    assert (compiled.x == plain.x).mean() > 0.999
+    for name in ("y", "y_z", "valid", "static"):
+        np.testing.assert_array_equal(getattr(compiled, name), getattr(plain, name), err_msg=name)
+    ma, mb = compiled.manifest, plain.manifest
+    for key in ("features", "feature_kinds", "leak_suspects", "rows"):
+        assert ma[key] == mb[key], key
+    assert sorted(ma["warnings"]) == sorted(mb["warnings"])
+    assert any("'feat_3'" in w and "infinite" in w for w in ma["warnings"]), ma["warnings"]
+    assert "int_feat" in ma["features"] and np.isfinite(compiled.x).all()

@@ -59,3 +59,28 @@ def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, monkeypa
     monkeypatch.undo()
     buffered, _ = _write_all(tmp_path / "b.arrow", False, 4000)
     assert refused == buffered and not used
+
+
+def test_memory_placed_like_the_file_goes_out_directly_without_a_bounce_copy(tmp_path, monkeypatch):
+    """The build places each chunk's buffer like its file region within a page (`GridFile.byte_offset`):
+    O_DIRECT then writes from it with no copy. Same bytes as buffered writes; no bounce buffer made."""
+    monkeypatch.setattr(grid_file, "_DIRECT_PIECE", 5 * 4096)  # several direct writes per region
+    n_stocks, rng = 4000, np.random.default_rng(1)
+    path = tmp_path / "p.arrow"
+    grid = create_grid_file(path, 9, n_stocks, LAYOUT)
+    bounces = []
+    real_mmap = grid_file.mmap.mmap
+    monkeypatch.setattr(grid_file.mmap, "mmap", lambda *a, **k: bounces.append(a) or real_mmap(*a, **k))
+    want = {}
+    for d0, d1 in ((0, 4), (4, 5), (5, 9)):
+        values = rng.standard_normal((d1 - d0) * n_stocks * 13).astype(np.float32)
+        room = np.empty(values.size + 1024, np.float32)
+        start = (grid.byte_offset("x", d0) - room.ctypes.data) % 4096 // 4
+        placed = room[start:start + values.size]
+        placed[:] = values
+        grid.write_days("x", d0, placed.reshape(d1 - d0, n_stocks, 13))
+        want[d0] = values
+    got = np.fromfile(path, np.float32, count=9 * n_stocks * 13, offset=grid.byte_offset("x", 0))
+    np.testing.assert_array_equal(got, np.concatenate([want[0], want[4], want[5]]))
+    if _takes_o_direct(tmp_path):
+        assert grid.direct and not bounces

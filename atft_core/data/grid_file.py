@@ -22,8 +22,9 @@ import pyarrow.ipc as ipc
 
 # column name -> (dtype, values per (day, stock) row; 0 = a plain column, else the row's width)
 Layout = dict[str, tuple[np.dtype, int]]
-_ALIGN = 4096  # O_DIRECT's alignment of file offsets, lengths and memory (the largest block size in use)
-_BOUNCE = 8 << 20  # bytes copied to an aligned buffer per direct write
+ALIGN = 4096  # O_DIRECT's alignment of file offsets, lengths and memory (the largest block size in use)
+_BOUNCE = 8 << 20  # bytes copied to an aligned buffer per direct write (memory not placed like the file)
+_DIRECT_PIECE = 64 << 20  # bytes per direct write straight from memory placed like the file
 
 
 def row_array(values: np.ndarray, width: int) -> pa.Array:
@@ -92,12 +93,12 @@ class GridFile:
         the panel being read evicted), and no reader needs it cached now.
         """
         data = np.ascontiguousarray(values)
-        off = self.offsets[name] + day0 * self.rows_per_day * self.row_bytes[name]
+        off = self.byte_offset(name, day0)
         expect = data.shape[0] * self.rows_per_day * self.row_bytes[name]
         assert data.nbytes == expect, (name, data.nbytes, expect)
         raw = memoryview(data).cast("B")
         done = (0, 0)
-        if self.direct and len(raw) >= 2 * _ALIGN:
+        if self.direct and len(raw) >= 2 * ALIGN:
             done = _write_direct(self.path, off, raw)
             self.direct = done != (0, 0)
         fd = os.open(self.path, os.O_WRONLY)
@@ -106,6 +107,11 @@ class GridFile:
                 _pwrite_all(fd, raw[lo:hi], off + lo)
         finally:
             os.close(fd)
+
+    def byte_offset(self, name: str, day0: int) -> int:
+        """Where day ``day0``'s values of array ``name`` start in the file. A buffer whose address has the
+        same remainder modulo 4096 is written with O_DIRECT straight from its memory (no bounce copy)."""
+        return self.offsets[name] + day0 * self.rows_per_day * self.row_bytes[name]
 
     def read_days(self, name: str, day0: int, day1: int, dtype: np.dtype, width: int) -> np.ndarray:
         """Values of days [day0, day1) as a new array [c, S, width] (read, not mapped: no RSS left behind)."""
@@ -122,28 +128,35 @@ def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
 
 
 def _write_direct(path: Path, off: int, raw: memoryview) -> tuple[int, int]:
-    """Write the whole `_ALIGN`-byte pages of file region [off, off + len(raw)) with O_DIRECT, through a
-    page-aligned bounce buffer; returns the byte range [lo, hi) of ``raw`` written, (0, 0) when the file
-    system refuses O_DIRECT (then nothing was written). The partial pages at both ends are left to
+    """Write the whole `ALIGN`-byte pages of file region [off, off + len(raw)) with O_DIRECT, straight
+    from ``raw`` when its address has off's remainder modulo `ALIGN` (see `GridFile.byte_offset`), else
+    through a page-aligned bounce buffer; returns the byte range [lo, hi) of ``raw`` written, (0, 0) when
+    the file system refuses O_DIRECT (then nothing was written). The partial pages at both ends are left to
     buffered writes (the kernel keeps the page cache and direct writes coherent either way).
     """
-    lo = -off % _ALIGN
-    hi = lo + (len(raw) - lo) // _ALIGN * _ALIGN
+    lo = -off % ALIGN
+    hi = lo + (len(raw) - lo) // ALIGN * ALIGN
     if not hasattr(os, "O_DIRECT"):  # not on this OS (macOS): buffered writes
         return 0, 0
     try:
         fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
     except OSError:
         return 0, 0
-    bounce = mmap.mmap(-1, min(_BOUNCE, hi - lo))  # anonymous maps are page-aligned
+    # memory in the same place within its page as the file region: whole pages go from it directly
+    aligned = (np.frombuffer(raw, np.uint8, count=1).ctypes.data + lo) % ALIGN == 0
+    bounce = None if aligned else mmap.mmap(-1, min(_BOUNCE, hi - lo))  # anonymous maps are page-aligned
     pos = lo
     try:
         while pos < hi:
-            n = min(len(bounce), hi - pos)
-            bounce[:n] = raw[pos:pos + n]
-            with memoryview(bounce) as view:
-                written = os.pwrite(fd, view[:n], off + pos)
-            pos += written // _ALIGN * _ALIGN
+            if bounce is None:
+                n = min(_DIRECT_PIECE, hi - pos)
+                written = os.pwrite(fd, raw[pos:pos + n], off + pos)
+            else:
+                n = min(len(bounce), hi - pos)
+                bounce[:n] = raw[pos:pos + n]
+                with memoryview(bounce) as view:
+                    written = os.pwrite(fd, view[:n], off + pos)
+            pos += written // ALIGN * ALIGN
             if written != n:  # short: the rest goes through buffered writes
                 break
     except OSError as e:
@@ -151,7 +164,8 @@ def _write_direct(path: Path, off: int, raw: memoryview) -> tuple[int, int]:
             raise
     finally:
         os.close(fd)
-        bounce.close()
+        if bounce is not None:
+            bounce.close()
     return (lo, pos) if pos > lo else (0, 0)
 
 

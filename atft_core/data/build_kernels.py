@@ -37,7 +37,7 @@ else:
         return sig, codegen
 
 _MAD_SCALE = np.float32(1.4826)
-_TILE = 32  # stocks per tile of the transposed write: 32 output rows of F floats (51 KB at 400) stay in L2
+_TILE = 32  # the transpose's tile: 32 x 32 floats, 4 KB each way
 
 
 @njit(nogil=True, cache=True)
@@ -64,10 +64,10 @@ def kth_deviation(row, p, n, med, k):
         best = max(best, np.abs(row[p + j - 1] - med))
     return np.float32(best)
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf (then masked), not an exception
 def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonzero_out):
-    """One day: block [F, S] raw (NaN missing), ordered = block sorted along S (NaN last), valid [S]
-    -> out [S, F] clipped robust z-scores (the cache's row layout).
+    """One day: block [F, S] raw (NaN missing), ordered = block sorted along S (NaN last; overwritten),
+    valid [S] -> out [S, F] clipped robust z-scores (the cache's row layout).
 
     Every feature: (v - median) / (1.4826 MAD), the std where the MAD is 0, 0 where both are;
     clipped; 0 where missing or the stock has no row that day. Per feature also the raw values'
@@ -120,20 +120,27 @@ def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonz
             scale = np.float32(np.sqrt(ss / n))
         med_f[f] = med
         scale_f[f] = scale if scale > 1e-12 else np.float32(0.0)
+    # the z-scores go over the sorted rows (no longer needed), along memory (vectorised), and then to
+    # out tile by tile: 1.6 ms per 4,000 x 400 day against 3.3 for writing out's columns directly
     clip32 = np.float32(clip)
-    nonzero_out[:] = False
-    for s0 in range(0, n_s, _TILE):  # a tile of stocks: their output rows stay in cache across features
+    for f in range(n_f):
+        med, scale = med_f[f], scale_f[f]
+        src, dst = block[f], ordered[f]
+        nonzero = 0
+        for s in range(n_s):
+            v = src[s]
+            z = min(max(np.float32(np.float32(v - med) / scale), -clip32), clip32)
+            z = z if (scale > 0 and valid[s] and not np.isnan(v)) else np.float32(0.0)
+            nonzero += z != 0
+            dst[s] = z
+        nonzero_out[f] = nonzero > 0
+    for s0 in range(0, n_s, _TILE):
         s1 = min(s0 + _TILE, n_s)
-        for f in range(n_f):
-            med, scale = med_f[f], scale_f[f]
+        for f0 in range(0, n_f, _TILE):
+            f1 = min(f0 + _TILE, n_f)
             for s in range(s0, s1):
-                v = block[f, s]
-                z = np.float32(0.0)
-                if scale > 0 and valid[s] and not np.isnan(v):
-                    z = min(max(np.float32(np.float32(v - med) / scale), -clip32), clip32)
-                    if z != 0:
-                        nonzero_out[f] = True
-                out[s, f] = z
+                for f in range(f0, f1):
+                    out[s, f] = ordered[f, s]
 
 
 @njit(nogil=True, cache=True)

@@ -167,3 +167,26 @@ def test_fill_market_sets_every_stock_with_a_row_to_the_days_value():
     nonzero = fill_market(x, valid, market, market_z)
     np.testing.assert_array_equal(x, want)
     assert nonzero.tolist() == [False, True, False, False, False]
+
+
+def test_compiled_daily_rankics_rank_each_feature_once_with_the_same_numbers(monkeypatch):
+    """Horizons known on different names (4 rankings of every feature a day in numpy) from one argsort."""
+    rng = np.random.default_rng(5)
+    n, s, f, h = 5, 300, 9, 4
+    x = np.round(rng.standard_normal((n, s, f)) * 2).astype(np.float32)  # ties
+    y = rng.standard_normal((n, s, h)).astype(np.float32)
+    y[:, :, 1] = np.round(y[:, :, 1])  # ties in a target
+    valid = rng.random((n, s)) > 0.1
+    for kh in range(h):  # each horizon unknown on different names
+        y[rng.random((n, s)) < 0.05 * (kh + 1), kh] = np.nan
+    x[:, :, 2] = 1.0  # constant: NaN
+    y[1, :, 3] = np.nan  # a horizon unknown on a day
+    y[2, MIN_STOCKS - 3:, 2] = np.nan  # too few names for one horizon
+    x[:, :, 5] = np.nan_to_num(y[:, :, 0]) * 3  # a copy of a target where known
+    compiled = daily_rankics(x, y, valid)
+    monkeypatch.setattr(build_kernels, "AVAILABLE", False)
+    plain = daily_rankics(x, y, valid)
+    np.testing.assert_allclose(compiled[0], plain[0], rtol=0, atol=1e-12)
+    assert np.array_equal(np.isnan(compiled[0]), np.isnan(plain[0]))
+    assert np.array_equal(compiled[1], plain[1])
+    assert np.nanmin(compiled[0][:, 0, 5]) > 0.99 and np.isnan(compiled[0][:, :, 2]).all()

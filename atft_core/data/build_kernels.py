@@ -178,3 +178,59 @@ def gather_columns(addresses, n_rows, sel, day, day0, stock, slab, infinite):
                 count += bad
                 dst[s0 + j] = np.float32(np.nan) if bad else v
         infinite[f] += count
+
+
+@njit(nogil=True, cache=True)
+def subset_rankics(values, order, member, target_rank, min_stocks, ric, stocks):
+    """Each feature's RankIC with each horizon's target over that horizon's names, from one sort per feature.
+
+    values [F, U] finite over a day's U names, order [F, U] each row's argsort, member [H, U] the names
+    with horizon h's target known, target_rank [H, U] its centred average rank among them (0 elsewhere)
+    -> ric [H, F] (NaN under min_stocks names or without spread), stocks [H, F]. A feature's average
+    rank among a horizon's names is read off the sorted row by counting members through each run of
+    ties, so horizons known on different names (4 rankings of every feature a day before) share one.
+    """
+    n_f, n_u = values.shape
+    n_h = member.shape[0]
+    k = np.zeros(n_h, dtype=np.int64)
+    syy = np.zeros(n_h)
+    for h in range(n_h):
+        for u in range(n_u):
+            if member[h, u]:
+                k[h] += 1
+                syy[h] += target_rank[h, u] * target_rank[h, u]
+    before = np.zeros(n_h)
+    count = np.zeros(n_h)
+    st = np.zeros(n_h)
+    sxy = np.zeros(n_h)
+    sxx = np.zeros(n_h)
+    for f in range(n_f):
+        before[:] = 0.0
+        sxy[:] = 0.0
+        sxx[:] = 0.0
+        p = 0
+        while p < n_u:
+            v = values[f, order[f, p]]
+            count[:] = 0.0
+            st[:] = 0.0
+            q = p
+            while q < n_u and values[f, order[f, q]] == v:  # a run of ties
+                u = order[f, q]
+                for h in range(n_h):
+                    if member[h, u]:
+                        count[h] += 1.0
+                        st[h] += target_rank[h, u]
+                q += 1
+            for h in range(n_h):
+                if count[h] > 0:
+                    r = before[h] + (count[h] - 1.0) / 2.0 - (k[h] - 1.0) / 2.0  # centred average rank
+                    sxy[h] += r * st[h]
+                    sxx[h] += count[h] * r * r
+                    before[h] += count[h]
+            p = q
+        for h in range(n_h):
+            stocks[h, f] = k[h]
+            if k[h] < min_stocks or not (sxx[h] > 0 and syy[h] > 0):
+                ric[h, f] = np.nan
+            else:
+                ric[h, f] = min(max(sxy[h] / np.sqrt(syy[h] * sxx[h]), -1.0), 1.0)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from atft_core.data import build_kernels
+
 MIN_STOCKS = 10  # days with fewer names give no RankIC
 # Days screened, evenly spaced: 64, fewer on a wide panel so that days x S x F x H stays near
 # SCREEN_CELLS (the cost is two sorts of each cell), but never fewer than 16. On 4,000 x 400 x 4 that is
@@ -54,6 +56,8 @@ def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.n
     stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)
 
     def day(i: int) -> None:  # writes day i's rows only: days run on threads
+        if build_kernels.AVAILABLE and _day_compiled(x[i], y[i], valid[i], ric[i], stocks[i]):
+            return
         # horizons whose target is known on the same names share one ranking of every feature
         groups: dict[bytes, tuple[np.ndarray, list[int]]] = {}
         for kh in range(y.shape[2]):
@@ -64,6 +68,26 @@ def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.n
 
     parallel_map(day, range(n))
     return ric, stocks
+
+
+def _day_compiled(x: np.ndarray, y: np.ndarray, valid: np.ndarray, ric: np.ndarray, stocks: np.ndarray) -> bool:
+    """One day's ric [H, F] and stocks [H, F] from x [S, F], y [S, H], valid [S] with one argsort per feature
+    (`build_kernels.subset_rankics`); False (nothing written) when a feature is missing on a valid name:
+    those pairs are dropped per feature, which the numpy path does."""
+    feat = np.ascontiguousarray(x[valid].T)  # [F, U]
+    if not np.isfinite(feat).all():
+        return False
+    target = y[valid].T  # [H, U]
+    member = np.isfinite(target)
+    target_rank = np.zeros(target.shape)
+    for h in range(target.shape[0]):
+        known = np.flatnonzero(member[h])
+        if len(known):
+            order, rank = centred_ranks(target[h, known][None])
+            target_rank[h, known[order[0]]] = rank[0]
+    build_kernels.subset_rankics(feat, np.argsort(feat, axis=1), member, target_rank, max(MIN_STOCKS, 2),
+                                 ric, stocks)
+    return True
 
 
 def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

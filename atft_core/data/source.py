@@ -89,12 +89,14 @@ def _hash_files(files: tuple[Path, ...], root: Path | None) -> str:
     import xxhash
 
     h = xxhash.xxh3_128()
+    buf = bytearray(_HASH_BLOCK)
+    view = memoryview(buf)
     for f in files:
         rel = f.relative_to(root) if root is not None and f.is_relative_to(root) else Path(f.name)
         h.update(str(rel).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while block := fh.read(_HASH_BLOCK):
-                h.update(block)
+        with open(f, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):  # one reused buffer: no fresh 8 MB (page faults) per block
+                h.update(view[:n])
     return h.hexdigest()
 
 

@@ -26,15 +26,20 @@ except ImportError:  # numba is a dependency; a host without it (the GPU image) 
 else:
     AVAILABLE = True
 
-    @intrinsic
-    def _f32_pointer(typingctx, address):
-        """An integer address as a float32 pointer (a column buffer pyarrow allocated), for `carray`."""
-        sig = types.CPointer(types.float32)(types.int64)
+    def _pointer_to(kind):
+        @intrinsic
+        def pointer(typingctx, address):
+            """An integer address as a typed pointer (a buffer pyarrow allocated), for `carray`."""
+            sig = types.CPointer(kind)(types.int64)
 
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+            def codegen(context, builder, signature, args):
+                return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
 
-        return sig, codegen
+            return sig, codegen
+
+        return pointer
+
+    _f32_pointer, _u8_pointer = _pointer_to(types.float32), _pointer_to(types.uint8)
 
 _MAD_SCALE = np.float32(1.4826)
 _TILE = 32  # the transpose's tile: 32 x 32 floats, 4 KB each way
@@ -144,14 +149,15 @@ def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonz
 
 
 @njit(nogil=True, cache=True)
-def gather_columns(addresses, n_rows, sel, day, day0, stock, slab, infinite):
-    """slab[day[r] - day0, f, stock[r]] = column f's value at row r, for r in sel; infinite -> NaN (counted).
+def gather_columns(values, validity, offsets, n_rows, sel, day, day0, stock, slab, infinite):
+    """slab[day[r] - day0, f, stock[r]] = column f's value at row r, for r in sel; null and infinite -> NaN.
 
-    addresses [F]: where each column's n_rows float32 values are (a record batch's decoded buffers,
-    kept alive by the caller); slab [c, F, S] feature-major, so each day's block comes out ready for
-    the row sort (no transposes, no row-major copy of the batch). The rows are first cut into runs
-    that fill consecutive stocks of one day (on a file ordered by date and code, one run per day):
-    each feature then copies whole runs, a loop the compiler vectorises.
+    Column f is read where Arrow keeps it (kept alive by the caller): float32 values at address
+    values[f], its validity bitmap at validity[f] (0: no nulls), both from element offsets[f]; no
+    numpy copy per column. slab [c, F, S] is feature-major, so each day's block comes out ready for
+    the row sort. The rows are first cut into runs that fill consecutive stocks of one day (on a file
+    ordered by date and code, one run per day): each feature then copies whole runs. Infinite values
+    are counted per feature in infinite [F] (the contract warns about them).
     """
     n = len(sel)
     run_row = np.empty(n, dtype=np.int64)
@@ -165,18 +171,23 @@ def gather_columns(addresses, n_rows, sel, day, day0, stock, slab, infinite):
         else:
             run_row[runs], run_len[runs] = r, 1
             runs += 1
-    for f in range(len(addresses)):
-        col = carray(_f32_pointer(addresses[f]), (n_rows,))
+    for f in range(len(values)):
+        off = offsets[f]
+        col = carray(_f32_pointer(values[f]), (off + n_rows,))
+        bits = carray(_u8_pointer(validity[f]), ((off + n_rows + 7) // 8,)) if validity[f] else None
         count = 0
         for k in range(runs):
             r0, m = run_row[k], run_len[k]
             dst = slab[day[r0] - day0, f]
             s0 = stock[r0]
             for j in range(m):
-                v = col[r0 + j]
+                e = off + r0 + j
+                v = col[e]
                 bad = np.isinf(v)
                 count += bad
-                dst[s0 + j] = np.float32(np.nan) if bad else v
+                if bad or (bits is not None and not (bits[e >> 3] >> (e & 7)) & 1):
+                    v = np.float32(np.nan)
+                dst[s0 + j] = v
         infinite[f] += count
 
 

@@ -242,7 +242,7 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
         on_disk[c] = True
         grid.write_days("x", c * chunk, slab)  # the chunk's region of the grid file as scratch space
 
-    def place(day: np.ndarray, stock: np.ndarray, cols: list[np.ndarray]) -> None:
+    def place(day: np.ndarray, stock: np.ndarray, cols: list[pa.Array]) -> None:
         ck = day // chunk
         for c in np.unique(ck).tolist():
             sel = np.arange(len(day)) if ck[0] == ck[-1] == c else np.flatnonzero(ck == c)
@@ -267,8 +267,9 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
         n = batch.num_rows
         day, stock = plan.row_day[row:row + n], plan.row_stock[row:row + n]
         row += n
-        cols = [_f32(batch.column(name)) for name in columns]
-        y[day, stock] = _finite_f32(np.stack(cols[n_feat:], axis=1))
+        arrays = dict(zip(batch.schema.names, batch.columns))  # column(name) searches the schema each time
+        cols = [_f32(arrays[name]) for name in columns]
+        y[day, stock] = _finite_f32(np.stack([_numpy(c) for c in cols[n_feat:]], axis=1))
         place(day, stock, cols[:n_feat])
         del batch, cols
         if stop is not None and stop():
@@ -277,23 +278,32 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
     return infinite
 
 
-def _f32(values: pa.Array) -> np.ndarray:
-    """A column as float32 numpy values, nulls as NaN (zero-copy when it is float32 without nulls)."""
+def _f32(values: pa.Array) -> pa.Array:
+    """A column as float32 (nulls stay nulls)."""
     if values.type != pa.float32():
         values = values.cast(pa.float32(), safe=False)  # as polars casts: out-of-range doubles become inf
-    return values.to_numpy(zero_copy_only=False)
+    return values
 
 
-def _gather(cols: list[np.ndarray], sel: np.ndarray, day: np.ndarray, day0: int, stock: np.ndarray,
+def _numpy(values: pa.Array) -> np.ndarray:
+    return values.to_numpy(zero_copy_only=False)  # nulls -> NaN
+
+
+def _gather(cols: list[pa.Array], sel: np.ndarray, day: np.ndarray, day0: int, stock: np.ndarray,
             slab: np.ndarray, infinite: np.ndarray) -> None:
-    """slab[day - day0, f, stock] = cols[f] over rows ``sel`` (infinite values as NaN, counted per feature)."""
+    """slab[day - day0, f, stock] = cols[f] over rows ``sel`` (nulls and infinite values as NaN, the latter
+    counted per feature)."""
     if build_kernels.AVAILABLE:
-        addresses = np.array([c.ctypes.data for c in cols], dtype=np.int64)  # cols stay alive: the caller's
-        build_kernels.gather_columns(addresses, len(day), sel, day, day0, stock, slab, infinite)
+        buffers = [c.buffers() for c in cols]  # [validity or None, values]; cols keep them alive
+        values = np.array([b[1].address for b in buffers], dtype=np.int64)
+        validity = np.array([b[0].address if b[0] is not None and c.null_count else 0
+                             for b, c in zip(buffers, cols)], dtype=np.int64)
+        offsets = np.array([c.offset for c in cols], dtype=np.int64)
+        build_kernels.gather_columns(values, validity, offsets, len(day), sel, day, day0, stock, slab, infinite)
         return
     d, s = day[sel] - day0, stock[sel]
     for f, col in enumerate(cols):
-        v = col[sel]
+        v = _numpy(col)[sel]
         inf = np.isinf(v)
         if inf.any():
             infinite[f] += np.count_nonzero(inf)

@@ -92,7 +92,9 @@ def _feature_major(x: np.ndarray) -> np.ndarray:
 def test_cross_section_days_equals_reference(compiled):
     x, valid = _day_panel(1)
     got = np.full_like(x, 99.0)
-    days, nonzero = cross_section_days(_feature_major(x), valid, 5.0, got, compiled=compiled)
+    raw = _feature_major(x)
+    raw.transpose(0, 2, 1)[~valid] = 123.0  # cells without a row hold anything (a reused buffer's values)
+    days, nonzero = cross_section_days(raw, valid, 5.0, got, compiled=compiled)
     want = np.nan_to_num(_reference_normalise(x, np.ones(x.shape[2], bool), 5.0), nan=0.0)
     want[~valid] = 0.0
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)

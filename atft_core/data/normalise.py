@@ -101,13 +101,14 @@ def cross_section_days(raw: np.ndarray, valid: np.ndarray, clip: float, out: np.
     """raw [c, F, S] (feature-major) -> out [c, S, F]: every feature's per-day robust z-score;
     returns (the raw values' summaries, nonzero [c, F]).
 
-    raw: NaN where missing, and on every cell of a stock without a row that day (``valid`` [c, S]
-    False). The z-score: (v - median) / (1.4826 MAD), the std where the MAD is 0, 0 where both are,
-    clipped to +-clip; then 0 where missing or not valid. Same day only. Market-level features come
+    raw: NaN where missing; cells of a stock without a row that day (``valid`` [c, S] False) may
+    hold anything (they are set to NaN here, in the sorted copy or in place). The z-score:
+    (v - median) / (1.4826 MAD), the std where the MAD is 0, 0 where both are, clipped to +-clip;
+    then 0 where missing or not valid. Same day only. Market-level features come
     out z-scored too: `fill_market` overwrites them once their past-only statistics are known.
 
     Days run on threads. ``compiled`` (default: when numba is installed) uses `build_kernels`,
-    ~3.5x faster on 4,000 x 400 days than the numpy steps, with the same numbers.
+    ~4x faster on 4,000 x 400 days than the numpy steps, with the same numbers.
     """
     days, n_feat, n_stocks = raw.shape
     summaries = DaySummaries.empty(days, n_feat)
@@ -119,6 +120,9 @@ def cross_section_days(raw: np.ndarray, valid: np.ndarray, clip: float, out: np.
         ordered = scratch.take()
         try:
             np.copyto(ordered, raw[k])
+            absent = np.flatnonzero(~valid[k])
+            if len(absent):
+                ordered[:, absent] = np.nan  # left out of the statistics; the kernel writes 0 there
             ordered.sort(axis=1)  # numpy's SIMD sort: faster than anything compiled here
             build_kernels.day(raw[k], ordered, valid[k], clip, out[k], summaries.n[k], summaries.total[k],
                               summaries.lo[k], summaries.hi[k], nonzero[k])
@@ -127,6 +131,7 @@ def cross_section_days(raw: np.ndarray, valid: np.ndarray, clip: float, out: np.
 
     def day_numpy(k: int) -> None:
         block = raw[k]  # [F, S]: every reduction and sort along memory
+        block[:, ~valid[k]] = np.nan
         finite = np.isfinite(block)
         summaries.n[k] = finite.sum(axis=1)
         summaries.total[k] = np.where(finite, block, np.float32(0)).sum(axis=1, dtype=np.float64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +28,9 @@ from atft_core.data.normalise import DayStats, cross_section_days, fill_market
 
 log = logging.getLogger("atft_core.data.grid_build")
 F32 = np.dtype(np.float32)
+# Chunks handed over and not yet normalised: the reader runs ahead by up to this many (a chunk buffer
+# each: 0.1 GB at 16 x 4,000 x 400) instead of waiting for each chunk to be normalised and written.
+_QUEUE = 3
 
 
 class ChunkStream:
@@ -34,7 +38,7 @@ class ChunkStream:
     normalised in the cache's layout ([c, S, F]).
 
     Work runs on one background thread, in the order chunks are given, so reading the next
-    record batches overlaps it; at most one chunk waits. ``market`` [F] fixes the market-level
+    record batches overlaps it; up to `_QUEUE` chunks wait. ``market`` [F] fixes the market-level
     features (a rebuild); None guesses them from the first finished chunk's days.
     """
 
@@ -55,7 +59,7 @@ class ChunkStream:
         self.raw: list[int] = []  # chunks written raw, finished in `finish`
         self.progress, self.t0 = progress, time.perf_counter()
         self._pool = ThreadPoolExecutor(max_workers=1)
-        self._last: Future | None = None
+        self._pending: deque[Future] = deque()  # chunks given, in order, not yet taken
         self._writer = ThreadPoolExecutor(max_workers=1)  # the writes (I/O) overlap the next chunk's work
         self._written: Future | None = None
         self._free: list[np.ndarray] = []  # flat chunk buffers (chunk x S x F floats and a page), reused
@@ -97,14 +101,14 @@ class ChunkStream:
         Cells of (day, stock) pairs without a row hold whatever the buffer held: the normaliser
         knows them from ``valid`` (filling them with NaN here was a strided write over the chunk).
         """
-        self.wait()
-        self._last = self._pool.submit(self._take, c, slab)
+        while len(self._pending) >= _QUEUE:  # the reader is ahead: let the normaliser catch up
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._take, c, slab))
 
     def wait(self) -> None:
-        """Until the chunk given last is written (before the caller reads the grid file itself)."""
-        if self._last is not None:
-            self._last.result()
-            self._last = None
+        """Until every chunk given is taken and written (before the caller reads the grid file itself)."""
+        while self._pending:
+            self._pending.popleft().result()
         self._wait_write()
 
     def _write(self, d0: int, x: np.ndarray) -> None:
@@ -143,13 +147,14 @@ class ChunkStream:
 
     def abandon(self) -> None:
         """The build stopped early: let the pending work end (its errors no longer matter), then the threads."""
-        for future in (self._last, self._written):
+        for future in (*self._pending, self._written):
             if future is not None:
                 try:
                     future.result()
                 except Exception:  # noqa: BLE001  (the build is being thrown away: its error is moot)
                     log.debug("work of an abandoned build failed", exc_info=True)
-        self._last = self._written = None
+        self._pending.clear()
+        self._written = None
         self._pool.shutdown()
         self._writer.shutdown()
 

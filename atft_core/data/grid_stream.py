@@ -24,7 +24,7 @@ import numpy as np
 from atft_core.config import CacheConfig
 from atft_core.data.grid_file import ALIGN, GridFile
 from atft_core.data.leak import daily_rankics
-from atft_core.data.normalise import DayStats, cross_section_days, fill_market
+from atft_core.data.normalise import DayStats, Scratch, cross_section_days, fill_market
 
 log = logging.getLogger("atft_core.data.grid_build")
 F32 = np.dtype(np.float32)
@@ -64,6 +64,7 @@ class ChunkStream:
         self._written: Future | None = None
         self._free: list[np.ndarray] = []  # flat chunk buffers (chunk x S x F floats and a page), reused
         self._floats = self.chunk * valid.shape[1] * n_feat
+        self._scratch = Scratch((n_feat, valid.shape[1]))  # the day normaliser's sorted copies
         self._lock = threading.Lock()
 
     def slab(self, days: int) -> np.ndarray:
@@ -161,7 +162,8 @@ class ChunkStream:
     def _take(self, c: int, slab: np.ndarray) -> None:
         d0, d1 = self._days(c)
         x = self._buffer(d1 - d0, self.grid.byte_offset("x", d0)).reshape(d1 - d0, self.valid.shape[1], self.n_feat)
-        summaries, nonzero = cross_section_days(slab, self.valid[d0:d1], self.cfg.clip, x)  # same day: final
+        summaries, nonzero = cross_section_days(slab, self.valid[d0:d1], self.cfg.clip, x,  # same day: final
+                                                scratch=self._scratch)
         self._recycle(slab)
         self.stats.add(d0, summaries)
         self.cs_nonzero |= nonzero.any(axis=0)

@@ -1,9 +1,10 @@
 """Build the cache grid from the panel a chunk of days at a time: peak memory is set by the chunk, not by D.
 
 1. keys: read only the date, code and category columns; fix the calendar, the stocks, which
-   (day, stock) cells exist and each cell's categories. Checks that need only these (enough
-   stocks, enough days) fail here, before anything is written.
-2. one read of the value columns, in record batches, into chunks of days held in memory; a chunk
+   (day, stock) cells exist, each row's cell and each cell's categories. Checks that need only these
+   (enough stocks, enough days) fail here, before anything is written.
+2. one read of the feature and target columns, in record batches, gathered into chunks of days held
+   in memory (feature-major, by the compiled `build_kernels.gather_columns`); a chunk
    whose rows have all arrived is handed to `grid_stream.ChunkStream`: its statistics, cross-sectional
    z-scores (same day), market z-scores (past days), missing cells to 0, the leak screen's daily
    RankICs on its days, and one write to its region of the grid file. The same read counts the

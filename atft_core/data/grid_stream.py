@@ -1,14 +1,16 @@
 """Each chunk of days normalised, screened and written once, as soon as all its rows have been read.
 
-Market-level features are normalised over *past* days (a z-score of their daily series), so a chunk
-can be finished as soon as every earlier day's statistics are known: on a file ordered by date that
-is every chunk, in order, and the grid file is written exactly once (no raw copy read back).
+Cross-sectional z-scores need only the chunk's own days. Market-level features are normalised over
+*past* days (a z-score of their daily series), so a chunk can be finished as soon as every earlier
+day's statistics are known: on a file ordered by date that is every chunk, in order, and the grid
+file is written exactly once (nothing read back).
 
 Which features are market-level is decided over all days (`DayStats.market_mask`). The stream
 decides it from the days seen when the first chunk is finished (a *guess*); the caller compares it
 with the mask over all days at the end and, in the rare case they differ, builds again with the
 right mask, so the result is always the one a whole-panel build gives. Chunks that complete before
-an earlier one (rows of a day spread over the file) are written raw and finished by `finish`.
+an earlier one (rows of a day spread over the file) are written with their same-day z-scores, and
+`finish` reads them back to fill in their market-level features.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ else:
 
     _f32_pointer, _u8_pointer = _pointer_to(types.float32), _pointer_to(types.uint8)
 
-_MAD_SCALE = np.float32(1.4826)
+MAD_SCALE = 1.4826  # MAD -> standard deviation under normality (the numpy path uses it too)
+_MAD_SCALE32 = np.float32(MAD_SCALE)
 _TILE = 32  # the transpose's tile: 32 x 32 floats, 4 KB each way
 
 
@@ -122,7 +123,7 @@ def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonz
         p = a
         mad = np.float32((kth_deviation(row, p, n, med, max((n - 1) // 2, 0))
                           + kth_deviation(row, p, n, med, n // 2)) / np.float32(2))
-        scale = np.float32(mad * _MAD_SCALE)
+        scale = np.float32(mad * _MAD_SCALE32)
         if not scale > 1e-12:  # mostly-equal values: the MAD says nothing, the std may
             mean = total / n
             ss = 0.0

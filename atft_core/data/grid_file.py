@@ -115,7 +115,7 @@ class GridFile:
 
     def read_days(self, name: str, day0: int, day1: int, dtype: np.dtype, width: int) -> np.ndarray:
         """Values of days [day0, day1) as a new array [c, S, width] (read, not mapped: no RSS left behind)."""
-        off = self.offsets[name] + day0 * self.rows_per_day * self.row_bytes[name]
+        off = self.byte_offset(name, day0)
         count = (day1 - day0) * self.rows_per_day * max(width, 1)
         out = np.fromfile(self.path, dtype=dtype, count=count, offset=off)
         return out.reshape(day1 - day0, self.rows_per_day, max(width, 1))

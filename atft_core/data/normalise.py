@@ -18,7 +18,7 @@ import numpy as np
 from atft_core.config import CacheConfig
 from atft_core.data import build_kernels
 
-_MAD_SCALE = 1.4826  # MAD -> standard deviation under normality
+_MAD_SCALE = build_kernels.MAD_SCALE
 
 
 class DayStats:
@@ -115,7 +115,7 @@ def cross_section_days(raw: np.ndarray, valid: np.ndarray, clip: float, out: np.
     summaries = DaySummaries.empty(days, n_feat)
     nonzero = np.zeros((days, n_feat), dtype=bool)
     use_kernels = build_kernels.AVAILABLE if compiled is None else compiled
-    scratch = scratch if scratch is not None and scratch.shape == (n_feat, n_stocks) else Scratch((n_feat, n_stocks))
+    scratch = scratch or Scratch((n_feat, n_stocks))
 
     def day_compiled(k: int) -> None:
         ordered = scratch.take()

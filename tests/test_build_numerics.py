@@ -192,3 +192,41 @@ def test_compiled_daily_rankics_rank_each_feature_once_with_the_same_numbers(mon
     assert np.array_equal(np.isnan(compiled[0]), np.isnan(plain[0]))
     assert np.array_equal(compiled[1], plain[1])
     assert np.nanmin(compiled[0][:, 0, 5]) > 0.99 and np.isnan(compiled[0][:, :, 2]).all()
+
+
+def test_compiled_gather_equals_the_numpy_gather(monkeypatch):
+    """`gather_columns` against the numpy path on what a record batch can hold: nulls (one whose slot's bytes
+    are infinite: not a value, not counted), infinite values, a sliced column (nonzero offset), a column
+    without a validity bitmap, and rows whose stocks skip (no row that day) and whose day changes mid-batch."""
+    import pyarrow as pa
+
+    from atft_core.data import grid_build
+
+    rng = np.random.default_rng(3)
+    days, stocks = 3, 300
+    present = [np.flatnonzero(rng.random(stocks) < 0.85) for _ in range(days)]
+    day = np.concatenate([np.full(len(p), d, np.int32) for d, p in enumerate(present)])
+    stock = np.concatenate(present).astype(np.int32)
+    n = len(day)
+    raw = rng.standard_normal(n + 5).astype(np.float32)
+    raw[[307, 340, 341]] = np.inf  # all on days 1-2 (day 0 has ~255 rows)
+    raw[390] = -np.inf
+    null = rng.random(n + 5) < 0.03
+    null[[312, 313]] = True
+    raw[312] = np.inf  # a null slot holding inf bytes
+    with_nulls = pa.Array.from_buffers(pa.float32(), n + 5, [pa.py_buffer(np.packbits(~null, bitorder="little")),
+                                                             pa.py_buffer(raw)])
+    cols = [with_nulls.slice(5 - k, n) for k in range(3)] + [pa.array(raw[:n])]  # offsets 5, 4, 3; one no bitmap
+    sel = np.flatnonzero(day >= 1)  # the rows of a chunk starting at day 1
+    out = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(build_kernels, "AVAILABLE", compiled)
+        slab = np.full((days - 1, len(cols), stocks), -7.0, np.float32)
+        infinite = np.zeros(len(cols), np.int64)
+        grid_build._gather(cols, sel, day, 1, stock, slab, infinite)
+        out[compiled] = slab, infinite
+    (a, inf_a), (b, inf_b) = out[True], out[False]
+    np.testing.assert_array_equal(a, b)  # NaN == NaN here; cells without a row untouched by both
+    np.testing.assert_array_equal(inf_a, inf_b)
+    values = cols[0].to_numpy(zero_copy_only=False)[sel]
+    assert inf_a[0] == np.isinf(values).sum() > 0

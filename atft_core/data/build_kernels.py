@@ -156,6 +156,18 @@ def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonz
 
 
 @njit(nogil=True, cache=True)
+def copy_present(block, valid, ordered):
+    """ordered [F, S] = block [F, S] where the stock has a row that day (valid [S]), NaN elsewhere: the
+    sort's input in one pass (0.45 ms per 4,000 x 400 day against 0.8 for a copy and a strided fill)."""
+    n_f, n_s = block.shape
+    nan = np.float32(np.nan)
+    for f in range(n_f):
+        src, dst = block[f], ordered[f]
+        for s in range(n_s):
+            dst[s] = src[s] if valid[s] else nan
+
+
+@njit(nogil=True, cache=True)
 def gather_columns(values, validity, offsets, n_rows, sel, day, day0, stock, slab, infinite):
     """slab[day[r] - day0, f, stock[r]] = column f's value at row r, for r in sel; null and infinite -> NaN.
 
@@ -165,6 +177,10 @@ def gather_columns(values, validity, offsets, n_rows, sel, day, day0, stock, sla
     the row sort. The rows are first cut into runs that fill consecutive stocks of one day (on a file
     ordered by date and code, one run per day): each feature then copies whole runs. Infinite values
     are counted per feature in infinite [F] (the contract warns about them).
+
+    Two passes per column: a branch-free copy (vectorised: 2.3 ms per 16,000 x 400 batch against
+    10 ms with the null test in the same loop), then NaN into the few null slots, skipping the
+    bitmap a byte (8 rows) at a time where all are valid.
     """
     n = len(sel)
     run_row = np.empty(n, dtype=np.int64)
@@ -178,23 +194,35 @@ def gather_columns(values, validity, offsets, n_rows, sel, day, day0, stock, sla
         else:
             run_row[runs], run_len[runs] = r, 1
             runs += 1
+    nan, inf = np.float32(np.nan), np.float32(np.inf)
     for f in range(len(values)):
         off = offsets[f]
         col = carray(_f32_pointer(values[f]), (off + n_rows,))
-        bits = carray(_u8_pointer(validity[f]), ((off + n_rows + 7) // 8,)) if validity[f] else None
         count = 0
         for k in range(runs):
             r0, m = run_row[k], run_len[k]
-            dst = slab[day[r0] - day0, f]
-            s0 = stock[r0]
+            src = col[off + r0:off + r0 + m]
+            dst = slab[day[r0] - day0, f, stock[r0]:stock[r0] + m]
             for j in range(m):
-                e = off + r0 + j
-                v = col[e]
-                bad = np.isinf(v)
+                v = src[j]
+                bad = np.abs(v) == inf
                 count += bad
-                if bad or (bits is not None and not (bits[e >> 3] >> (e & 7)) & 1):
-                    v = np.float32(np.nan)
-                dst[s0 + j] = v
+                dst[j] = nan if bad else v
+        if validity[f]:
+            bits = carray(_u8_pointer(validity[f]), ((off + n_rows + 7) // 8,))
+            for k in range(runs):
+                r0, m = run_row[k], run_len[k]
+                dst = slab[day[r0] - day0, f, stock[r0]:stock[r0] + m]
+                j = 0
+                while j < m:
+                    e = off + r0 + j
+                    if (e & 7) == 0 and j + 8 <= m and bits[e >> 3] == 255:
+                        j += 8
+                    else:
+                        if not (bits[e >> 3] >> (e & 7)) & 1:
+                            count -= np.abs(col[e]) == inf  # a null slot's bytes are not a value
+                            dst[j] = nan
+                        j += 1
         infinite[f] += count
 
 

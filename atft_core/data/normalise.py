@@ -120,10 +120,7 @@ def cross_section_days(raw: np.ndarray, valid: np.ndarray, clip: float, out: np.
     def day_compiled(k: int) -> None:
         ordered = scratch.take()
         try:
-            np.copyto(ordered, raw[k])
-            absent = np.flatnonzero(~valid[k])
-            if len(absent):
-                ordered[:, absent] = np.nan  # left out of the statistics; the kernel writes 0 there
+            build_kernels.copy_present(raw[k], valid[k], ordered)  # absent: out of the statistics, 0 out
             ordered.sort(axis=1)  # numpy's SIMD sort: faster than anything compiled here
             build_kernels.day(raw[k], ordered, valid[k], clip, out[k], summaries.n[k], summaries.total[k],
                               summaries.lo[k], summaries.hi[k], nonzero[k])

@@ -230,3 +230,24 @@ def test_compiled_gather_equals_the_numpy_gather(monkeypatch):
     np.testing.assert_array_equal(inf_a, inf_b)
     values = cols[0].to_numpy(zero_copy_only=False)[sel]
     assert inf_a[0] == np.isinf(values).sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_values_equal_pyarrows_to_numpy(dtype):
+    """The build's Arrow -> numpy conversion (without pyarrow importing pandas) against `to_numpy`: nulls as
+    NaN, sliced columns, no nulls, all nulls, empty."""
+    import pyarrow as pa
+
+    from atft_core.data.arrow_numpy import float_values
+
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(100).astype(dtype)
+    mask = rng.random(100) < 0.2
+    col = pa.array(v, mask=mask)
+    for a in (col, col.slice(3, 50), col.slice(13), pa.array(v), pa.array(v).slice(7, 9),
+              pa.array([None] * 5, type=col.type), col.slice(0, 0)):
+        got = float_values(a)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, a.to_numpy(zero_copy_only=False))
+    with pytest.raises(TypeError, match="float column"):
+        float_values(pa.array([1, 2, 3]))

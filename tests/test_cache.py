@@ -262,25 +262,6 @@ def test_fingerprint_in_mapped_windows_is_the_hash_of_name_and_bytes(tmp_path, m
     assert source._hash_files((path,), None) == expected
 
 
-def test_mapped_and_read_panels_build_the_same_cache(tmp_path, monkeypatch):
-    """The value pass reads the panel through a mapping whose pages it drops as it goes (here after every
-    record batch); where the file cannot be mapped it reads it. Both give the same grid and manifest."""
-    from atft_core.data import grid_build
-
-    path = write(make_panel(days=60, stocks=40, features=6), tmp_path / "p.parquet")
-    monkeypatch.setattr(grid_build, "_BATCH_CELLS", 1 << 12)  # ~400 rows a batch: many drops
-    monkeypatch.setattr(grid_build, "_UNMAP_EVERY", 1)
-    mapped = build_cache(path, tmp_path / "a", progress=False)
-    monkeypatch.setattr(grid_build, "_mapped", lambda p: None)
-    read = build_cache(path, tmp_path / "b", progress=False)
-    ca, cb = open_cache(mapped.path), open_cache(read.path)
-    for name in ("x", "y", "y_z", "valid", "static"):
-        np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name), err_msg=name)
-    drop = ("created_at", "bytes")
-    assert {k: v for k, v in ca.manifest.items() if k not in drop} == \
-        {k: v for k, v in cb.manifest.items() if k not in drop}
-
-
 def test_build_killed_midway_leaves_no_cache_and_next_build_is_clean(tmp_path):
     path = write(make_panel(days=300, stocks=200, features=40, drop=0.0), tmp_path / "p.parquet")
     cache_dir = tmp_path / "cache"

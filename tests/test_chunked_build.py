@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from atft_core.config import CacheConfig
 from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.normalise import standardise_targets
 from tests.panels import make_panel
 
 
@@ -37,6 +38,8 @@ def test_chunked_build_equals_whole_panel_build(tmp_path):
     ca, cb = open_cache(a.path), open_cache(b.path)
     for name in ("x", "y", "y_z", "valid", "static"):
         np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name), err_msg=name)
+    # the targets' z-scores, taken a chunk at a time, are the whole panel's
+    np.testing.assert_array_equal(cb.y_z, standardise_targets(cb.y, CacheConfig().clip))
     ma, mb = (json.loads((c.path / "manifest.json").read_text()) for c in (ca, cb))
     for key in ("shape", "features", "feature_kinds", "market_features", "dates", "codes", "section_vocab",
                 "sector_vocab", "leak_suspects", "leak_screen", "rows", "horizons", "targets"):

@@ -135,8 +135,9 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str, files: tuple[P
     """Row-level checks in one streaming pass. Returns (warnings, infinite counts per feature, all-missing features).
 
     Raises DatasetError listing every fatal problem: zero rows, unparseable dates, null keys,
-    duplicate (Date, Code), all-missing targets. ``features=False`` leaves the feature columns'
-    values to the cache build, which counts them in its own read (`value_warnings`).
+    all-missing targets (duplicate (Date, Code) keys: the keys pass, `grid_build.plan_grid`).
+    ``features=False`` leaves the feature columns' values to the cache build, which counts them in its
+    own read (`value_warnings`).
     """
     feats, targets = (contract.features if features else []), contract.targets
     aggs = [pl.len().alias("__rows"),
@@ -172,14 +173,6 @@ def check_rows(lf: pl.LazyFrame, contract: Contract, source: str, files: tuple[P
     for t in targets:
         if stats[f"__tf_{t}"] == 0:
             problems.append(Problem(t, "target is entirely missing (all NaN/null); the upstream label job failed"))
-    if not problems:
-        dup = (lf.group_by([date_expr(contract).alias("__d"), pl.col(contract.code).cast(pl.String).alias("__c")])
-               .agg(pl.len().alias("n")).filter(pl.col("n") > 1))
-        dups = dup.select(pl.len().alias("groups"), pl.col("__d").first(), pl.col("__c").first()).collect().row(0)
-        if dups[0]:
-            problems.append(Problem(f"{contract.date}, {contract.code}",
-                                    f"{dups[0]} duplicate (date, code) key(s), e.g. ({dups[1]}, {dups[2]}); "
-                                    "each stock may appear once per day"))
     if problems:
         raise DatasetError(source, problems)
 
@@ -209,6 +202,8 @@ def _value_counts(files: tuple[Path, ...], columns: list[str]) -> tuple[dict[str
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from atft_core.data.arrow_numpy import float_values
+
     finite = dict.fromkeys(columns, 0)
     infinite = dict.fromkeys(columns, 0)
     for f in files:
@@ -219,7 +214,7 @@ def _value_counts(files: tuple[Path, ...], columns: list[str]) -> tuple[dict[str
                 col = batch.column(name)
                 if not pa.types.is_floating(col.type):  # float32 stays float32: finiteness is the same
                     col = pc.cast(col, pa.float64())
-                v = col.to_numpy(zero_copy_only=False)  # nulls become NaN: neither finite nor infinite
+                v = float_values(col)  # nulls become NaN: neither finite nor infinite
                 finite[name] += int(np.count_nonzero(np.isfinite(v)))
                 infinite[name] += int(np.count_nonzero(np.isinf(v)))
     return finite, infinite

@@ -17,7 +17,6 @@ accumulated over past days (tested with tiny chunks against one chunk).
 from __future__ import annotations
 
 import logging
-import mmap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,12 +30,12 @@ import pyarrow.parquet as pq
 
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data import build_kernels
+from atft_core.data.arrow_numpy import float_values
 from atft_core.data.contract import Contract, date_expr, value_warnings
 from atft_core.data.grid_file import GridFile, create_grid_file
 from atft_core.data.grid_stream import ChunkStream
 from atft_core.data.indexing import factorize_sorted
 from atft_core.data.leak import screen_days, spacing_of, summarise, suspect_message
-from atft_core.data.normalise import standardise_targets
 from atft_core.errors import DatasetError, Problem
 
 log = logging.getLogger("atft_core.data.grid_build")
@@ -47,7 +46,6 @@ log = logging.getLogger("atft_core.data.grid_build")
 _BATCH_CELLS = 6 << 20
 F32 = np.dtype(np.float32)
 _WHOLE_GROUP_BYTES = 512 << 20  # parquet row groups read whole up to this size (see `_reader`)
-_UNMAP_EVERY = 2  # record batches (~50 MB of a 400-column file) between drops of its mapped pages
 _OPEN_CHUNKS = 2  # chunks of days held in memory while their rows arrive (a batch spans ~1-2)
 
 
@@ -76,19 +74,34 @@ def plan_grid(lf: pl.LazyFrame, contract: Contract, source: str, require: DataCo
     dates, day_idx = factorize_sorted(keys["Date"].to_numpy())
     codes, stock_idx = _factorize(keys["Code"])
     n_days, n_stocks = len(dates), len(codes)
+    valid = np.zeros((n_days, n_stocks), dtype=np.uint8)
+    valid[day_idx, stock_idx] = 1
+    _check_unique(valid, day_idx, stock_idx, dates, codes, contract, source)
     if n_stocks < 2:
         raise DatasetError(source, Problem(contract.code, f"only {n_stocks} stock(s): the model ranks stocks against "
                                                           "each other on each day and needs a cross-section of many"))
     if require is not None:
         check_history(n_days, contract, require, source)
-    valid = np.zeros((n_days, n_stocks), dtype=np.uint8)
-    valid[day_idx, stock_idx] = 1
     static = np.full((n_days, n_stocks, 2), -1, dtype=np.int32)
     section_vocab = _static_ids(keys, contract.section, day_idx, stock_idx, static[:, :, 0])
     sector_vocab = _static_ids(keys, contract.sector, day_idx, stock_idx, static[:, :, 1])
     return Plan(dates=np.asarray(dates).astype("datetime64[D]"), codes=np.asarray(codes, dtype=str), valid=valid,
                 static=static, section_vocab=section_vocab, sector_vocab=sector_vocab, rows=len(keys),
                 row_day=day_idx.astype(np.int32), row_stock=stock_idx.astype(np.int32))
+
+
+def _check_unique(valid: np.ndarray, day_idx: np.ndarray, stock_idx: np.ndarray, dates: np.ndarray, codes: list[str],
+                  contract: Contract, source: str) -> None:
+    """Each stock at most once a day: fewer cells than rows means duplicate (date, code) keys. From the
+    grid's own indices (a polars group-by over the keys took 0.25 s of the build's serial first phase)."""
+    if int(valid.sum()) == len(day_idx):
+        return
+    per_cell = np.bincount(day_idx.astype(np.int64) * valid.shape[1] + stock_idx, minlength=valid.size)
+    first = int(np.argmax(per_cell > 1))
+    example = f"{str(dates[first // valid.shape[1]])[:10]}, {codes[first % valid.shape[1]]}"
+    raise DatasetError(source, Problem(f"{contract.date}, {contract.code}",
+                                       f"{int((per_cell > 1).sum())} duplicate (date, code) key(s), e.g. ({example}); "
+                                       "each stock may appear once per day"))
 
 
 def check_history(n_days: int, contract: Contract, require: DataConfig, source: str) -> None:
@@ -181,8 +194,7 @@ def _stream_grid(files: tuple[Path, ...], contract: Contract, feats: list[str], 
     stream.finish()
     _say(progress, "read, normalised and wrote %d rows over %d days (%.1fs)", plan.rows, n_days,
          time.perf_counter() - t0)
-    y_z = standardise_targets(y, cfg.clip)
-    for name, values in (("y", y), ("y_z", y_z), ("valid", plan.valid[:, :, None]), ("static", plan.static)):
+    for name, values in (("y", y), ("y_z", stream.y_z), ("valid", plan.valid[:, :, None]), ("static", plan.static)):
         grid.write_days(name, 0, values)
     return stream, infinite
 
@@ -289,7 +301,7 @@ def _f32(values: pa.Array) -> pa.Array:
 
 
 def _numpy(values: pa.Array) -> np.ndarray:
-    return values.to_numpy(zero_copy_only=False)  # nulls -> NaN
+    return float_values(values)  # nulls -> NaN
 
 
 def _gather(cols: list[pa.Array], sel: np.ndarray, day: np.ndarray, day0: int, stock: np.ndarray,
@@ -325,46 +337,23 @@ def _batches(files: tuple[Path, ...], columns: list[str], batch_rows: int) -> It
     pa.set_memory_pool(pa.system_memory_pool())
     try:
         for f in files:
-            mapped = _mapped(f)
-            if mapped is None:
-                yield from _reader(f).iter_batches(batch_size=batch_rows, columns=columns, use_threads=True)
-                continue
-            batches = pq.ParquetFile(pa.BufferReader(pa.py_buffer(mapped)), pre_buffer=False).iter_batches(
-                batch_size=batch_rows, columns=columns, use_threads=True)
-            for i, batch in enumerate(batches, 1):
-                yield batch
-                if i % _UNMAP_EVERY == 0:
-                    mapped.madvise(mmap.MADV_DONTNEED)
-            del batches, mapped  # unmapped once pyarrow's last slice of it is gone
+            yield from _reader(f).iter_batches(batch_size=batch_rows, columns=columns, use_threads=True)
     finally:
         pa.set_memory_pool(previous)
 
 
-def _mapped(path: Path) -> mmap.mmap | None:
-    """The file mapped read-only, or None where it cannot be (an empty file, a filesystem without mmap).
-
-    Read through a mapping, pyarrow takes each column chunk as a slice of the page cache: no copy
-    into a read buffer (6.2 s of CPU instead of 8.0 to decode 1,150 x 4,000 x 400 on one thread).
-    The pages it touched stay in this process's RSS until dropped, so `_batches` drops them every
-    `_UNMAP_EVERY` batches (MADV_DONTNEED on a file mapping forgets the mapping, not the data: a page
-    still being decoded is faulted in again from the page cache). Every 2 batches held the mapped
-    pages to ~0.45 GB there (every 8: 0.7 GB), against 6.5 GB left mapped. Like polars' own scan
-    (which maps the file too), a file truncated by another process mid-read ends the process: write
-    panels to a new name and rename them into place.
-    """
-    try:
-        with open(path, "rb") as fh:
-            return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
-    except (OSError, ValueError):
-        return None
-
-
 def _reader(path: Path) -> pq.ParquetFile:
-    """Without a mapping: row groups up to `_WHOLE_GROUP_BYTES` are read a column chunk at a time (3x
-    faster than buffered reads on 150-day x 2,000 x 200 groups); larger ones through a 256 KB buffer
-    per column, which holds ~0.1 GB over 400 columns instead of the group (2x faster than whole
-    chunks on 250-day x 4,000 x 400 groups, and than polars' streaming batches, which also held 5-6 GB
-    there)."""
+    """Row groups up to `_WHOLE_GROUP_BYTES` are read a column chunk at a time (3x faster than buffered
+    reads on 150-day x 2,000 x 200 groups); larger ones through a 256 KB buffer per column, which holds
+    ~0.1 GB over 400 columns instead of the group (2x faster than whole chunks on 250-day x 4,000 x 400
+    groups, and than polars' streaming batches, which also held 5-6 GB there). 1 MB buffers decoded
+    1,150 such days in 6.1-7.2 s against 4.3-4.7 s (system time 3.9-5.2 s against 2.3-2.5).
+
+    Not through a memory map, though that saves the copy into the buffers (~1.8 s of CPU over those
+    1,150 days): each of the 400 column readers keeps its current page mapped, and where the page
+    cache holds the file in large folios every touch maps whole folios, so the mapped pages reached
+    0.45-1.8 GB of RSS depending on how the file had been cached, however often they were dropped.
+    """
     meta = pq.read_metadata(path)
     largest = max((meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)), default=0)
     if largest <= _WHOLE_GROUP_BYTES:

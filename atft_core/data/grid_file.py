@@ -176,7 +176,8 @@ def create_grid_file(path: Path, n_days: int, n_stocks: int, layout: Layout) -> 
     for dtype, width in layout.values():
         zeros = np.zeros(n_rows * max(width, 1), dtype=dtype)  # calloc: no page is touched
         placeholders.append(zeros)
-        arrays.append(row_array(zeros, width) if width else pa.array(zeros))
+        arrays.append(row_array(zeros, width) if width else  # not pa.array(zeros): that imports pandas
+                      pa.Array.from_buffers(pa.from_numpy_dtype(zeros.dtype), n_rows, [None, pa.py_buffer(zeros)]))
     batch = pa.record_batch(arrays, names=list(layout))
     ranges = [(z.ctypes.data, z.ctypes.data + z.nbytes) for z in placeholders if z.nbytes]
     with open(path, "wb") as fh:

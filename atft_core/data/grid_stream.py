@@ -26,7 +26,7 @@ import numpy as np
 from atft_core.config import CacheConfig
 from atft_core.data.grid_file import ALIGN, GridFile
 from atft_core.data.leak import daily_rankics
-from atft_core.data.normalise import DayStats, Scratch, cross_section_days, fill_market
+from atft_core.data.normalise import DayStats, Scratch, cross_section_days, fill_market, standardise_targets
 
 log = logging.getLogger("atft_core.data.grid_build")
 F32 = np.dtype(np.float32)
@@ -47,6 +47,7 @@ class ChunkStream:
     def __init__(self, grid: GridFile, valid: np.ndarray, y: np.ndarray, cfg: CacheConfig, n_feat: int,
                  screened: np.ndarray, market: np.ndarray | None, progress: bool):
         self.grid, self.valid, self.y, self.cfg = grid, valid, y, cfg  # valid [D, S] bool, y [D, S, H]
+        self.y_z = np.empty_like(y)  # the targets' per-day z-scores, a chunk's days once its rows are in
         self.n_days = valid.shape[0]
         self.chunk = max(1, cfg.chunk_days)
         self.stats = DayStats(self.n_days, n_feat)
@@ -167,6 +168,7 @@ class ChunkStream:
         summaries, nonzero = cross_section_days(slab, self.valid[d0:d1], self.cfg.clip, x,  # same day: final
                                                 scratch=self._scratch)
         self._recycle(slab)
+        self.y_z[d0:d1] = standardise_targets(self.y[d0:d1], self.cfg.clip)  # here, not after the last chunk
         self.stats.add(d0, summaries)
         self.cs_nonzero |= nonzero.any(axis=0)
         self.done[c] = True

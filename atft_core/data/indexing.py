@@ -24,8 +24,6 @@ def factorize_sorted(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
       then a hash factorize with sorted uniques;
     - anything else: np.unique.
     """
-    import pandas as pd  # its hash factorize; imported here to keep `import atft_core` light
-
     a = np.asarray(a)
     n = len(a)
     if n and a.dtype.kind in "Miu":
@@ -42,6 +40,8 @@ def factorize_sorted(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = a.dtype.itemsize // 4
         u = a.view(np.uint32).reshape(n, w)
         if int(u.max()) < 256:
+            import pandas as pd  # its hash factorize; only here (~0.3 s to import: a date panel's build skips it)
+
             buf = np.zeros((n, 8), dtype=np.uint8)
             buf[:, :w] = u  # left-aligned, NUL-padded: big-endian integer order == string order
             key = buf.view(">u8").ravel().astype(np.uint64)  # native order for the hash table

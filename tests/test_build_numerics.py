@@ -251,3 +251,21 @@ def test_float_values_equal_pyarrows_to_numpy(dtype):
         np.testing.assert_array_equal(got, a.to_numpy(zero_copy_only=False))
     with pytest.raises(TypeError, match="float column"):
         float_values(pa.array([1, 2, 3]))
+
+
+def test_build_asks_numpy_for_small_pages_and_sets_the_switch_back():
+    """numpy's huge-page switch is process-wide: off while the grid is streamed, as it was after."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    from atft_core.data.grid_build import _small_pages
+
+    before = _set_madvise_hugepage(True)
+    try:
+        with _small_pages():
+            assert _set_madvise_hugepage(False) is False  # off inside
+        assert _set_madvise_hugepage(True) is True  # and back on
+        with pytest.raises(RuntimeError), _small_pages():
+            raise RuntimeError("a failed build")
+        assert _set_madvise_hugepage(True) is True  # back on after an error too
+    finally:
+        _set_madvise_hugepage(before)

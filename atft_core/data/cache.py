@@ -164,7 +164,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
         lf = pl.scan_parquet(list(inp.files))
         try:
             # every check that fails does so before a write, but one: all features missing, found by the build
-            warnings, _, _ = check_rows(lf, contract, inp.display, inp.files, features=False)
+            warnings = check_rows(lf, contract, inp.display)
             plan = plan_grid(lf, contract, inp.display, require)
         except DatasetError:
             hashing.result()

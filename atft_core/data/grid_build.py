@@ -311,7 +311,7 @@ def _scatter(files: tuple[Path, ...], contract: Contract, feats: list[str], plan
         row += n
         arrays = dict(zip(batch.schema.names, batch.columns))  # column(name) searches the schema each time
         cols = [_f32(arrays[name]) for name in columns]
-        y[day, stock] = _finite_f32(np.stack([_numpy(c) for c in cols[n_feat:]], axis=1))
+        y[day, stock] = _finite_f32(np.stack([float_values(c) for c in cols[n_feat:]], axis=1))
         place(day, stock, cols[:n_feat])
         del batch, cols
         if stop is not None and stop():
@@ -325,10 +325,6 @@ def _f32(values: pa.Array) -> pa.Array:
     if values.type != pa.float32():
         values = values.cast(pa.float32(), safe=False)  # as polars casts: out-of-range doubles become inf
     return values
-
-
-def _numpy(values: pa.Array) -> np.ndarray:
-    return float_values(values)  # nulls -> NaN
 
 
 def _gather(cols: list[pa.Array], sel: np.ndarray, day: np.ndarray, day0: int, stock: np.ndarray,
@@ -345,7 +341,7 @@ def _gather(cols: list[pa.Array], sel: np.ndarray, day: np.ndarray, day0: int, s
         return
     d, s = day[sel] - day0, stock[sel]
     for f, col in enumerate(cols):
-        v = _numpy(col)[sel]
+        v = float_values(col)[sel]
         inf = np.isinf(v)
         if inf.any():
             infinite[f] += np.count_nonzero(inf)

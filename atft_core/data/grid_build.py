@@ -208,17 +208,14 @@ def _small_pages() -> Iterator[None]:
 
     Huge pages come zeroed 2 MB at a time from memory the kernel must find contiguous: on this VM that
     cost ~4 s of system time in a 1,150 x 4,000 x 400 build (16.4-16.8 s against 13.9 s without), for
-    buffers that are allocated once and then reused. numpy's switch is process-wide; a numpy without it
-    builds with huge pages, only slower.
+    buffers that are allocated once and then reused. numpy's switch is process-wide and private: a
+    numpy without it builds with huge pages, only slower.
     """
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # numpy < 2
-        try:
-            from numpy.core.multiarray import _set_madvise_hugepage
-        except ImportError:
-            yield
-            return
+    except ImportError:
+        yield
+        return
     previous = _set_madvise_hugepage(False)
     try:
         yield

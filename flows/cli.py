@@ -2,6 +2,10 @@
 
 The commands that train (`dryrun`, `pipeline`, `hpo`) run the Prefect flows, so with
 PREFECT_API_URL set they show up in the UI like any deployment run; without it they run in-process.
+
+Paths: one the user types is relative to where they typed it; one left out is the work root's
+(ATFT_HOME, default ~/.local/share/atft: runs/, cache/, demo/, studies/). Both are made absolute
+here, before any flow sees them (`_absolute_paths`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from typing import Any
 
 from atft_core.config import TRAIN_RECIPE
 from atft_core.errors import ConfigError, DatasetError, TrainingError
+from atft_core.workroot import WorkRoot, absolute
 
 log = logging.getLogger("atft")
 
-DEFAULT_DATA_ROOT = Path("data")
-DEFAULT_OUTPUT = Path("runs")
+# Arguments that name a file or folder on this machine (an s3:// URI is left as it is).
+_PATH_ARGS = ("data_path", "cache_dir", "output_dir", "config", "resume_from", "predictions", "out", "search_space")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -55,8 +60,9 @@ def _fraction(text: str) -> float:
 
 def _add_gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
-    p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT), help="each run gets its own folder below this")
+    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
+    p.add_argument("--output-dir", default=None, help="each run gets its own folder below this (default: "
+                   "$ATFT_HOME/runs)")
     p.add_argument("--max-epochs", type=_at_least(1), default=None, help="epochs of the gate's dry run")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--min-gpu-util", type=_fraction, default=None)
@@ -92,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-cache", help="validate a panel and build its Arrow cache")
     p.add_argument("--data-path", required=True)
-    p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
+    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
     p.add_argument("--config", default=None)
     _add_profile_arg(p)
 
@@ -122,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-stocks", type=int, default=20)
 
     _add_hpo_parser(sub)
+
+    # strings: cmd_gc checks them, so a bad value is one line (exit 2), not argparse's usage block
+    p = sub.add_parser("gc", help="remove old run folders, unused caches and temp leftovers under ATFT_HOME "
+                                  "(never what a running job uses)")
+    p.add_argument("--keep-runs", default=None, metavar="N", help="run folders to keep, newest first (default 30)")
+    p.add_argument("--cache-days", default=None, metavar="K", help="keep caches used in the last K days (default 14)")
+    p.add_argument("--tmp-hours", default=None, metavar="H", help="remove temp leftovers older than H hours "
+                                                                 "(default 24)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     return parser
 
 
@@ -132,11 +147,11 @@ def _add_hpo_parser(sub: Any) -> None:
                    help="trials this run adds to the study (all workers together)")
     p.add_argument("--max-epochs", type=_at_least(1), default=2)
     p.add_argument("--study-name", default="atft")
-    p.add_argument("--output-dir", default=str(DEFAULT_OUTPUT / "hpo"), help="hpo.json, trials.csv, plots/")
+    p.add_argument("--output-dir", default=None, help="hpo.json, trials.csv, plots/ (default: $ATFT_HOME/runs/hpo)")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL or journal:PATH (default: OUTPUT_DIR/optuna.db); "
                    "${VAR} is filled from the environment")
     p.add_argument("--parallel", type=_at_least(1), default=1, help="worker processes pulling trials from the study")
-    p.add_argument("--cache-dir", default=str(DEFAULT_DATA_ROOT / "cache"))
+    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
     p.add_argument("--config", default=None, help="base config YAML (sections data/cache/model/loss/train)")
     p.add_argument("--search-space", default=None, help="search space YAML (default: the packaged one)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
@@ -224,7 +239,23 @@ def _print_cache_summary(build: Any) -> None:
 def demo_data_path() -> Path:
     """The demo panel (generated on first use, then reused: its content fingerprint keys the cache)."""
     from flows.common import resolve_data_path
-    return Path(resolve_data_path(None))
+    return Path(resolve_data_path(None, WorkRoot.from_env()))
+
+
+def _absolute_paths(args: argparse.Namespace, root: WorkRoot) -> None:
+    """Every path argument absolute: typed ones against the current folder, left-out ones under `root`.
+
+    A flow (in-process, or a deployment's run in a throwaway folder) then never resolves a path itself.
+    """
+    for name in _PATH_ARGS:
+        if getattr(args, name, None) is not None:
+            setattr(args, name, absolute(getattr(args, name)))
+    if getattr(args, "storage", None):  # sqlite:///optuna.db: relative to where it was typed, too
+        args.storage = WorkRoot(Path.cwd()).resolve_storage(args.storage)
+    if hasattr(args, "cache_dir") and args.cache_dir is None:
+        args.cache_dir = str(root.cache)
+    if hasattr(args, "output_dir") and args.output_dir is None:
+        args.output_dir = str(root.runs / "hpo" if args.command == "hpo" else root.runs)
 
 
 def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -356,8 +387,17 @@ def cmd_hpo(args: argparse.Namespace) -> int:
     return 0 if c["complete"] > 0 else 1
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from atft_core.retention import RetentionConfig, collect
+    cfg = RetentionConfig.parse(keep_runs=args.keep_runs, cache_days=args.cache_days, tmp_hours=args.tmp_hours)
+    report = collect(WorkRoot.from_env(), cfg, dry_run=args.dry_run)
+    print("\n".join(report.lines()))
+    return 0
+
+
 COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build_cache, "train": cmd_train,
-            "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report}
+            "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report,
+            "gc": cmd_gc}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        _absolute_paths(args, WorkRoot.from_env())
         return COMMANDS[args.command](args)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.publish import ArtifactTarget
-from flows.common import Deadlines, GpuStageFailed, wait_for_runs
+from flows.common import Deadlines, GpuStageFailed, check_gpu_host, wait_for_runs
 from tasks.exchange import (
     exchange_target,
     fetch_cache_task,
@@ -43,8 +43,12 @@ def _stage_run_name() -> str:
       description="Dry-run training on the GPU pool; writes stage.json to the run folder.")
 def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_uri: str | None = None) -> dict[str, Any]:
     """exchange_uri: the pipeline's s3://bucket/prefix; then `cache_path` and `run_dir` are the pipeline
-    host's paths, only their names are used here."""
-    check_device(str((config.get("train") or {}).get("device", "auto")))
+    host's paths, only their names are used here.
+
+    The device is checked first: a run meant for a GPU (the gate requires one: a deployment run unless
+    it says require_gpu=false) fails at once, naming this host, where there is none."""
+    check_gpu_host(str((config.get("train") or {}).get("device", "auto")),
+                   require_gpu=bool((config.get("gate") or {}).get("require_gpu")))
     if not exchange_uri:
         return train_dryrun_task(cache_path, config, run_dir)
     target = exchange_target(exchange_uri)
@@ -56,21 +60,6 @@ def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_ur
         return train_dryrun_task(cache, config, str(local_run))
     finally:  # a failed training's logs and partial files reach the pipeline's report too
         share_results_task(str(local_run), target, local_run.name)
-
-
-def check_device(device: str) -> None:
-    """On the worker that trains: `cuda` asked for and no GPU visible is a setup problem to name, not a crash."""
-    if device != "cuda":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        import os
-        import platform
-
-        raise GpuStageFailed(f"train.device is 'cuda' but this worker ({platform.node()}, CUDA_VISIBLE_DEVICES="
-                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}) sees no CUDA GPU: check the "
-                             "driver (`nvidia-smi`) and the worker's CUDA_VISIBLE_DEVICES, or pass device=auto")
 
 
 def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path,

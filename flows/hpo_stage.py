@@ -27,15 +27,17 @@ from prefect import flow, get_run_logger
 
 from atft_core.config import DryRunConfig
 from atft_core.data.source import S3Options
+from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
 from atft_core.hpo.storage import JOURNAL_PREFIX, check_workers, default_storage_url, display_url, storage_kind
 from atft_core.hpo.worker import share, worker_file, worker_seed
 from atft_core.publish import ArtifactTarget
+from atft_core.workroot import WorkRoot
 from flows.common import (
-    DEFAULT_DATA_ROOT,
     Deadlines,
     GpuDispatch,
     build_config,
+    check_gpu_host,
     gpu_deployment_for,
     resolve_data_path,
     wait_for_runs,
@@ -53,8 +55,10 @@ from tasks.expected_errors import expected
 from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
+DEFAULT_TRIALS = 5
 
 
+@expected
 class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
 
@@ -68,10 +72,13 @@ class StudyNotReachable(RuntimeError):
       description="One HPO worker on the gpu pool: runs its share of the queued trials.")
 def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
                     worker_index: int = 0, sampler_seed: int = 0, n_trials: int | None = None,
-                    exchange_uri: str | None = None) -> dict[str, Any]:
+                    exchange_uri: str | None = None, require_gpu: bool = True) -> dict[str, Any]:
     """`n_trials`: this worker's share of the queued trials; None (a run started by hand) takes every
     trial queued when it starts. `exchange_uri`: the pipeline's bucket; then `cache_path` and
-    `output_dir` are the pipeline host's paths and only their names are used here."""
+    `output_dir` are the pipeline host's paths and only their names are used here.
+    `require_gpu`: fail at once on a host without a CUDA GPU (the pipeline passes its gate's setting;
+    only an explicit require_gpu=false lets a gpu-pool run train on a CPU)."""
+    check_gpu_host(str((config.get("train") or {}).get("device", "auto")), require_gpu)
     if not exchange_uri:
         return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed, n_trials)
     check_study_reachable(str(hpo.get("storage") or ""))
@@ -116,7 +123,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
     logger = get_run_logger()
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    n_trials = 5 if n_trials is None else n_trials
+    n_trials = DEFAULT_TRIALS if n_trials is None else n_trials
     deployment = None if dispatch == "deployment" else gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)
     # Refused before anything is queued (and, when asked for the pool, before looking its deployment up).
     url, k = hpo_storage(storage, study_dir or run_dir, workers, n_trials,
@@ -137,7 +144,8 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
             "output_dir": str(run_dir)}
     if deployment is not None:
         runs = [{"worker_index": i, "sampler_seed": worker_seed(seed, batch["first_number"], i),
-                 "n_trials": share(batch["queued"], k, i)} for i in range(k)]
+                 "n_trials": share(batch["queued"], k, i), "require_gpu": config.gate.require_gpu is not False}
+                for i in range(k)]
         reports, errors = _run_on_pool(deployment, args, runs, run_dir, batch_key(batch), deadlines, exchange)
     elif k == 1:
         reports, errors = [hpo_worker_task(**args, worker_index=0, n_trials=batch["queued"],
@@ -163,8 +171,42 @@ def hpo_storage(storage: str | None, study_dir: Path, workers: int, n_trials: in
     """
     k = max(1, min(workers, n_trials))
     url = storage or default_storage_url(study_dir, processes=1 if on_pool else k)
+    refuse_literal_password(url)
     check_workers(url, pool_workers=k if on_pool else 1, processes=1 if on_pool else k)
     return url, k
+
+
+def refuse_literal_password(url: str) -> None:
+    """A password written into the URL would travel as a parameter of every worker run (shown in the UI,
+    stored in the database): only `${VAR}`, filled from each worker's own environment, is accepted."""
+    netloc = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    userinfo = netloc.rpartition("@")[0]
+    if ":" in userinfo and not userinfo.split(":", 1)[1].startswith("${"):
+        raise ConfigError([f"storage {display_url(url)} carries a literal password"],
+                          hint="write it as ${VAR} (e.g. postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/"
+                               "optuna) and set VAR in the environment of this process and of every gpu worker")
+
+
+def check_study_storage(storage: str | None, study_dir: Path, workers: int, n_trials: int, *, on_pool: bool,
+                        shared_disk: bool) -> str:
+    """The pipeline's HPO storage, checked before the cache build and the gate (an hour of work that a
+    storage the workers cannot reach would waste). Raises ConfigError; returns the URL.
+
+    `shared_disk`: False when the pool's workers may sit on other hosts (results travel through S3),
+    where a study file on this host is out of their reach.
+    """
+    try:
+        url, _ = hpo_storage(storage, study_dir, workers, n_trials, on_pool=on_pool)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError([str(exc)], hint="see README: HPO storage") from None
+    if on_pool and not shared_disk and storage_kind(url) != "server":
+        raise ConfigError([f"the study storage {display_url(url)} is a file on this host, and the gpu workers "
+                           "share no disk with it (ATFT_ARTIFACT_URI is set: results travel through S3)"],
+                          hint="give the run a PostgreSQL storage (-p storage='postgresql+psycopg2://optuna:"
+                               "${OPTUNA_DB_PASSWORD}@db-host:5432/optuna'; README: Adding GPU hosts)")
+    return url
 
 
 def _trains_on_gpu(device: str) -> bool:
@@ -191,9 +233,6 @@ def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
-    if "@" in str(args["hpo"].get("storage")) and "${" not in str(args["hpo"].get("storage")):
-        logger.warning("the storage URL carries a password and becomes a parameter of the worker runs; use a "
-                       "${VAR} placeholder filled from the gpu workers' environment instead")
     if exchange is not None:
         share_cache_task(args["cache_path"], exchange)
         args = {**args, "exchange_uri": exchange.uri}
@@ -215,18 +254,22 @@ def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any
 
 
 @flow(name="atft-hpo", description="Build the cache, then a short HPO study (the `atft hpo` command).")
-def atft_hpo(data_path: str | None = None, output_dir: str = "runs/hpo", n_trials: int = 5, max_epochs: int = 2,
+def atft_hpo(data_path: str | None = None, output_dir: str | None = None, n_trials: int = 5, max_epochs: int = 2,
              study_name: str = "atft", storage: str | None = None, parallel: int = 1, cache_dir: str | None = None,
              config_path: str | None = None, search_space: str | None = None, pruner: str = "median", seed: int = 0,
              timeout_s: float | None = None, device: str | None = None,
              gpu_stage: GpuDispatch = "auto") -> dict[str, Any]:
-    """Writes `output_dir/hpo.json`, `trials.csv` and plots; the default storage is `output_dir/optuna.db`."""
-    cfg = build_config(config_path, max_epochs=max_epochs, device=device)
-    data = resolve_data_path(data_path)
-    cache = cached_build(data, cache_dir or str(Path(DEFAULT_DATA_ROOT) / "cache"), cfg.cache, S3Options.from_env(),
-                         require=cfg.data)
-    return run_hpo_stage(cache=cache, run_dir=Path(output_dir).resolve(), config=cfg, n_trials=n_trials,
-                         study_name=study_name, storage=storage, workers=parallel, pruner=pruner, seed=seed,
+    """Writes `output_dir/hpo.json`, `trials.csv` and plots; the default storage is `output_dir/optuna.db`.
+
+    Relative paths are under the work root (ATFT_HOME); output_dir None is `<work root>/runs/hpo`."""
+    root = WorkRoot.from_env()
+    out = root.resolve(output_dir, root.runs / "hpo")
+    cfg = build_config(root.resolve_data(config_path), max_epochs=max_epochs, device=device)
+    data = resolve_data_path(data_path, root)
+    cache = cached_build(data, root.resolve(cache_dir, root.cache), cfg.cache, S3Options.from_env(), require=cfg.data)
+    return run_hpo_stage(cache=cache, run_dir=out, config=cfg, n_trials=n_trials,
+                         study_name=study_name, storage=root.resolve_storage(storage), workers=parallel,
+                         pruner=pruner, seed=seed,
                          timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage,
                          exchange=ArtifactTarget.from_env())
 

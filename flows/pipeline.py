@@ -16,6 +16,11 @@ exchange with gpu workers on other hosts: when a stage runs on the gpu pool, the
 the stage's files come back through it (flows/gpu_stage.py), so no disk needs to be shared. Each run writes into its own
 new folder under `output_dir`; the gate's verdict is read from that folder.
 
+Every path is made absolute at the top of the flow, against the work root (`ATFT_HOME`,
+atft_core.workroot): a deployment's flow run works in a throwaway folder, so nothing it makes may
+live there, and the gpu stage (another flow run, another throwaway folder) must find the cache and
+the run folder by the same absolute paths.
+
 `run_pipeline(**params)` is the plain-function entry point for the CLI (`atft dryrun`,
 `atft pipeline`): with PREFECT_API_URL set the run shows up in that server's UI like any other.
 """
@@ -36,18 +41,19 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, t
 import atft_core
 from atft_core.config import DryRunConfig, validate_config
 from atft_core.data.source import S3Options
+from atft_core.provenance import code_version, package_versions
 from atft_core.publish import ArtifactTarget, redact, redact_url
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
+from atft_core.workroot import WorkRoot
 from flows import hpo_stage
-from flows.common import DEFAULT_DATA_ROOT, Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from flows.common import Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
 from flows.gpu_stage import run_gpu_stage
 from tasks.cache import cached_build
-from tasks.gate import GateFailed, check_gate
+from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
 from tasks.publish import mirror_run, publish_report
 from tasks.train import STAGE_FILE, read_stage
 
 Mode = Literal["dryrun", "hpo"]
-DEFAULT_OUTPUT_DIR = "runs"
 # Longer than the gpu pool's total deadline plus a nightly HPO study; a run past it ends Failed
 # (TimeoutError) instead of Running forever while the next night's run piles on.
 PIPELINE_TIMEOUT_S = 12 * 3600
@@ -69,7 +75,7 @@ def atft_pipeline(
     n_trials: int | None = None,
     study_name: str | None = None,
     storage: str | None = None,
-    output_dir: str = DEFAULT_OUTPUT_DIR,
+    output_dir: str | None = None,
     cache_dir: str | None = None,
     min_gpu_util: float | None = None,
     min_rankic: float | None = None,
@@ -86,6 +92,11 @@ def atft_pipeline(
     gpu_timeout_s: float = Deadlines.total_s,
 ) -> dict[str, Any]:
     """Parameters left as None keep the config file's (or the library's) defaults.
+
+    Paths (data_path, output_dir, cache_dir, config_path, resume_from, a file storage): absolute as
+    given, a relative one under the work root (`ATFT_HOME`), never under this run's working folder.
+    output_dir None: `<work root>/runs`; cache_dir None: `<work root>/cache`; the default HPO study
+    lives in `<work root>/studies`, so nightly runs continue it.
 
     max_epochs: the gate's dry run; hpo_max_epochs: each HPO trial (None: the same as max_epochs).
     gpu_start_timeout_s / gpu_timeout_s: a gpu-pool run not started / not finished by then is cancelled
@@ -107,6 +118,11 @@ def atft_pipeline(
     # The environment is read here and nowhere below.
     target = ArtifactTarget.from_env()
     s3 = S3Options.from_env()
+    root = WorkRoot.from_env()
+    out, cache_root = root.resolve(output_dir, root.runs), root.resolve(cache_dir, root.cache)
+    config_path = root.resolve_data(config_path)
+    resume_from = root.resolve_data(resume_from)
+    storage = root.resolve_storage(storage)
 
     cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
                        min_rankic=min_rankic, require_gpu=require_gpu, profile=profile,
@@ -118,29 +134,37 @@ def atft_pipeline(
     if require_gpu is None:
         require_gpu = current_deployment.id is not None or gpu_deployment is not None
         cfg = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, require_gpu=require_gpu))
-    data = resolve_data_path(data_path)
-    run_dir = new_run_dir(output_dir, mode, current_flow_run.id or "local")
+    if mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
+        hpo_stage.check_study_storage(storage, root.studies, hpo_workers, n_trials or hpo_stage.DEFAULT_TRIALS,
+                                      on_pool=gpu_deployment is not None, shared_disk=target is None)
+    data = resolve_data_path(data_path, root)
+    run_dir = new_run_dir(out, mode, current_flow_run.id or "local")
     write_json(run_dir / "run.json", _provenance(dict(
         mode=mode, data_path=data, max_epochs=max_epochs, hpo_max_epochs=hpo_max_epochs, n_trials=n_trials,
-        study_name=study_name,
-        storage=storage, output_dir=output_dir, cache_dir=cache_dir, config_path=config_path,
+        study_name=study_name, storage=storage, output_dir=str(out), cache_dir=str(cache_root),
+        config_path=config_path, work_root=str(root.home),
         gpu_stage=gpu_deployment or "in-process"), cfg=cfg, target=target))
     logger.info("run folder %s", run_dir)
 
     hpo = None
     published = failed = False
     try:
-        cache = cached_build(data, cache_dir or Path(DEFAULT_DATA_ROOT) / "cache", cfg.cache, s3, require=cfg.data)
+        cache = cached_build(data, cache_root, cfg.cache, s3, require=cfg.data)
         deadlines = Deadlines(start_s=gpu_start_timeout_s, total_s=gpu_timeout_s)
-        stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines, exchange=target)
+        try:
+            stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines, exchange=target)
+        except Exception as exc:
+            # The UI's gate artifact says why there is no verdict: not only a red run and a log line.
+            publish_gate_not_reached(str(run_dir), redact(str(exc)))
+            raise
         gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
         publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter
         published = True
         if mode == "hpo" and gate.is_completed():
-            # The default SQLite study lives in output_dir, not in this run's folder: nightly runs continue it.
+            # The default study lives in the work root's studies/, not in this run's folder: nightly runs continue it.
             hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=hpo_cfg, n_trials=n_trials,
                                           study_name=study_name, storage=storage, workers=hpo_workers,
-                                          study_dir=Path(output_dir), dispatch=gpu_stage, deadlines=deadlines,
+                                          study_dir=root.studies, dispatch=gpu_stage, deadlines=deadlines,
                                           exchange=target)
     except BaseException:
         failed = True
@@ -179,8 +203,8 @@ def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarge
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": params, "config": cfg.to_dict(),
         "artifact_target": target.where if target else None,
-        "versions": {"atft": atft_core.__version__, "prefect": prefect.__version__},
-        "code": str(Path(atft_core.__file__).resolve().parents[1]),  # which checkout (or worker's clone) ran this
+        "versions": {"atft": atft_core.__version__, "prefect": prefect.__version__, **package_versions()},
+        "code": code_version(),  # which commit the checkout (or the worker's clone) ran
     }
 
 
@@ -197,7 +221,8 @@ def run_pipeline(**params: Any) -> dict[str, Any]:
                              max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), 90)}):
         state = atft_pipeline(**params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
-    run_dir = find_run_dir(params.get("output_dir") or DEFAULT_OUTPUT_DIR, run_id)
+    root = WorkRoot.from_env()
+    run_dir = find_run_dir(root.resolve(params.get("output_dir"), root.runs), run_id)
     stage_file = run_dir / STAGE_FILE if run_dir else None
     stage = read_json(stage_file) if stage_file and stage_file.exists() else {}
     summary = {"ok": bool(state.is_completed()), "state": state.name, "flow_run_id": run_id,

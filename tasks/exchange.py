@@ -14,17 +14,21 @@ from prefect.cache_policies import NO_CACHE
 
 from atft_core.exchange import cache_key, fetch_cache, fetch_folder, run_key, share_folder
 from atft_core.publish import ArtifactTarget
+from atft_core.workroot import WorkRoot
 
 WORK_DIR_ENV = "ATFT_WORK_DIR"  # a gpu worker's folder for fetched caches and its copies of run folders
 
 
 def worker_work_dir() -> Path:
-    """Where this gpu worker keeps fetched caches and run folders: ATFT_WORK_DIR, else ~/.cache/atft.
+    """Where this gpu worker keeps fetched caches and run folders: ATFT_WORK_DIR, else the work root
+    (ATFT_HOME, atft_core.workroot).
 
     Read by the stage flows at their boundary; a stable folder, not the flow run's temporary
     clone, so a cache is downloaded once per host.
     """
-    return Path(os.environ.get(WORK_DIR_ENV) or "~/.cache/atft").expanduser().resolve()
+    if os.environ.get(WORK_DIR_ENV):
+        return Path(os.environ[WORK_DIR_ENV]).expanduser().resolve()
+    return WorkRoot.from_env().home
 
 
 def exchange_target(uri: str) -> ArtifactTarget:

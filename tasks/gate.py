@@ -36,6 +36,19 @@ def check_gate(stage: dict[str, Any], run_dir: str) -> dict[str, Any]:
     return gate
 
 
+def publish_gate_not_reached(run_dir: str, reason: str) -> None:
+    """The `dryrun-gate` artifact of a run whose GPU stage never produced a verdict (failed, timed out,
+    crashed, no worker): FAILED, why, and where to look. Without it the UI shows a red run whose gate
+    artifact is last night's, and the reason only in a log line."""
+    create_markdown_artifact(
+        "## Dry-run gate: FAILED (no verdict)\n\n"
+        f"The GPU stage ended before the gate could be applied:\n\n> {reason}\n\n"
+        "Where to look: the gpu stage's flow run (a subflow of this run in the UI) and its logs; the gpu "
+        "worker's log (`$PREFECT_HOME/worker-gpu-*.log` on the stack `make up` starts).\n\n"
+        f"Run folder: `{run_dir}`\n", key=GATE_KEY,
+        description="Dry-run gate: no verdict, the GPU stage did not finish")
+
+
 def failed_criteria(gate: dict[str, Any]) -> str:
     """`name = value (needs > threshold)` for each failed criterion of `GateResult.to_dict()`."""
     out = []

@@ -19,6 +19,10 @@ from pathlib import Path
 _HOME = tempfile.mkdtemp(prefix="atft-test-prefect-home-")
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _HOME
+# The work root (runs, caches, demo data, studies of runs given no path): never the developer's own.
+_WORK_ROOT = tempfile.mkdtemp(prefix="atft-test-home-")
+atexit.register(shutil.rmtree, _WORK_ROOT, ignore_errors=True)
+os.environ["ATFT_HOME"] = _WORK_ROOT
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "ATFT_ARTIFACT_URI"):

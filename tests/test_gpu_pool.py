@@ -115,12 +115,22 @@ def test_inside_a_deployment_a_missing_gpu_deployment_is_an_error_not_a_cpu_fall
 
 
 def test_inside_a_deployment_training_on_the_cpu_worker_still_requires_a_gpu(tiny_demo, tiny_config, tmp_path):
+    import platform
+
+    from prefect.artifacts import Artifact
+
     state = _run_from_deployment("dryrun-local", _params(tiny_demo, tiny_config, tmp_path, gpu_stage="local"))
     assert state.is_failed()  # not green: this machine has no GPU, and the run came from a deployment
+    exc = state.result(raise_on_failure=False)
+    # The stage checks its device before training: it names this host and the way out.
+    assert isinstance(exc, GpuStageFailed) and platform.node() in str(exc) and "require_gpu=false" in str(exc)
     run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
-    gate = json.loads((run / "gate.json").read_text())
-    assert gate["passed"] is False
-    assert json.loads((run / "stage.json").read_text())["config"]["gate"]["require_gpu"] is True
+    assert json.loads((run / "run.json").read_text())["config"]["gate"]["require_gpu"] is True
+    assert not (run / "stage.json").exists()  # nothing was trained on the CPU
+    # The UI's gate artifact says there is no verdict, and why, instead of showing an older run's.
+    gate = Artifact.get("dryrun-gate")
+    assert gate.flow_run_id == state.state_details.flow_run_id
+    assert "Dry-run gate: FAILED (no verdict)" in gate.data and "no usable CUDA GPU" in gate.data and str(run) in gate.data
 
 
 def test_a_stage_failing_after_the_gate_still_publishes_report_and_mirror(tiny_demo, tiny_config, tmp_path,

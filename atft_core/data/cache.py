@@ -45,6 +45,7 @@ from atft_core.data.grid_file import column_values, row_array
 from atft_core.data.normalise import past_only_zscore, standardise_targets  # noqa: F401  (re-exported)
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
 from atft_core.errors import DatasetError
+from atft_core.retention import LAST_USED, mark_used
 
 log = logging.getLogger("atft_core.data.cache")
 _standardise_targets = standardise_targets  # the old private name, still imported by bench/ and tests
@@ -114,6 +115,7 @@ def open_cache(path: str | Path) -> Cache:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"cache {path} has format {manifest.get('format_version')}, this code reads "
                          f"{FORMAT_VERSION}: rebuild it")
+    mark_used(path)  # every run opens its cache here: `atft gc` keeps the caches used in the last days
     d, s, f, h = (manifest["shape"][k] for k in ("days", "stocks", "features", "horizons"))
     batch = ipc.open_file(pa.memory_map(str(path / GRID_FILE), "r")).get_batch(0)
 
@@ -157,6 +159,7 @@ def build_cache(data_path: str | Path, cache_dir: str | Path, cfg: CacheConfig |
 
         def found(final: Path) -> CacheBuild:
             manifest = json.loads((final / MANIFEST_FILE).read_text())
+            mark_used(final)
             log.info("cache hit %s", final)
             return CacheBuild(final, True, hashing.result(), _summary(manifest, True, time.perf_counter() - t0),
                               manifest.get("warnings", []))
@@ -255,6 +258,7 @@ def _atomic(cache_dir: Path, final: Path | Callable[[], Path], fill: Any,
         final = final if isinstance(final, Path) else final()
         manifest["bytes"] = (tmp / GRID_FILE).stat().st_size
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=_json_default))
+        (tmp / LAST_USED).touch()  # born used: a later hit only moves its mtime, adds no file
         try:
             os.rename(tmp, final)
         except OSError:

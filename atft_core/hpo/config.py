@@ -9,8 +9,10 @@ from typing import Any
 
 PRUNERS = ("median", "hyperband", "none")
 BATCH_ATTR = "atft_batch"  # user attribute naming the `prepare_study` call that queued a trial
-FAIL_KIND_ATTR = "fail_kind"  # diverged | training_error | out_of_memory | failed | crashed
+FAIL_KIND_ATTR = "fail_kind"  # diverged | training_error | out_of_memory | failed | crashed | worker_stopped
 FAIL_REASON_ATTR = "fail_reason"
+WORKER_ATTR = "worker"  # the worker's name, as in its report: host:pid#index
+PROCESS_ATTR = "worker_process"  # host, boot, pid, start time: tells a dead worker from a live one (hpo.liveness)
 
 
 @dataclass
@@ -31,7 +33,8 @@ class HpoConfig:
     pruner_warmup_epochs: int = 1  # epochs every trial gets before it may be pruned
     heartbeat_interval_s: int = 60  # SQL storages: a running trial proves it is alive this often
     grace_period_s: int = 180  # a trial silent this long is stale: marked FAIL and retried
-    max_retry: int = 1  # retries of a stale trial (a trial that kills its worker every time stops)
+    # retries of a trial whose worker died, on every storage (a trial that kills its worker every time stops)
+    max_retry: int = 1
 
     def __post_init__(self) -> None:
         if self.pruner not in PRUNERS:

@@ -29,7 +29,8 @@ import optuna
 
 from atft_core.config import DryRunConfig
 from atft_core.errors import TrainingError
-from atft_core.hpo.config import FAIL_KIND_ATTR, FAIL_REASON_ATTR
+from atft_core.hpo.config import FAIL_KIND_ATTR, FAIL_REASON_ATTR, PROCESS_ATTR, WORKER_ATTR
+from atft_core.hpo.liveness import this_process
 from atft_core.hpo.space import SearchSpace, trial_config
 
 # A score function: (trial, the trial's full config, cache path) -> value. Module-level, so that
@@ -83,17 +84,20 @@ class Objective:
     space: SearchSpace
     max_epochs: int = 2
     score: Score = train_score
-    worker: str = ""  # written to each trial's user attribute `worker` when set
+    worker: str = ""  # when set, each trial records it and this process (`worker`, `worker_process`)
     timings: dict[int, dict[str, float]] = field(default_factory=dict)  # per trial number, this process
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.worker:
+            # First thing after the claim: on a journal file this record is how a dead worker's trial is
+            # told from a live one (hpo.liveness); until it is written the trial cannot be ended.
+            trial.set_user_attr(WORKER_ATTR, self.worker)
+            trial.set_user_attr(PROCESS_ATTR, this_process())
         t0 = time.perf_counter()
         report0, sampled = _report_seconds, None
         try:
             params = self.space.suggest(trial)
             sampled = time.perf_counter()
-            if self.worker:
-                trial.set_user_attr("worker", self.worker)
             cfg = trial_config(self.base_cfg, params, self.max_epochs)
             value = float(self.score(trial, cfg, Path(self.cache_path)))
             if not math.isfinite(value):  # optuna would fail it without a reason; it is no score either

@@ -147,14 +147,17 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     trials = study.get_trials(deepcopy=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry_of = {t.number: optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+        # The trial each one retries: the last of its retry history (the first is the original).
+        retry_of = {t.number: (optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t) or [None])[-1]
+                    for t in trials}
     retried = {orig: number for number, orig in retry_of.items() if orig is not None}
     rows = []
     for t in trials:
         reason = t.user_attrs.get(FAIL_REASON_ATTR, "")
-        if t.state == TrialState.FAIL and not reason and t.number in retried:
-            # A stale trial is failed by another worker, which can no longer write attributes on it.
-            reason = f"its worker stopped (no heartbeat); retried as trial {retried[t.number]}"
+        if t.state == TrialState.FAIL and t.number in retried:
+            # A SQL storage's stale trial is failed by another worker, which writes no reason on it;
+            # a journal file's gets "its worker stopped (process ... is gone)" (hpo.liveness).
+            reason = f"{reason or 'its worker stopped (no heartbeat)'}; retried as trial {retried[t.number]}"
         rows.append({"number": t.number, "state": t.state.name, "value": round6(t.value),
                      "epochs": len(t.intermediate_values), **{k: round6(v) for k, v in t.params.items()},
                      "fail_reason": reason, "retry_of": "" if retry_of[t.number] is None else retry_of[t.number]})

@@ -9,6 +9,8 @@
 SQLite has no row locks, so two processes can both claim the same queued trial; the journal file
 appends under a file lock and replays the log, so exactly one process wins each claim; a SQL server
 locks the trial's row. `check_workers` refuses a combination that could run a trial twice.
+A killed worker's trial ends on every storage: by heartbeat on SQL, by asking this host whether the
+worker process still runs on a journal file (`hpo.liveness`).
 
 `${NAME}` in a URL is filled from each process's own environment (`expand_env`), so a password is
 never an argument, a flow parameter or a line in a file; `display_url` hides it where the URL is shown.
@@ -104,7 +106,9 @@ def build_storage(url: str, hpo: HpoConfig, env: Mapping[str, str] | None = None
     """Storage for `url`: journal:<path> (file journal) or any SQLAlchemy URL (with heartbeat).
 
     SQL storages get Optuna's heartbeat: a trial whose worker died is marked FAIL by the next
-    worker's `study.optimize` and retried once with the same parameters.
+    worker's `study.optimize` and retried with the same parameters (`hpo.max_retry` times at most).
+    A journal file has no heartbeat; its workers share one host, which tells a dead worker's trial
+    from a live one instead (`hpo.liveness`, run by `hpo.worker.end_stale_trials`).
     """
     url = expand_env(url, env)
     if url.startswith(JOURNAL_PREFIX):

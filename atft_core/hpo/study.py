@@ -28,7 +28,7 @@ from atft_core.hpo.objective import Score
 from atft_core.hpo.report import HpoSummary, finish_study
 from atft_core.hpo.space import SearchSpace
 from atft_core.hpo.storage import build_storage, check_workers, default_storage_url, display_url, open_study
-from atft_core.hpo.worker import queued_trials, run_worker, run_worker_processes, worker_seed
+from atft_core.hpo.worker import end_stale_trials, queued_trials, run_worker, run_worker_processes, worker_seed
 
 log = logging.getLogger("atft_core.hpo.study")
 
@@ -45,15 +45,16 @@ def prepare_study(hpo: HpoConfig, storage_url: str) -> StudyBatch:
     new trial of it. The study is left as it was.
     """
     space = SearchSpace.load(hpo.search_space)
-    study = open_study(build_storage(storage_url, hpo), hpo)
-    trials = study.get_trials(deepcopy=False)
-    changed = space.changed_since(trials)
+    storage = build_storage(storage_url, hpo)
+    study = open_study(storage, hpo)
+    changed = space.changed_since(study.get_trials(deepcopy=False))
     if changed:
         raise ConfigError(changed, hint=(
             f"Optuna cannot change how a parameter is sampled within one study. Start a new study "
             f"(--study-name {hpo.study_name}-2, or a new name in the deployment's parameters), or give "
             f"--search-space a file with the study's own choices; study '{hpo.study_name}' is unchanged"))
-    first = len(trials)
+    end_stale_trials(study, storage, hpo)  # their retries are queued ahead of this batch
+    first = len(study.get_trials(deepcopy=False))
     batch = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     for _ in range(hpo.n_trials):
         study.enqueue_trial({}, user_attrs={BATCH_ATTR: batch})  # {}: every parameter left to the sampler

@@ -7,9 +7,14 @@ wins each claim). The shares add up to N and the queue never holds fewer trials 
 to come, so no ask ever creates a trial of its own. (A stop callback that counts finished trials,
 like `MaxTrialsCallback`, overshoots when two workers check at the same moment.)
 
-Optuna's `optimize` also keeps the heartbeat of a running trial (SQL storages) and, before each ask,
-marks trials of dead workers FAIL; the storage's `RetryHeartbeatStaleTrialCallback` queues their
-retries, which the next run (or a worker started with `n_trials=None`) picks up first.
+Trials of dead workers end on every storage, and are retried (up to `max_retry` times) with the same
+parameters. On a SQL storage Optuna's `optimize` keeps the heartbeat of a running trial and, before
+each ask, marks trials of dead workers FAIL; the storage's `RetryHeartbeatStaleTrialCallback` queues
+their retries. A journal file has no heartbeat: `end_stale_trials` asks this host whether each
+RUNNING trial's worker process still runs (`hpo.liveness`), when a batch is queued, when a worker
+starts and after each of its trials. Either way a retry is queued after the trials waiting then, so
+it runs in this invocation when it was queued before the workers started, else in the next one
+(or in a worker started with `n_trials=None`).
 
 `run_worker_processes` is the one local fan-out (`atft hpo --parallel K`, the pipeline's HPO stage
 without a gpu pool): K spawned processes, each running `run_worker`. Measured against Prefect's
@@ -33,10 +38,12 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from atft_core.config import DryRunConfig
 from atft_core.hpo.config import FAIL_KIND_ATTR, FAIL_REASON_ATTR, HpoConfig
+from atft_core.hpo.liveness import end_dead_workers_trials
 from atft_core.hpo.objective import Objective, Score, TrialFailed, free_memory, train_score
 from atft_core.hpo.space import SearchSpace
 from atft_core.hpo.storage import build_storage, check_workers, expand_env, open_study
@@ -71,11 +78,22 @@ def share(queued: int, workers: int, worker_index: int) -> int:
     return queued // workers + (worker_index < queued % workers)
 
 
-def queued_trials(study: optuna.Study) -> int:
-    """Trials waiting in the queue now, after failing (and so re-queuing) the trials of dead workers."""
+def end_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, hpo: HpoConfig) -> None:
+    """Fail the RUNNING trials of dead workers and queue their retries (see the module docstring).
+
+    While a dead worker's trial stays RUNNING, the constant liar counts it as a bad guess near its
+    parameters, and every later suggestion avoids them.
+    """
+    if isinstance(storage, JournalStorage):
+        end_dead_workers_trials(study, storage, max_retry=hpo.max_retry)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+        optuna.storages.fail_stale_trials(study)  # by heartbeat; a no-op on a storage without one
+
+
+def queued_trials(study: optuna.Study) -> int:
+    """Trials waiting in the queue now."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
@@ -88,13 +106,16 @@ def run_worker(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, *
     get their `share` so that together they run exactly the trials queued.
     """
     t0 = time.perf_counter()
-    study = open_study(build_storage(expand_env(storage_url, env), hpo), hpo, sampler_seed)
+    storage = build_storage(expand_env(storage_url, env), hpo)
+    study = open_study(storage, hpo, sampler_seed)
+    end_stale_trials(study, storage, hpo)
     n_trials = queued_trials(study) if n_trials is None else n_trials
     name = f"{socket.gethostname()}:{os.getpid()}#{worker_index}"
     objective = Objective(cache_path, base_cfg, SearchSpace.load(hpo.search_space), hpo.max_epochs,
                           score or train_score, worker=name)
     rows: list[dict[str, Any]] = []
     last = [time.perf_counter()]
+    journal = isinstance(storage, JournalStorage)
 
     def record(study: optuna.Study, trial: FrozenTrial) -> None:
         now = time.perf_counter()
@@ -104,6 +125,8 @@ def run_worker(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, *
             log.warning("trial %d failed (%s); the study goes on", trial.number, trial.user_attrs.get(FAIL_REASON_ATTR))
             if trial.user_attrs.get(FAIL_KIND_ATTR) == "out_of_memory":
                 free_memory()
+        if journal:  # where a SQL storage's heartbeat check runs: before the next ask
+            end_stale_trials(study, storage, hpo)
 
     if n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=hpo.timeout_s, catch=(TrialFailed,), callbacks=[record],

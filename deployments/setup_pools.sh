@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create the work pools. Safe to run again (idempotent).
+# Create the work pools once. Safe to run again: an existing pool is left as it is, so an operator's
+# edits to its job template (environment, working folder) survive every `make up`.
 #   cpu: orchestration and cache builds     gpu: training (atft-gpu-stage and atft-hpo-worker runs)
 # Needs PREFECT_API_URL pointing at the server (stack.sh sets it).
 #
@@ -9,8 +10,12 @@ set -euo pipefail
 PREFECT="${PREFECT_BIN:-prefect}"
 
 for pool in cpu gpu; do
-  "$PREFECT" --no-prompt work-pool create "$pool" --type process --overwrite >/dev/null
-  echo "work pool '$pool' (process) ready"
+  if "$PREFECT" work-pool inspect "$pool" >/dev/null 2>&1; then
+    echo "work pool '$pool' exists (left as it is)"
+  else
+    "$PREFECT" --no-prompt work-pool create "$pool" --type process >/dev/null
+    echo "work pool '$pool' (process) created"
+  fi
 done
 # A server set up by an earlier version has the server-wide `gpu` tag limit: remove it.
 if "$PREFECT" concurrency-limit inspect gpu >/dev/null 2>&1; then

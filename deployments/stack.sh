@@ -15,7 +15,14 @@
 #   PREFECT_SERVER_DATABASE_CONNECTION_URL: run the server on PostgreSQL
 #     (postgresql+asyncpg://user:${PASSWORD}@db:5432/prefect) instead of SQLite in $PREFECT_HOME
 #   ATFT_ALERT_WEBHOOK_URL: where an automation POSTs when a run of flow `atft` fails (setup_alerts.py)
+#   ATFT_HOME: the work root every run writes under, runs/, cache/, demo/, studies/ (default
+#     ~/.local/share/atft). Flow runs work in throwaway folders (the git_clone pull step), so nothing
+#     may live in their working folder; the workers get it from this script's environment.
 #   ATFT_GPU_IDS: GPU indices to start gpu workers for (default: every GPU `nvidia-smi -L` lists)
+#   GPU_WORKERS=cpu-dev: on a host without a GPU, start one gpu worker anyway, for development (its
+#     runs train on the CPU only when they say require_gpu=false; any other run fails naming the host)
+#   ATFT_HEARTBEAT_S: how often flow runs send a heartbeat (default 60, Prefect's minimum 30); a run
+#     silent for 3 of them is marked Crashed by an automation (a dead host is noticed in minutes)
 #   ATFT_GIT_REPOSITORY, ATFT_GIT_BRANCH: where workers clone the code from (prefect.yaml's git_clone
 #     pull step); default this checkout's path and current branch. GPU hosts elsewhere need a URL they
 #     can reach (e.g. the team's https://... remote).
@@ -26,6 +33,9 @@ cd "$ROOT"  # `prefect deploy` reads deployments/prefect.yaml and the flows' ent
 
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export ATFT_HOME="${ATFT_HOME:-$HOME/.local/share/atft}"
+export ATFT_HEARTBEAT_S="${ATFT_HEARTBEAT_S:-60}"
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$ATFT_HEARTBEAT_S"  # every flow run the workers start sends them
 HOST="${ATFT_PREFECT_HOST:-127.0.0.1}"
 PORT="${ATFT_PREFECT_PORT:-4200}"
 # Clients on this machine reach a server bound to every address through loopback.
@@ -117,6 +127,10 @@ stop_server() {
 }
 
 up() {
+  case "$ATFT_HOME" in /*) ;; *) echo "ATFT_HOME=$ATFT_HOME is relative: flow runs work in throwaway folders, give an absolute path" >&2; exit 2 ;; esac
+  case "$ATFT_HEARTBEAT_S" in ''|*[!0-9]*) echo "ATFT_HEARTBEAT_S=$ATFT_HEARTBEAT_S: give whole seconds, at least 30" >&2; exit 2 ;; esac
+  (( ATFT_HEARTBEAT_S >= 30 )) || { echo "ATFT_HEARTBEAT_S=$ATFT_HEARTBEAT_S: Prefect's minimum is 30 seconds" >&2; exit 2; }
+  case "${GPU_WORKERS:-}" in ""|cpu-dev) ;; *) echo "GPU_WORKERS=$GPU_WORKERS: the only value is cpu-dev (a gpu worker on a host without a GPU, for development)" >&2; exit 2 ;; esac
   if ! is_loopback "$HOST" && [[ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
     echo "refusing to bind $HOST: beyond loopback the Prefect API must not be open. Set" >&2
     echo "PREFECT_SERVER_API_AUTH_STRING=user:password (long, random) and run again; give remote workers" >&2
@@ -137,7 +151,8 @@ up() {
   if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
     echo "  note: this checkout has uncommitted changes; flow runs will not see them until they are committed"
   fi
-  mkdir -p "$PIDS"
+  mkdir -p "$PIDS" "$ATFT_HOME"
+  echo "work root: $ATFT_HOME (runs/, cache/, demo/, studies/)"
   if alive server; then
     echo "server already running (pid $(cat "$PIDS/server.pid"))"
   else
@@ -165,22 +180,29 @@ up() {
   # worker): one training per GPU, however many runs are queued. No server-wide tag limit: that
   # would make every GPU host take turns.
   local ids; ids=$(gpu_ids)
-  if [[ -z "${ids// /}" ]]; then
-    echo "no GPU visible (nvidia-smi -L): one gpu worker for CPU development (training runs on the CPU)"
-    start_worker gpu-0 gpu "" --limit 1
-  else
+  if [[ -n "${ids// /}" ]]; then
     for i in $ids; do start_worker "gpu-$i" gpu "$i" --limit 1; done
+  elif [[ "${GPU_WORKERS:-}" == cpu-dev ]]; then
+    echo "!! GPU_WORKERS=cpu-dev: a gpu worker on a host WITHOUT a GPU, for development. It trains on the CPU"
+    echo "!! the runs that say require_gpu=false; any run that requires a GPU fails on it, naming this host."
+    start_worker gpu-cpu-dev gpu "" --limit 1
+  else
+    echo "no GPU visible (nvidia-smi -L): no gpu worker started here; gpu-pool runs wait for a GPU host's worker"
+    echo "  (for development on this host: GPU_WORKERS=cpu-dev make up)"
   fi
 
   cat <<EOF
 
 Prefect UI: http://$CLIENT_HOST:$PORT
 
+Work root: $ATFT_HOME (run folders in runs/, caches in cache/, the nightly study in studies/)
+
 Try (in this shell first: export PREFECT_API_URL=$API${PREFECT_API_AUTH_STRING:+ PREFECT_API_AUTH_STRING=...}):
   prefect deployment run atft/dryrun --watch        # cache -> GPU stage on the gpu pool -> gate
-      on a machine without a GPU the gate's GPU criterion fails by design; to see a green run:
+      without a GPU (a gpu worker started with GPU_WORKERS=cpu-dev), train on the CPU on purpose:
   prefect deployment run atft/dryrun -p require_gpu=false --watch
   atft dryrun                                       # same flow from the CLI, shown in the UI too
+  atft gc --dry-run                                 # what retention would remove (the nightly runs it)
   prefect deployment ls; prefect flow-run ls        # runs, the nightly schedule's upcoming runs
 Artifacts (UI > Artifacts): dryrun-gate, cache-summary, epoch-metrics, plot-training,
   plot-gpu-util, run-files, run-folder (run-mirror when ATFT_ARTIFACT_URI=s3://... is set).
@@ -193,7 +215,8 @@ start_worker() {
   local name=$1 pool=$2 device=$3; shift 3
   if alive "worker-$name"; then echo "worker $name on '$pool' already running"; return 0; fi
   if [[ -n "$device" ]]; then
-    start_bg "worker-$name" env CUDA_VISIBLE_DEVICES="$device" "$PREFECT_BIN" worker start --pool "$pool" \
+    # PCI_BUS_ID: CUDA numbers the GPUs as nvidia-smi does (its default, FASTEST_FIRST, may not)
+    start_bg "worker-$name" env CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES="$device" "$PREFECT_BIN" worker start --pool "$pool" \
       --name "atft-$name-$(hostname)" "$@"
   else
     start_bg "worker-$name" "$PREFECT_BIN" worker start --pool "$pool" --name "atft-$name-$(hostname)" "$@"

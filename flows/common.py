@@ -35,7 +35,7 @@ class GpuStageFailed(RuntimeError):
 class Deadlines:
     """How long the pipeline waits for the gpu pool: to start a run (a worker picks it up), and in all."""
 
-    start_s: float = 1800.0
+    start_s: float = 600.0  # how long a run may wait while its pool has no live worker
     total_s: float = 5 * 3600.0
 
 

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from atft_core.config import DryRunConfig
 from atft_core.dryrun import json_safe, run_dryrun
+from atft_core.provenance import code_version
 from atft_core.rundir import read_json, write_json
 
 STAGE_FILE = "stage.json"
@@ -48,7 +49,7 @@ def train_dryrun_task(cache_path: str, config: dict[str, Any], run_dir: str) -> 
         "config": cfg.to_dict(),
         "cache_path": str(cache_path),
         "host": platform.node(),
-        "code": str(Path(__file__).resolve().parents[1]),  # the checkout (or the worker's clone) that trained
+        "code": code_version(),  # the commit of the checkout (or the worker's clone) that trained
         "seconds": round(time.perf_counter() - t0, 3),
     }
     stage = json_safe(stage)  # NaN -> null, numpy scalars -> numbers: the file is plain JSON

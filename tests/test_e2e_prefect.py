@@ -1,10 +1,10 @@
-"""The real path, end to end: `deployments/stack.sh up` (what `make up` runs) starts a Prefect server
-on a free loopback port with its own PREFECT_HOME and basic auth, creates the pools, deploys the
-project's prefect.yaml, creates the failure alert and starts a `cpu` worker and one `gpu` worker per
-GPU (a stand-in `nvidia-smi` lists two: the only mocked thing is the GPU); `prefect deployment run
-atft/dryrun --watch` then runs the pipeline on the cpu worker, which hands training to a gpu worker
-through `run_deployment`. A second run with an unreachable gate fails, and the alert POSTs to a
-webhook receiver on loopback. `stack.sh down` stops the workers, then the server.
+"""The stack on a GPU host: `deployments/stack.sh up` (what `make up` runs) starts a Prefect server
+on a free loopback port with its own PREFECT_HOME and basic auth, creates the pools (once: an
+operator's edits survive the next `up`), deploys the project's prefect.yaml, creates the crash
+detection and the alert (its webhook URL kept as a secret) and starts a `cpu` worker and one `gpu`
+worker per GPU (a stand-in `nvidia-smi` lists two: the only mocked thing is the GPU), each with its
+CUDA_VISIBLE_DEVICES in nvidia-smi's order. `stack.sh down` stops the workers, then the server.
+The runs themselves, on the stack as a GPU-less host starts it, are in tests/test_users_path.py.
 
 Also checked here, because only a real server shows it: the nightly deployment's cron schedule
 exists and the server's scheduler actually creates its runs (a wrong sqlalchemy version breaks
@@ -117,7 +117,7 @@ def _wait_for(what: str, fn, timeout: float, every: float = 1.0):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config, webhook):
+def test_stack_pools_workers_deployments_and_schedule(tmp_path, webhook):
     home = tmp_path / "prefect-home"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -132,8 +132,6 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
                ATFT_ALERT_WEBHOOK_URL=hook_url,
                PREFECT_WORKER_QUERY_SECONDS="2",  # workers poll every 2 s instead of 10
                OMP_NUM_THREADS="1")  # the flow runs share 2 cores with the server and three workers
-    client_env = {**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": ":".join(AUTH)}
-    out = tmp_path / "runs"
 
     up = subprocess.run(["bash", str(STACK), "up"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     try:
@@ -149,6 +147,7 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
         for i in (0, 1):
             pid = int((home / f"worker-gpu-{i}.pid").read_text())
             assert _process_env(pid)["CUDA_VISIBLE_DEVICES"] == str(i)
+            assert _process_env(pid)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # numbered as nvidia-smi lists them
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert cmdline[cmdline.index(b"--limit") + 1] == b"1" and b"gpu" in cmdline
         assert _get(f"{api}/concurrency_limits/tag/gpu").status_code == 404
@@ -180,44 +179,24 @@ def test_stack_deploy_run_on_pools_and_schedule(tmp_path, tiny_demo, tiny_config
             start = datetime.fromisoformat(run["expected_start_time"]).astimezone(ZoneInfo("Asia/Tokyo"))
             assert (start.hour, start.minute) == (2, 0), start
 
-        # A dry run through the deployments: cpu worker -> run_deployment -> gpu worker.
-        params = {"data_path": str(tiny_demo), "config_path": str(tiny_config), "max_epochs": 1,
-                  "output_dir": str(out), "cache_dir": str(tmp_path / "cache"),
-                  "require_gpu": "false", "device": "cpu",  # CPU on any host: a GPU host would require the GPU
-                  "min_rankic": -1.0}  # one epoch on a tiny panel: the test is about orchestration
-        cmd = [str(PREFECT), "deployment", "run", "atft/dryrun", "--watch"]
-        for k, v in params.items():
-            cmd += ["-p", f"{k}={v}"]
-        run = subprocess.run(cmd, env=client_env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # The alert's webhook URL is a secret: kept in the block's secrets, never in plain text.
+        blocks = httpx.post(f"{api}/block_documents/filter", json={}, auth=AUTH, timeout=10).json()
+        [block] = [b for b in blocks if b["name"] == "atft-run-ended-badly"]
+        assert hook_url not in json.dumps(block) and block["data"]["url"] == "{{webhook_url}}"
+        automations = httpx.post(f"{api}/automations/filter", json={}, auth=AUTH, timeout=10).json()
+        assert hook_url not in json.dumps(automations)
+        assert {a["name"] for a in automations} == {"atft run ended badly", "atft silent run crashed"}
 
-        [pipeline] = _flow_runs(api, deployments={"id": {"any_": [dep["atft/dryrun"]["id"]]}})
-        assert pipeline["state_type"] == "COMPLETED" and pipeline["work_pool_name"] == "cpu"
-        assert pipeline["name"].startswith("dryrun-")
-        [stage] = _flow_runs(api, flows={"name": {"any_": ["atft-gpu-stage"]}})
-        assert stage["state_type"] == "COMPLETED"
-        assert stage["work_pool_name"] == "gpu" and stage["deployment_id"] == dep["atft-gpu-stage/gpu"]["id"]
-        parent = _get(f"{api}/task_runs/{stage['parent_task_run_id']}").json()
-        assert parent["flow_run_id"] == pipeline["id"]  # shown as the pipeline's subflow in the UI
-
-        arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
-            "key": {"any_": ["dryrun-gate"]}, "flow_run_id": {"any_": [pipeline["id"]]}}}, auth=AUTH,
-            timeout=10).json()
-        assert len(arts) == 1 and "Dry-run gate: PASSED" in arts[0]["data"]
-
-        [run_dir] = list(out.iterdir())
-        assert run_dir.name.endswith(pipeline["id"][:8])
-        assert json.loads((run_dir / "run.json").read_text())["parameters"]["gpu_stage"] == "atft-gpu-stage/gpu"
-        assert json.loads((run_dir / "gate.json").read_text())["passed"] is True
-        assert posts == []  # no alert for a passing run
-
-        # A gate that cannot pass: the run fails, and the automation POSTs to the webhook.
-        failing = [*cmd, "-p", "min_rankic=0.99", "-p", f"output_dir={tmp_path / 'runs-failed'}"]
-        run = subprocess.run(failing, env=client_env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert run.returncode != 0, run.stdout[-3000:]
-        _wait_for("the failure alert", lambda: posts, timeout=90)
-        [alert] = posts
-        assert "failed" in alert["subject"] and "dry-run gate failed" in alert["body"], alert
+        # Pools are created once: an operator's edit of a pool's job template survives the next `make up`.
+        job = _get(f"{api}/work_pools/gpu").json()["base_job_template"]
+        job["variables"]["properties"]["env"]["default"] = {"OPERATOR_SET": "1"}
+        httpx.patch(f"{api}/work_pools/gpu", json={"base_job_template": job}, auth=AUTH, timeout=10).raise_for_status()
+        again = subprocess.run(["bash", str(STACK), "up"], env=env, cwd=REPO, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "work pool 'gpu' exists (left as it is)" in again.stdout
+        job = _get(f"{api}/work_pools/gpu").json()["base_job_template"]
+        assert job["variables"]["properties"]["env"]["default"] == {"OPERATOR_SET": "1"}
     finally:
         down = subprocess.run(["bash", str(STACK), "down"], env=env, cwd=REPO, capture_output=True, text=True,
                               timeout=120)

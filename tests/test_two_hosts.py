@@ -184,8 +184,13 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
             run_json = json.loads((run_dir / "run.json").read_text())
             stage = json.loads((run_dir / "stage.json").read_text())  # came back from the gpu host through S3
             # Each side ran a fresh clone of the remote, not this checkout: no PYTHONPATH, no shared code path.
-            assert Path(run_json["code"]).name == Path(stage["code"]).name == "atft-main"  # <repo>-<branch>
-            assert run_json["code"] != stage["code"] and REPO not in Path(stage["code"]).parents
+            cpu_code, gpu_code = Path(run_json["code"]["path"]), Path(stage["code"]["path"])
+            assert cpu_code.name == gpu_code.name == "atft-main"  # <repo>-<branch>
+            assert cpu_code != gpu_code and REPO not in gpu_code.parents
+            # Both record the commit they cloned: the remote's branch head.
+            head = subprocess.run(["git", "-C", str(remote), "rev-parse", "main"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+            assert run_json["code"]["commit"] == stage["code"]["commit"] == head
             # The gpu host trained on its own copy of the cache, in its own copy of the run folder.
             assert Path(stage["cache_path"]).parent == gpu_host / "work" / "cache"
             assert (gpu_host / "work" / "runs" / run_dir.name / "stage.json").is_file()

@@ -9,11 +9,12 @@ keeps
 - every temp leftover touched in the last `tmp_hours` hours (a build may still be writing it);
 - whatever a live lease protects, however old: the folder holding it and the folders it names.
 
-A lease (`in_use`) is a file `<folder>/.lease-<host>-<pid>-<n>` holding the process's start time. It is
-live while that process runs (same host, same pid, same start time: a reused pid does not count), and
-a lease from another host, whose processes this one cannot see, while it is younger than
-`lease_max_age_hours`. Removal renames first (`.gc-<name>-...`), then deletes: a half-deleted cache never
-looks like a cache, and an interrupted gc leaves only `.gc-*` names, removed by the next one.
+A lease (`in_use`) is a file `<folder>/.lease-<host>-<pid>-<n>` holding the process's record
+(`process_record.ProcessRecord`: host, boot, pid namespace, pid, start time). It is live while that
+process runs (a reused pid or an earlier boot does not count), and a lease from another host (or pid
+namespace), whose processes this one cannot see, while it is younger than `lease_max_age_hours`.
+Removal renames first (`.gc-<name>-...`), then deletes: a half-deleted cache never looks like a cache,
+and an interrupted gc leaves only `.gc-*` names, removed by the next one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from atft_core.errors import ConfigError
+from atft_core.process_record import ProcessRecord
 from atft_core.workroot import WorkRoot
 
 log = logging.getLogger("atft_core.retention")
@@ -163,8 +165,7 @@ def in_use(folder: str | Path, *, uses: Iterable[str | Path] = ()) -> Iterator[P
         raise FileNotFoundError(f"cannot lease {folder}: it does not exist (removed by `atft gc`?); rebuild or "
                                 "rerun what made it")
     path = folder / f"{LEASE_PREFIX}{_safe(socket.gethostname())}-{os.getpid()}-{next(_lease_numbers)}"
-    record = {"host": socket.gethostname(), "pid_ns": _PID_NS, "pid": os.getpid(), "start": _start_time(os.getpid()),
-              "since": time.time(), "uses": [str(Path(u).resolve()) for u in uses]}
+    record = {**ProcessRecord.current().to_dict(), "since": time.time(), "uses": [str(Path(u).resolve()) for u in uses]}
     try:
         path.write_text(json.dumps(record))
         written = True
@@ -281,12 +282,11 @@ def _entries(folder: Path) -> list[Path]:
 @dataclass(frozen=True)
 class _Lease:
     path: Path
-    host: str
-    pid: int
+    process: ProcessRecord
     uses: tuple[str, ...]
 
     def describe(self) -> str:
-        return f"in use: lease of pid {self.pid} on {self.host or 'an unknown host'}"
+        return f"in use: lease of pid {self.process.pid} on {self.process.host or 'an unknown host'}"
 
 
 def _protected(folders: list[Path], now: float, cfg: RetentionConfig) -> dict[Path, str]:
@@ -314,53 +314,15 @@ def _live_leases(folder: Path, now: float, cfg: RetentionConfig) -> list[_Lease]
         young = now - mtime < cfg.lease_max_age_hours * _HOUR
         try:
             rec = json.loads(path.read_text())
-            lease = _Lease(path, str(rec.get("host", "")), int(rec.get("pid", 0)), tuple(rec.get("uses", ())))
+            lease = _Lease(path, ProcessRecord.from_dict(rec), tuple(rec.get("uses", ())))
         except (OSError, ValueError, TypeError, AttributeError):
             if young:  # unreadable (being written?): it protects, as a lease of another host would
-                live.append(_Lease(path, "", 0, ()))
+                live.append(_Lease(path, ProcessRecord("", None, 0, None), ()))
             continue
-        here = rec.get("host") == socket.gethostname() and rec.get("pid_ns") == _PID_NS
-        if (_alive(lease.pid, rec.get("start")) if here else young):
+        alive = lease.process.is_alive()
+        if young if alive is None else alive:  # None: another host's or pid namespace's, judged by its age
             live.append(lease)
     return live
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    """Whether `pid` runs on this host and is the process that wrote the lease (not a reuse of its pid)."""
-    if pid <= 0:
-        return False
-    current = _start_time(pid)
-    if start is not None and current is not None:
-        return current == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: it exists
-    return True
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (boot id + clock ticks since boot); None where there is no /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: count fields after its closing one
-    return f"{_BOOT_ID}:{stat.rsplit(')', 1)[1].split()[19]}"
-
-
-def _proc(read: Callable[[str], str], path: str) -> str:
-    try:
-        return read(path).strip()
-    except OSError:
-        return ""
-
-
-_BOOT_ID = _proc(lambda p: Path(p).read_text(), "/proc/sys/kernel/random/boot_id")
-# Two containers may share a host name and a disk, but not a pid namespace: a pid is checked only in its own.
-_PID_NS = _proc(os.readlink, "/proc/self/ns/pid")
 
 
 def _last_used(cache: Path) -> float:

@@ -14,6 +14,7 @@ import pytest
 
 from atft_core.data import cache as cache_mod
 from atft_core.errors import ConfigError
+from atft_core.process_record import start_time
 from atft_core.retention import (
     CACHE_MANIFEST,
     LAST_USED,
@@ -22,7 +23,6 @@ from atft_core.retention import (
     GcReport,
     RetentionConfig,
     _decide,
-    _start_time,
     collect,
     in_use,
 )
@@ -154,10 +154,10 @@ def test_a_lease_of_a_dead_or_reused_pid_does_not_protect(root):
     dead = _cache(root, "aaaa-1111", used_days_ago=90)
     _fake_lease(dead, pid=_dead_pid(), start=None)
     reused = _cache(root, "bbbb-2222", used_days_ago=90)  # our pid, but another process's start time
-    _fake_lease(reused, pid=os.getpid(), start="another-boot:1" if _start_time(os.getpid()) else None)
+    _fake_lease(reused, pid=os.getpid(), start="another-boot:1" if start_time(os.getpid()) else None)
     collect(root)
     assert not dead.exists()
-    if _start_time(os.getpid()):  # /proc: pid reuse is detected
+    if start_time(os.getpid()):  # /proc: pid reuse is detected
         assert not reused.exists()
 
 

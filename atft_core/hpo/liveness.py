@@ -6,9 +6,8 @@ every trial it runs which process it is (`this_process`), and `end_dead_workers_
 RUNNING trials whose process is gone and queues their retries with the bookkeeping of Optuna's
 `RetryHeartbeatStaleTrialCallback` (so `report.trial_rows` explains them like a SQL storage's).
 
-A process is named by host, boot, pid and start time: a pid alone may since belong to another
-process, which would make a dead worker look alive for ever. The start time comes from
-/proc/<pid>/stat (Linux); elsewhere only the pid is recorded, and a reused pid keeps a trial RUNNING.
+The record is a `process_record.ProcessRecord` (host, boot, pid namespace, pid, start time: why each,
+there); on a host without /proc only the pid is recorded, and a reused pid keeps a trial RUNNING.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
-import os
 import socket
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,10 +24,10 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from atft_core.hpo.config import FAIL_KIND_ATTR, FAIL_REASON_ATTR, PROCESS_ATTR, WORKER_ATTR
+from atft_core.process_record import ProcessRecord
 
 log = logging.getLogger("atft_core.hpo.liveness")
 
-_PROC = Path("/proc")
 # Between claiming a trial and recording its process a worker makes one storage call; a trial
 # younger than this without a record is most likely in that gap, so it is not worth a warning yet.
 RECORD_GRACE_S = 60.0
@@ -40,24 +37,17 @@ _ATTEMPT_ATTRS = (WORKER_ATTR, PROCESS_ATTR, FAIL_KIND_ATTR, FAIL_REASON_ATTR)
 
 def this_process() -> dict[str, Any]:
     """The record a worker writes on each trial it runs (user attribute `worker_process`)."""
-    return process_record(os.getpid())
+    return ProcessRecord.current().to_dict()
 
 
 def process_record(pid: int) -> dict[str, Any]:
-    """Host, boot, pid and start time of process `pid` of this host."""
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": pid, "start": _start_ticks(pid)}
+    """The record of process `pid` of this host."""
+    return ProcessRecord.of(pid).to_dict()
 
 
 def is_alive(record: dict[str, Any]) -> bool | None:
     """Whether the recorded process still runs; None when this host cannot tell (another host's process)."""
-    if record.get("host") != socket.gethostname():
-        return None
-    if record.get("boot") != _boot_id():
-        return False  # the host restarted since: every process of that boot is gone
-    pid = int(record["pid"])
-    if record.get("start") is None:  # recorded without /proc: the pid is all there is
-        return _pid_exists(pid)
-    return _start_ticks(pid) == record["start"]  # None (gone, zombie) or another process's start: dead
+    return ProcessRecord.from_dict(record).is_alive()
 
 
 def end_dead_workers_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, *,
@@ -72,7 +62,8 @@ def end_dead_workers_trials(study: optuna.Study, storage: optuna.storages.BaseSt
     ended = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         record = trial.user_attrs.get(PROCESS_ATTR)
-        alive = is_alive(record) if isinstance(record, dict) else None
+        process = ProcessRecord.from_dict(record) if isinstance(record, dict) else None
+        alive = process.is_alive() if process is not None else None
         if alive is None:
             _warn_unknown(trial, record)
             continue
@@ -80,7 +71,7 @@ def end_dead_workers_trials(study: optuna.Study, storage: optuna.storages.BaseSt
             continue
         history = _retry_history(trial)
         retry = max_retry is None or len(history) < max_retry
-        reason = f"its worker stopped (process {record['pid']} on {record['host']} is gone)"
+        reason = f"its worker stopped ({process.describe()} is gone)"
         if not retry:
             reason += f"; not retried: its parameters already had max_retry={max_retry} retries"
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
@@ -119,31 +110,3 @@ def _retry_history(trial: FrozenTrial) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
-
-
-def _boot_id() -> str | None:
-    try:
-        return (_PROC / "sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """Start of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat); None when it is
-    gone, a zombie (killed, not yet reaped) or there is no /proc."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # field 2, the command name, may hold spaces and ')'
-    return None if fields[0] in ("Z", "X") else int(fields[19])  # fields[0] is field 3, the state
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True

@@ -43,6 +43,7 @@ from atft_core.config import DryRunConfig, validate_config
 from atft_core.data.source import S3Options
 from atft_core.provenance import code_version, package_versions
 from atft_core.publish import ArtifactTarget, redact, redact_url
+from atft_core.retention import in_use
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
 from atft_core.workroot import WorkRoot
 from flows import hpo_stage
@@ -51,6 +52,7 @@ from flows.gpu_stage import run_gpu_stage
 from tasks.cache import cached_build
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
 from tasks.publish import mirror_run, publish_report
+from tasks.retention import retention_task
 from tasks.train import STAGE_FILE, read_stage
 
 Mode = Literal["dryrun", "hpo"]
@@ -151,21 +153,25 @@ def atft_pipeline(
     try:
         cache = cached_build(data, cache_root, cfg.cache, s3, require=cfg.data)
         deadlines = Deadlines(start_s=gpu_start_timeout_s, total_s=gpu_timeout_s)
-        try:
-            stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines, exchange=target)
-        except Exception as exc:
-            # The UI's gate artifact says why there is no verdict: not only a red run and a log line.
-            publish_gate_not_reached(str(run_dir), redact(str(exc)))
-            raise
-        gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
-        publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: that is when they matter
-        published = True
-        if mode == "hpo" and gate.is_completed():
-            # The default study lives in the work root's studies/, not in this run's folder: nightly runs continue it.
-            hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=hpo_cfg, n_trials=n_trials,
-                                          study_name=study_name, storage=storage, workers=hpo_workers,
-                                          study_dir=root.studies, dispatch=gpu_stage, deadlines=deadlines,
-                                          exchange=target)
+        with in_use(run_dir, uses=[cache["path"]]):  # `atft gc` (or another night's) leaves both alone meanwhile
+            try:
+                stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines,
+                                      exchange=target)
+            except Exception as exc:
+                # The UI's gate artifact says why there is no verdict: not only a red run and a log line.
+                publish_gate_not_reached(str(run_dir), redact(str(exc)))
+                raise
+            gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
+            publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: when they matter
+            published = True
+            if mode == "hpo" and gate.is_completed():
+                # The default study lives in the work root's studies/, not in this run's folder: nights continue it.
+                hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=hpo_cfg, n_trials=n_trials,
+                                              study_name=study_name, storage=storage, workers=hpo_workers,
+                                              study_dir=root.studies, dispatch=gpu_stage, deadlines=deadlines,
+                                              exchange=target)
+        if mode == "hpo" and current_deployment.id is not None:
+            _collect_garbage(root)
     except BaseException:
         failed = True
         raise
@@ -175,6 +181,14 @@ def atft_pipeline(
     return {"run_dir": str(run_dir), "mode": mode, "passed": stage["passed"], "gate": stage["gate"],
             "metrics": stage["metrics"], "cache": {k: cache[k] for k in ("path", "hit", "fingerprint")},
             "hpo": hpo}
+
+
+def _collect_garbage(root: WorkRoot) -> None:
+    """The nightly's retention step; a failure is logged, never the night's result (it removes, it makes nothing)."""
+    try:
+        retention_task(str(root.home))
+    except Exception as exc:
+        get_run_logger().warning("retention step failed (the night's results are intact): %s", exc)
 
 
 def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, failed: bool) -> None:

@@ -219,3 +219,43 @@ def test_every_flow_that_can_wait_has_a_timeout():
         assert f.timeout_seconds and f.timeout_seconds > 0, f.name
     # The pipeline outlives its own waits for the gpu pool, so those fail first, with their message.
     assert atft_pipeline.timeout_seconds > gpu_stage.timeout_seconds
+
+
+def _gpu_stage_runs(run_dir_name: str):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with _client() as c:
+        return c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"gpu-{run_dir_name}"])))
+
+
+def test_a_run_queued_behind_a_live_worker_is_not_cancelled_at_the_start_deadline(
+        gpu_deployment_without_worker, tiny_demo, tiny_config, tmp_path):
+    """A gpu worker that heartbeats (busy with another run) keeps the queued run waiting past the start
+    deadline; only the total deadline ends the wait, and its message says so."""
+    from flows.pipeline import atft_pipeline
+
+    with _client() as c:
+        c.send_worker_heartbeat("gpu", "busy-gpu-worker", heartbeat_interval_seconds=60)
+    state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, gpu_stage="deployment", gpu_start_timeout_s=1,
+                                    gpu_timeout_s=8), return_state=True)
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, GpuStageFailed), exc
+    assert "not finished within 8s" in str(exc) and "not started" not in str(exc)
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
+    [child] = _gpu_stage_runs(run.name)
+    assert child.state.is_cancelled() and "not finished within 8s" in child.state.message
+
+
+def test_when_the_parent_ends_its_waiting_gpu_run_is_cancelled(gpu_deployment_without_worker, tiny_demo, tiny_config,
+                                                               tmp_path):
+    """The pipeline times out (its own flow timeout) while its gpu stage waits: the child does not stay queued
+    for a worker to train it for nobody."""
+    from flows.pipeline import atft_pipeline
+
+    short = atft_pipeline.with_options(timeout_seconds=12)
+    state = short(**_params(tiny_demo, tiny_config, tmp_path, gpu_stage="deployment", gpu_start_timeout_s=600),
+                  return_state=True)
+    assert not state.is_completed()
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
+    [child] = _gpu_stage_runs(run.name)
+    assert child.state.is_cancelled() and "the parent run ended" in child.state.message

@@ -188,6 +188,8 @@ def test_a_second_nightly_continues_the_same_study(stack):
     for run in runs:
         folder = _pipeline_result(stack, run)
         assert json.loads((folder / "hpo.json").read_text())["storage"] == f"sqlite:///{db}"
+        # The nightly's last step: retention under the work root (nothing old to remove yet, all kept).
+        assert "## Retention" in stack.artifact("retention", run["id"])["data"]
 
 
 def test_a_killed_gpu_worker_ends_its_run_crashed_and_the_alert_fires(stack):

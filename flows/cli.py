@@ -296,6 +296,10 @@ def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
         gate = {k: v for k, v in overrides.items() if v is not None}
         cfg = validate_config(dataclasses.replace(base, train=dataclasses.replace(base.train, **train),
                                                   gate=dataclasses.replace(base.gate, **gate)))
+    if getattr(args, "storage", None):
+        from atft_core.hpo.storage import refuse_literal_password
+
+        refuse_literal_password(args.storage)  # before a server starts or a cache is built
     data = getattr(args, "data_path", None)
     if data and not str(data).startswith("s3://"):
         from atft_core.data.source import resolve_input

@@ -29,7 +29,14 @@ from atft_core.config import DryRunConfig
 from atft_core.data.source import S3Options
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
-from atft_core.hpo.storage import JOURNAL_PREFIX, check_workers, default_storage_url, display_url, storage_kind
+from atft_core.hpo.storage import (
+    JOURNAL_PREFIX,
+    check_workers,
+    default_storage_url,
+    display_url,
+    refuse_literal_password,
+    storage_kind,
+)
 from atft_core.hpo.worker import share, worker_file, worker_seed
 from atft_core.publish import ArtifactTarget
 from atft_core.workroot import WorkRoot
@@ -174,17 +181,6 @@ def hpo_storage(storage: str | None, study_dir: Path, workers: int, n_trials: in
     refuse_literal_password(url)
     check_workers(url, pool_workers=k if on_pool else 1, processes=1 if on_pool else k)
     return url, k
-
-
-def refuse_literal_password(url: str) -> None:
-    """A password written into the URL would travel as a parameter of every worker run (shown in the UI,
-    stored in the database): only `${VAR}`, filled from each worker's own environment, is accepted."""
-    netloc = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
-    userinfo = netloc.rpartition("@")[0]
-    if ":" in userinfo and not userinfo.split(":", 1)[1].startswith("${"):
-        raise ConfigError([f"storage {display_url(url)} carries a literal password"],
-                          hint="write it as ${VAR} (e.g. postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/"
-                               "optuna) and set VAR in the environment of this process and of every gpu worker")
 
 
 def check_study_storage(storage: str | None, study_dir: Path, workers: int, n_trials: int, *, on_pool: bool,

@@ -9,21 +9,24 @@ throwaway local server, like `atft dryrun` does on a fresh machine.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.prefect_fixtures import FAKE_KEY_ID, FAKE_SECRET
+from tests.prefect_fixtures import FAKE_KEY_ID, FAKE_SECRET, TINY_CONFIG_YAML
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def atft(args: list[str], tmp: Path, env: dict[str, str] | None = None, timeout: float = 240):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "ATFT_", "AWS_"))}
-    base.update(PREFECT_HOME=str(tmp / "prefect-home"), OMP_NUM_THREADS="1", **(env or {}))
+    base.update(PREFECT_HOME=str(tmp / "prefect-home"), ATFT_HOME=str(tmp / "atft-home"), OMP_NUM_THREADS="1",
+                **(env or {}))
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp, env=base, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -57,6 +60,31 @@ def test_bad_flag_or_config_exits_2_before_anything_runs(tmp_path, tiny_demo, fl
     assert_one_answer(proc, 2, *words)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # nothing half-written
     assert "temporary server" not in proc.stdout + proc.stderr  # failed before any flow started
+
+
+@pytest.mark.parametrize("command", [["pipeline", "--mode", "hpo"], ["hpo"]])
+def test_a_literal_password_in_the_storage_url_exits_2_before_anything_runs(tmp_path, tiny_demo, command):
+    """It would travel as a parameter of every worker run (the UI, the database): `${VAR}` or nothing."""
+    proc = atft([*command, "--data-path", str(tiny_demo), "--storage", "postgresql+psycopg2://optuna:hunter2@db/optuna"],
+                tmp_path)
+    assert_one_answer(proc, 2, "literal password", "${OPTUNA_DB_PASSWORD}")
+    assert "hunter2" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "atft-home").exists() and "temporary server" not in proc.stdout + proc.stderr
+
+
+def test_paths_typed_are_relative_to_the_current_folder_and_left_out_ones_under_the_work_root(tmp_path, tiny_demo):
+    """`--output-dir runs` lands in ./runs; the cache, given no path, under ATFT_HOME; nothing anywhere else."""
+    shutil.copy(tiny_demo, tmp_path / "panel.parquet")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG_YAML)
+    proc = atft(["dryrun", "--data-path", "panel.parquet", "--config", "tiny.yaml", "--output-dir", "runs",
+                 "--max-epochs", "1", "--min-rankic", "-1"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [run] = list((tmp_path / "runs").iterdir())
+    assert f"run folder: {run}" in proc.stdout
+    [cache] = list((tmp_path / "atft-home" / "cache").iterdir())
+    assert json.loads((run / "stage.json").read_text())["cache_path"] == str(cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atft-home", "panel.parquet", "prefect-home", "runs",
+                                                          "tiny.yaml"]
 
 
 def test_device_cuda_without_a_gpu_exits_2(tmp_path, tiny_demo):

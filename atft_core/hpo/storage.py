@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
 from atft_core.publish import redact_url
 
@@ -147,3 +148,14 @@ def open_study(storage: optuna.storages.BaseStorage, hpo: HpoConfig, sampler_see
                                              n_startup_trials=hpo.n_startup_trials, constant_liar=True)
     return optuna.create_study(storage=storage, study_name=hpo.study_name, direction="maximize", sampler=sampler,
                                pruner=make_pruner(hpo), load_if_exists=True)
+
+
+def refuse_literal_password(url: str) -> None:
+    """A password written into the URL would travel as a parameter of every worker run (shown in the UI,
+    stored in the database): only `${VAR}`, filled from each worker's own environment, is accepted."""
+    netloc = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    userinfo = netloc.rpartition("@")[0]
+    if ":" in userinfo and not userinfo.split(":", 1)[1].startswith("${"):
+        raise ConfigError([f"storage {display_url(url)} carries a literal password"],
+                          hint="write it as ${VAR} (e.g. postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/"
+                               "optuna) and set VAR in the environment of this process and of every gpu worker")

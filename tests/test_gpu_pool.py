@@ -259,3 +259,34 @@ def test_when_the_parent_ends_its_waiting_gpu_run_is_cancelled(gpu_deployment_wi
     run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
     [child] = _gpu_stage_runs(run.name)
     assert child.state.is_cancelled() and "the parent run ended" in child.state.message
+
+
+def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_without_worker, tiny_demo, tiny_config,
+                                                              tmp_path):
+    """Past the start deadline with no live worker, the worker runs are cancelled and the stage fails, after
+    publishing its report (what was queued, what ran: nothing) like any other night."""
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from atft_core.config import DryRunConfig
+    from atft_core.data.cache import build_cache
+    from flows.common import Deadlines
+    from flows.hpo_stage import HpoStageFailed, hpo_worker_flow, run_hpo_stage
+
+    hpo_worker_flow.to_deployment(name="gpu").apply(work_pool_name="gpu")
+    cfg = DryRunConfig.from_yaml(str(tiny_config))
+    cache = build_cache(str(tiny_demo), tmp_path / "cache", cfg.cache)
+
+    @flow
+    def nightly_hpo_stage():
+        return run_hpo_stage(cache={"path": str(cache.path)}, run_dir=tmp_path / "run", config=cfg, n_trials=2,
+                             study_name="deadline", storage=None, study_dir=tmp_path, dispatch="deployment",
+                             deadlines=Deadlines(start_s=1, total_s=60))
+
+    state = nightly_hpo_stage(return_state=True)
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, HpoStageFailed) and "no worker on pool 'gpu' is alive" in str(exc)
+    report = json.loads((tmp_path / "run" / "hpo.json").read_text())
+    assert report["counts"]["complete"] == 0
+    summary = Artifact.get("hpo-summary")
+    assert summary.flow_run_id == state.state_details.flow_run_id

@@ -91,12 +91,20 @@ wait_gone() {
   return 1
 }
 
+# Every process below $1 (children first), through the parent links: flow runs sit in sessions of
+# their own (Prefect isolates each run's process group), so the worker's group alone misses them.
+descendants() {
+  local kids; kids=$(ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ') || true
+  for k in $kids; do echo "$k"; descendants "$k"; done
+}
+
 # Workers: SIGINT first (stop polling). Prefect 3.8.8's worker logs "Received SIGINT" but keeps
 # running (its websocket channel task survives the cancellation; a second SIGINT is ignored too), so
-# after a grace period SIGTERM makes Prefect's own handler end it. Flow runs it started share its
-# process group (setsid): any still running get SIGTERM, which the engine records as a crash.
+# after a grace period SIGTERM makes Prefect's own handler end it. Flow runs it started and that are
+# still running get SIGTERM (the engine records a crash), then SIGKILL.
 stop_workers() {
-  local names=("$@") name pid
+  local names=("$@") name pid runs=()
+  for name in "${names[@]}"; do alive "$name" && runs+=($(descendants "$(pid_of "$name")")); done
   for name in "${names[@]}"; do alive "$name" && kill -INT "$(pid_of "$name")" 2>/dev/null || true; done
   wait_gone 5 "${names[@]}" || for name in "${names[@]}"; do
     alive "$name" && kill -TERM "$(pid_of "$name")" 2>/dev/null || true
@@ -113,6 +121,14 @@ stop_workers() {
     rm -f "$PIDS/$name.pid"
     echo "  stopped $name"
   done
+  local left=() p
+  for p in "${runs[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+  if [[ ${#left[@]} -gt 0 ]]; then
+    echo "  ${#left[@]} flow-run process(es) outlived their worker: SIGTERM"
+    kill -TERM "${left[@]}" 2>/dev/null || true
+    sleep 3
+    kill -KILL "${left[@]}" 2>/dev/null || true
+  fi
 }
 
 # Server: SIGINT (the CLI forwards SIGTERM to its uvicorn process), SIGTERM to the group as a fallback.

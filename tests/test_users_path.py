@@ -54,8 +54,7 @@ class Stack:
                 if not k.startswith(("PREFECT_", "ATFT_", "GPU_WORKERS", "MAKE", "MFLAGS"))}
         self.env = {**base, "PREFECT_HOME": str(self.home), "ATFT_PREFECT_PORT": str(self.port),
                     "ATFT_HOME": str(self.work_root), "ATFT_ALERT_WEBHOOK_URL": hook_url,
-                    "ATFT_HEARTBEAT_S": str(HEARTBEAT_S), "PREFECT_WORKER_QUERY_SECONDS": "2",
-                    "OMP_NUM_THREADS": "1"}  # the flow runs share 2 cores with the server and the workers
+                    "ATFT_HEARTBEAT_S": str(HEARTBEAT_S), "PREFECT_WORKER_QUERY_SECONDS": "2"}
         self.client_env = {**self.env, "PREFECT_API_URL": self.api}
 
     def make(self, target: str, **env: str) -> subprocess.CompletedProcess:

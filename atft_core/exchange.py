@@ -14,6 +14,11 @@ cache into its own work folder (once per cache), trains into its own copy of the
 uploads it; the pipeline fetches the run folder back before the gate. A cache is taken only when
 its manifest is there, so a worker never trains on half an upload; a download lands in a temporary
 folder renamed into place, so a crash leaves no half cache behind either.
+
+Retries are the S3 client's (`publish.s3_client`): each request, or one part of a large file, is retried
+alone by botocore; what still fails is one `ExchangeError` naming the endpoint and bucket. Object names
+come from another host, so one that would land outside the destination folder (`..`, absolute) is
+refused before anything is downloaded.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from atft_core.publish import ArtifactTarget, make_s3_client, redact, run_files, upload_file, with_retries
+from atft_core.publish import (
+    ArtifactTarget,
+    failure,
+    local_path,
+    make_s3_client,
+    redact,
+    run_files,
+    transfer_config,
+    upload_file,
+)
 
 T = TypeVar("T")
 
@@ -36,7 +50,8 @@ MANIFEST = "_exchange.json"
 
 
 class ExchangeError(RuntimeError):
-    """A folder another host should have uploaded is not there (or not complete), or cannot be read."""
+    """A folder another host should have uploaded is not there (or not complete), cannot be read, or
+    names a file outside the folder it is fetched into."""
 
 
 def cache_key(target: ArtifactTarget, name: str) -> str:
@@ -71,20 +86,19 @@ def share_folder(local: Path, target: ArtifactTarget, key: str, *, manifest: boo
     skip_complete: upload nothing when `key` is already complete (a cache is written once).
     """
     local = Path(local)
-    client = client or make_s3_client(target)
+    client = client or make_s3_client(target, logger=logger)
     if skip_complete and is_complete(target, key, client=client):
         logger.info("%s is already at %s/%s", local.name, target.uri, key.removeprefix(target.prefix).strip("/"))
         return 0
     files = run_files(local) if local.is_dir() else []
     for path in files:
-        upload_file(client, target, path, f"{key}/{path.relative_to(local).as_posix()}", local_copy=local,
-                    logger=logger)
+        upload_file(client, target, path, f"{key}/{path.relative_to(local).as_posix()}", local_copy=local)
     if manifest:
         listing = {p.relative_to(local).as_posix(): p.stat().st_size for p in files}
         marker = local.parent / f".{local.name}.{os.getpid()}{MANIFEST}"
         marker.write_text(json.dumps({"files": listing}, indent=1, sort_keys=True))
         try:
-            upload_file(client, target, marker, f"{key}/{MANIFEST}", local_copy=local, logger=logger)
+            upload_file(client, target, marker, f"{key}/{MANIFEST}", local_copy=local)
         finally:
             marker.unlink(missing_ok=True)
     logger.info("shared %d file(s) of %s through %s", len(files), local.name, target.where)
@@ -98,17 +112,19 @@ def fetch_folder(target: ArtifactTarget, key: str, local: Path, *, complete: boo
     complete=True (a cache): the folder must carry its manifest, every listed file is checked for
     its size, and the files land in a temporary folder renamed to `local` (which must not exist).
     Otherwise (a run folder) files are written one by one into `local`, each atomically; an empty
-    or missing `key` gives 0.
+    or missing `key` gives 0. Either way every name is checked first (`local_path`): one that would
+    land outside `local` raises `ExchangeError` and nothing is downloaded.
     """
-    client = client or make_s3_client(target)
+    client = client or make_s3_client(target, logger=logger)
     local = Path(local)
     objects = _list(client, target, key)
     if not complete:
+        names = [rel for rel in objects if rel != MANIFEST]
+        paths = {rel: _inside(target, key, local, rel) for rel in names}
         local.mkdir(parents=True, exist_ok=True)
-        for rel in objects:
-            if rel != MANIFEST:
-                _download(client, target, f"{key}/{rel}", local / rel)
-        return len([rel for rel in objects if rel != MANIFEST])
+        for rel in names:
+            _download(client, target, f"{key}/{rel}", paths[rel])
+        return len(names)
     if MANIFEST not in objects:
         raise ExchangeError(f"{target.uri}/{key.removeprefix(target.prefix).strip('/')} is not a complete folder "
                             f"at {target.where} (no {MANIFEST}): the pipeline shares the cache before it starts a "
@@ -118,11 +134,12 @@ def fetch_folder(target: ArtifactTarget, key: str, local: Path, *, complete: boo
     try:
         _download(client, target, f"{key}/{MANIFEST}", tmp / MANIFEST)
         listing: dict[str, int] = json.loads((tmp / MANIFEST).read_text())["files"]
+        paths = {rel: _inside(target, key, tmp, rel) for rel in listing}
         for rel, size in listing.items():
             if objects.get(rel) != size:
                 raise ExchangeError(f"{rel} of {key} at {target.where} is missing or has the wrong size "
                                     f"({objects.get(rel)} bytes, manifest says {size}): share the folder again")
-            _download(client, target, f"{key}/{rel}", tmp / rel)
+            _download(client, target, f"{key}/{rel}", paths[rel])
         (tmp / MANIFEST).unlink()
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(local)  # atomic; fails if another process got there first, which the caller checks
@@ -144,16 +161,28 @@ def fetch_cache(target: ArtifactTarget, name: str, work_dir: Path, *, client=Non
     return local
 
 
+def _inside(target: ArtifactTarget, key: str, folder: Path, rel: str) -> Path:
+    """Where object `key/rel` goes in `folder`; `ExchangeError` when that is outside it."""
+    path = local_path(folder, rel)
+    if path is None:
+        raise ExchangeError(f"refusing to fetch {key}/{rel} from {target.where}: its name would put it outside "
+                            f"{folder}. Only the pipeline and its gpu workers should write under {target.uri}; "
+                            "delete that object and check who else writes there")
+    return path
+
+
 def _list(client, target: ArtifactTarget, key: str) -> dict[str, int]:
-    """{path below key: size} of the objects under `key`."""
+    """{path below key: size} of the objects under `key`. Keys ending in "/" are folder markers that some
+    tools create (a web console's "create folder"): no file, so skipped."""
     def listing() -> dict[str, int]:
         out: dict[str, int] = {}
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=f"{key}/"):
             for obj in page.get("Contents", []):
-                out[obj["Key"][len(key) + 1:]] = int(obj["Size"])
+                if not obj["Key"].endswith("/"):
+                    out[obj["Key"][len(key) + 1:]] = int(obj["Size"])
         return out
 
-    return _retried(target, f"listing {key}", listing)
+    return _s3(target, f"listing {key}", listing)
 
 
 def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
@@ -161,20 +190,21 @@ def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        _retried(target, f"download of {key}", lambda: client.download_file(target.bucket, key, str(tmp)))
+        _s3(target, f"download of {key}",
+            lambda: client.download_file(target.bucket, key, str(tmp), Config=transfer_config(target.part_bytes)))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
 
 
-def _retried(target: ArtifactTarget, what: str, call: Callable[[], T]) -> T:
-    """`call` retried as uploads are (`publish.with_retries`); the last failure is one `ExchangeError`."""
+def _s3(target: ArtifactTarget, what: str, call: Callable[[], T]) -> T:
+    """`call`, whose failure (botocore has retried what can be retried) is one `ExchangeError`."""
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    def failed(attempt: int, reason: str) -> Exception:
-        return ExchangeError(f"{what} at {target.where} failed after {attempt} attempt(s): {reason}. Check "
-                             "AWS_ENDPOINT_URL, the bucket name and the credentials")
-
-    return with_retries(target, f"{what} at {target.where}", call, errors=(BotoCoreError, ClientError),
-                        failed=failed, logger=log)
+    try:
+        return call()
+    except (BotoCoreError, ClientError, Boto3Error) as exc:  # Boto3Error: a download's stream kept breaking
+        raise ExchangeError(f"{what} at {target.where} {failure(exc, target.attempts)}. Check "
+                            "AWS_ENDPOINT_URL, the bucket name and the credentials") from None

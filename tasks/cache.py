@@ -43,13 +43,8 @@ def input_fingerprint(data_path: str, s3: S3Options | None) -> str:
 
 
 def _s3_fingerprint(uri: str, s3: S3Options) -> str:
-    import boto3
-    from botocore.config import Config
-
     bucket, _, prefix = uri[len("s3://"):].partition("/")
-    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
-                          config=Config(connect_timeout=s3.connect_timeout,
-                                        retries={"max_attempts": s3.max_attempts, "mode": "standard"}))
+    client = s3.client()
     h = hashlib.blake2b(digest_size=16)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in sorted(page.get("Contents", []), key=lambda o: o["Key"]):

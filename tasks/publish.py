@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from atft_core.evaluate.plots import plot_gpu, plot_training
 from atft_core.publish import ArtifactTarget, redact, run_files, upload_run_dir
+from tasks import expected_errors  # noqa: F401 - installs the filter: a PublishError logs no traceback
 
 # Run files worth a link of their own on the run page (the rest are listed in `run-files`).
 _LINKED = ("gate.json", "metrics.csv", "stage.json", "run.json")
@@ -64,7 +65,8 @@ def publish_report(run_dir: str, stage: dict[str, Any]) -> dict[str, str]:
 @task(name="mirror-to-s3", cache_policy=NO_CACHE, persist_result=False,
       description="Upload the run folder to ATFT_ARTIFACT_URI; fails loudly, keeps the local copy.")
 def mirror_run(run_dir: str, target: ArtifactTarget) -> list[str]:
-    # No task-level retries: `upload_run_dir` retries each file, so a finished upload is not resent.
+    # No task-level retries: botocore retries each request (one part of a large file alone), so a
+    # task retry would only re-send files that are already up.
     logger = get_run_logger()
     uris = upload_run_dir(Path(run_dir), target, logger=logger)
     prefix = f"{target.uri}/{Path(run_dir).name}"

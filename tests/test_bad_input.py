@@ -95,6 +95,7 @@ def _mixed_schema_dir(t: Path) -> Path:
 def world(tmp_path, monkeypatch):
     """An existing cache and an earlier run folder that bad input must leave untouched."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # one retry is enough to show the answer; 10 would take seconds
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEBADINPUT0001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-bad-input")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

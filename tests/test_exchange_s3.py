@@ -1,4 +1,5 @@
-"""Folders between hosts through S3 (atft_core.exchange), against a real S3 HTTP server on loopback (moto)."""
+"""Folders between hosts through S3 (atft_core.exchange), against a real S3 HTTP server on loopback (moto),
+with a fault-injecting proxy in front of it where a test needs the server to fail."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from atft_core.exchange import (
     run_key,
     share_folder,
 )
-from atft_core.publish import ArtifactTarget, make_s3_client
+from atft_core.publish import ArtifactTarget
+from tasks.expected_errors import is_expected
+from tests.s3_faults import DROP, FaultyS3
 
 
 def _target(bucket: str, endpoint: str) -> ArtifactTarget:
@@ -96,48 +99,70 @@ def test_run_folder_round_trip_and_subfolder(tmp_path, s3_endpoint, s3_bucket):
 
 
 def test_unreachable_bucket_is_one_clear_error(tmp_path, s3_endpoint, s3_bucket):
-    target = _target("no-such-bucket-" + s3_bucket, s3_endpoint)
-    # a missing bucket is permanent: one attempt, no back-off
-    with pytest.raises(ExchangeError, match="listing .*no-such-bucket.*after 1 attempt.*Check AWS_ENDPOINT_URL"):
-        fetch_folder(target, run_key(target, "r"), tmp_path / "r")
+    with FaultyS3(s3_endpoint) as proxy:
+        target = _target("no-such-bucket-" + s3_bucket, proxy.url)
+        # a missing bucket is permanent: one request, its 404 not retried
+        with pytest.raises(ExchangeError, match="listing .*no-such-bucket.*after 1 attempt.*Check AWS_ENDPOINT_URL"):
+            fetch_folder(target, run_key(target, "r"), tmp_path / "r")
+    assert [status for *_, status in proxy.seen] == [404]
 
 
-class _Flaky:
-    """The real client, but the first call of each named method fails as a dropped connection would."""
-
-    def __init__(self, client, *methods: str):
-        self._client, self._pending = client, set(methods)
-
-    def __getattr__(self, name):
-        real = getattr(self._client, name)
-        if name not in self._pending:
-            return real
-
-        def once(*args, **kwargs):
-            self._pending.discard(name)
-            from botocore.exceptions import EndpointConnectionError
-            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/")
-        return once
-
-
-def test_a_dropped_connection_is_retried_per_file_and_the_cache_comes_down_whole(tmp_path, s3_endpoint, s3_bucket,
-                                                                                caplog):
-    target = dataclasses.replace(_target(s3_bucket, s3_endpoint), backoff_s=0.01)
+def test_a_503_and_a_dropped_connection_are_retried_and_the_cache_comes_down_whole(tmp_path, s3_endpoint, s3_bucket,
+                                                                                  caplog):
+    target = _target(s3_bucket, s3_endpoint)
     cache = _cache(tmp_path / "cpu-host")
     share_folder(cache, target, cache_key(target, cache.name), manifest=True)
-    flaky = _Flaky(make_s3_client(target), "get_paginator", "download_file")
-    with caplog.at_level(logging.WARNING, logger="atft_core.exchange"):
-        got = fetch_cache(target, cache.name, tmp_path / "gpu-host", client=flaky)
+    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.exchange"):
+        proxy.fail("GET", "list-type=2", status=503)
+        proxy.fail("GET", "shards/x.arrow", status=DROP)
+        got = fetch_cache(dataclasses.replace(target, endpoint_url=proxy.url), cache.name, tmp_path / "gpu-host")
     assert (got / "shards" / "x.arrow").read_bytes() == (cache / "shards" / "x.arrow").read_bytes()
     assert (got / "meta.json").read_text() == (cache / "meta.json").read_text()
-    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    assert len(retried) == 2 and "listing" in retried[0] and "download of" in retried[1]
+    assert [status for *_, status in proxy.requests("GET", "list-type=2")] == [503, 200]
+    assert [status for *_, status in proxy.requests("GET", "shards/x.arrow")] == [DROP, 200]
+    assert [status for *_, status in proxy.requests("GET", "meta.json")] == [200]  # the others sent once
+    retried = [r.getMessage() for r in caplog.records if "try 2 of" in r.getMessage()]
+    assert len(retried) == 2 and "ListObjectsV2" in retried[0] and "HTTP 503" in retried[0]
+    assert "GetObject" in retried[1] and "x.arrow" in retried[1]
     assert not list(got.parent.glob(".*"))  # no temporary file or folder left behind
+
+
+def _put(endpoint: str, bucket: str, key: str, body: bytes) -> None:
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def test_a_run_folder_object_named_outside_the_folder_is_refused(tmp_path, s3_endpoint, s3_bucket):
+    """Another host (or a stray tool) wrote keys whose part below the run folder climbs out of it or is an
+    absolute path: the fetch names the key and writes nothing, not even the good files."""
+    target = _target(s3_bucket, s3_endpoint)
+    key = run_key(target, "x")
+    _put(s3_endpoint, s3_bucket, f"{key}/stage.json", b"{}")
+    local = tmp_path / "a" / "b" / "x"
+    outside = tmp_path / "outside" / "evil"  # an absolute path: the key has "//" after the folder
+    for bad in ("../../evil", str(outside)):
+        _put(s3_endpoint, s3_bucket, f"{key}/{bad}", b"owned")
+        with pytest.raises(ExchangeError, match=f"refusing to fetch {key}/{bad}.*outside") as err:
+            fetch_folder(target, key, local)
+        assert is_expected(err.value)  # an answer, logged without a traceback
+        boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").delete_object(
+            Bucket=s3_bucket, Key=f"{key}/{bad}")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing written, inside or out
+    assert fetch_folder(target, key, local) == 1  # the folder itself, once clean, comes down
+
+
+def test_a_cache_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, s3_endpoint, s3_bucket):
+    target = _target(s3_bucket, s3_endpoint)
+    key = cache_key(target, "abc123-h1")
+    _put(s3_endpoint, s3_bucket, f"{key}/../../evil", b"owned")  # listed and sized as the manifest says
+    _put(s3_endpoint, s3_bucket, f"{key}/{MANIFEST}", json.dumps({"files": {"../../evil": 5}}).encode())
+    work = tmp_path / "gpu"
+    with pytest.raises(ExchangeError, match=r"refusing to fetch team/cache/abc123-h1/\.\./\.\./evil"):
+        fetch_cache(target, "abc123-h1", work)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nor the manifest, nor a temp folder
 
 
 def test_a_study_file_of_another_host_is_refused_by_a_remote_worker(tmp_path):
     from flows.hpo_stage import StudyNotReachable, check_study_reachable
-    from tasks.expected_errors import is_expected
 
     check_study_reachable("postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/optuna")  # any host
     (tmp_path / "optuna.db").write_bytes(b"")

@@ -1,16 +1,20 @@
 """An s3:// panel, read from a real S3 HTTP server on loopback (moto): the cache is built from it, and
 the second build of the same objects is a cache hit, both in Prefect (the task shows Cached and never
-downloads) and in the cache folder itself (named by content, so a rebuild outside Prefect is a hit)."""
+downloads) and in the cache folder itself (named by content, so a rebuild outside Prefect is a hit).
+An object whose name would land outside the download folder is refused."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import boto3
+import pytest
 
 from atft_core.config import CacheConfig
 from atft_core.data.cache import build_cache
-from atft_core.data.source import S3Options
+from atft_core.data.source import S3Options, resolve_input
+from atft_core.errors import DatasetError
 
 
 def _upload(tiny_demo: Path, endpoint: str, bucket: str) -> str:
@@ -49,3 +53,17 @@ def test_s3_panel_builds_then_hits(prefect_harness, tiny_demo, tmp_path, s3_endp
     # Outside Prefect: the same objects again -> the folder named by their content is found.
     again = build_cache(uri, cache_dir, CacheConfig(), s3=S3Options.from_env(), progress=False)
     assert again.hit is True and str(again.path) == first["path"]
+
+
+def test_a_panel_object_named_outside_the_download_folder_is_refused(tmp_path, s3_endpoint, s3_bucket, monkeypatch):
+    """An object below the panel's prefix whose name climbs out (`..`) would be downloaded next to the
+    staging folder: refused with the key named, and nothing written."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the staging folder goes here
+    (tmp_path / "tmp").mkdir()
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.put_object(Bucket=s3_bucket, Key="panels/x/ok.parquet", Body=b"PAR1")
+    s3.put_object(Bucket=s3_bucket, Key="panels/x/../../evil.parquet", Body=b"PAR1")
+    with pytest.raises(DatasetError, match=r"panels/x/\.\./\.\./evil\.parquet.*outside the download folder"):
+        with resolve_input(f"s3://{s3_bucket}/panels/x", S3Options.from_env()):
+            pass
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

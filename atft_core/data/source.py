@@ -1,7 +1,9 @@
 """Where the panel comes from: a parquet file, a directory of parquet files, or an ``s3://`` URI.
 
 Remote inputs are downloaded once into a private temporary folder (never into the cache dir, so a
-failed download leaves nothing behind) and then read like local files. The fingerprint hashes file
+failed download leaves nothing behind) and then read like local files. The S3 client is the project's
+one (`atft_core.publish.s3_client`): botocore retries each request, or each part of a large object,
+alone; an object whose name would land outside that folder is refused. The fingerprint hashes file
 *content*, so a file rewritten in place with the same size and name is still a cache miss.
 """
 
@@ -17,9 +19,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from atft_core.errors import DatasetError
+from atft_core.publish import S3_ATTEMPTS, attempts_from_env, local_path, s3_client, transfer_config
 
 log = logging.getLogger("atft_core.data.source")
 
@@ -33,12 +36,18 @@ class S3Options:
     endpoint_url: str | None = None
     region: str | None = None
     connect_timeout: float = 5.0
-    max_attempts: int = 3
+    max_attempts: int = S3_ATTEMPTS  # tries per HTTP request, the first included
+
+    def client(self):
+        """The S3 client for these settings (`atft_core.publish.s3_client`, the only place one is made)."""
+        return s3_client(self.endpoint_url, self.region, attempts=self.max_attempts,
+                         connect_timeout_s=self.connect_timeout, logger=log)
 
     @classmethod
     def from_env(cls) -> "S3Options":
         return cls(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-                   region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None)
+                   region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None,
+                   max_attempts=attempts_from_env())
 
 
 @dataclass(frozen=True)
@@ -143,17 +152,13 @@ def resolve_input(data_path: str | Path, s3: S3Options | None = None) -> Iterato
 
 
 def _download_s3(uri: str, dest: Path, opts: S3Options) -> tuple[Path, ...]:
-    import boto3
-    from botocore.config import Config
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, prefix = uri[len("s3://"):].partition("/")
     if not bucket:
         raise DatasetError(uri, "an s3:// URI needs a bucket: s3://bucket/path/to/file.parquet")
-    client = boto3.client(
-        "s3", endpoint_url=opts.endpoint_url, region_name=opts.region,
-        config=Config(connect_timeout=opts.connect_timeout, read_timeout=30,
-                      retries={"max_attempts": opts.max_attempts, "mode": "standard"}))
+    client = opts.client()
     where = opts.endpoint_url or "the default AWS endpoint"
     try:
         keys = []
@@ -162,19 +167,31 @@ def _download_s3(uri: str, dest: Path, opts: S3Options) -> tuple[Path, ...]:
                      if o["Key"] == prefix or o["Key"].endswith(".parquet")]
         if not keys:
             raise DatasetError(uri, f"no parquet object at this prefix on {where}")
-        files = []
-        for key in sorted(keys):
-            local = dest / (key[len(prefix):].lstrip("/") or Path(key).name)
+        keys.sort()
+        files = [_staged(uri, dest, key, prefix) for key in keys]
+        for key, local in zip(keys, files):
             local.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(local))
-            files.append(local)
-    except (BotoCoreError, ClientError) as exc:
+            client.download_file(bucket, key, str(local), Config=transfer_config())
+    except (BotoCoreError, ClientError, Boto3Error) as exc:
         # The message never carries credentials: botocore errors name the endpoint, not the keys.
         raise DatasetError(uri, f"cannot read from S3 endpoint {where}: {exc}. Check AWS_ENDPOINT_URL, "
                                 "the bucket name and your credentials, then re-run",
                            transient=_transient(exc)) from None
     log.info("downloaded %d object(s) from %s", len(files), uri)
     return tuple(files)
+
+
+def _staged(uri: str, dest: Path, key: str, prefix: str) -> Path:
+    """Where object `key` lands in the staging folder: its path below the URI's prefix (its own name when
+    the URI names the object). Checked before anything is downloaded: a name with `..` or a leading "/"
+    must not write outside `dest`."""
+    rel = key[len(prefix):].lstrip("/") if key != prefix else PurePosixPath(key).name
+    path = local_path(dest, rel)
+    if path is None:
+        raise DatasetError(uri, f"object {key!r} has a name that would land outside the download folder "
+                                "(a '..' part or an absolute path); rename or delete it, or point --data-path "
+                                "at a prefix without it")
+    return path
 
 
 def _transient(exc: Exception) -> bool:

@@ -217,6 +217,20 @@ def local_path(folder: Path, rel: str) -> Path | None:
     return path if resolved != root and resolved.is_relative_to(root) else None
 
 
+def check_reachable(target: ArtifactTarget, *, client=None) -> None:
+    """PublishError unless the target's bucket answers (HEAD bucket): asked before a run builds a cache
+    and trains for an hour, so a wrong bucket, endpoint or credential is named at once, not at the end."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or make_s3_client(target)
+    try:
+        client.head_bucket(Bucket=target.bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise PublishError(f"the results bucket {target.where} (ATFT_ARTIFACT_URI) is not reachable: "
+                           f"{failure(exc, target.attempts)}. Check AWS_ENDPOINT_URL, the bucket name and the "
+                           "credentials before starting the run") from None
+
+
 def upload_run_dir(run_dir: Path, target: ArtifactTarget, *, client=None, files: Iterable[Path] | None = None,
                    logger: logging.Logger | logging.LoggerAdapter = log) -> list[str]:
     """Upload the run folder's files under `target`; return their s3:// URIs.

@@ -42,7 +42,7 @@ import atft_core
 from atft_core.config import DryRunConfig, validate_config
 from atft_core.data.source import S3Options
 from atft_core.provenance import code_version, package_versions
-from atft_core.publish import ArtifactTarget, redact, redact_url
+from atft_core.publish import ArtifactTarget, check_reachable, redact, redact_url
 from atft_core.retention import in_use
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
 from atft_core.workroot import WorkRoot
@@ -139,6 +139,8 @@ def atft_pipeline(
     if mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
         hpo_stage.check_study_storage(storage, root.studies, hpo_workers, n_trials or hpo_stage.DEFAULT_TRIALS,
                                       on_pool=gpu_deployment is not None, shared_disk=target is None)
+    if target is not None:
+        check_reachable(target)  # before the cache build: a wrong bucket is named now, not after the training
     data = resolve_data_path(data_path, root)
     run_dir = new_run_dir(out, mode, current_flow_run.id or "local")
     write_json(run_dir / "run.json", _provenance(dict(

@@ -290,3 +290,18 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
     assert report["counts"]["complete"] == 0
     summary = Artifact.get("hpo-summary")
     assert summary.flow_run_id == state.state_details.flow_run_id
+
+
+def test_a_results_bucket_that_does_not_exist_fails_the_run_before_the_cache_build(tiny_demo, tiny_config, tmp_path,
+                                                                                   s3_endpoint, monkeypatch):
+    from atft_core.publish import PublishError
+    from flows.pipeline import atft_pipeline
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTFAKEKEYID0042")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+    monkeypatch.setenv("ATFT_ARTIFACT_URI", "s3://no-such-bucket-atft/nightly")
+    state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path), return_state=True)
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, PublishError) and "s3://no-such-bucket-atft/nightly" in str(exc) and "404" in str(exc)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()  # nothing built, nothing made

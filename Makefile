@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 dryrun: $(STAMP)
-	$(BIN)/atft dryrun --output-dir runs
+	$(BIN)/atft dryrun
 
 # The PostgreSQL storage test starts a private server from these binaries (Debian: postgresql-15).
 # Installed here when missing (as root, with apt-get); when that is impossible `make test` stops with

@@ -135,6 +135,7 @@ def _pipeline_result(stack: Stack, run: dict) -> Path:
     return Path(unquote(urlsplit(link).path))
 
 
+@pytest.mark.timeout(1800)  # five trainings of the demo, one after the other on the one gpu worker
 def test_readme_dryrun_completes_while_a_nightly_queues_behind_the_busy_gpu_worker(stack):
     readme = ["deployment", "run", "atft/dryrun", "-p", "require_gpu=false", "--watch"]
     dryrun = stack.start(*readme)
@@ -175,6 +176,7 @@ def test_readme_dryrun_completes_while_a_nightly_queues_behind_the_busy_gpu_work
     assert _Receiver.posts == []  # nothing ended badly
 
 
+@pytest.mark.timeout(1200)
 def test_a_second_nightly_continues_the_same_study(stack):
     nightly = stack.prefect("deployment", "run", "atft/nightly-hpo", "-p", "n_trials=2", "-p", "max_epochs=1",
                             "-p", "hpo_max_epochs=1", "-p", "require_gpu=false", "--watch")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,8 +132,9 @@ def _descendants(pid: int) -> list[int]:
 
 def _pipeline_result(stack: Stack, run: dict) -> Path:
     """The run folder the `run-folder` artifact names (a file:// link)."""
-    link = stack.artifact("run-folder", run["id"])["data"]
-    return Path(unquote(urlsplit(link).path))
+    link = stack.artifact("run-folder", run["id"])["data"]  # markdown: [name](file:///...)
+    uri = re.search(r"\((file:[^)]+)\)", link).group(1)
+    return Path(unquote(urlsplit(uri).path))
 
 
 @pytest.mark.timeout(1800)  # five trainings of the demo, one after the other on the one gpu worker

@@ -148,7 +148,7 @@ class ModelConfig:
         """The parameter count of the system this replaces (~20M): 21.0M at 300 features, 22.0M at 400.
 
         `reference()` widened to hidden 576 with a 2-layer LSTM. Memory for one day of 4,000 stocks
-        (window 10, 300 features, fp32 training) is estimated in the README's performance section.
+        (window 10, 300 features, fp32 training) is estimated in docs/gpu-readiness.md.
         """
         return dataclasses.replace(cls.reference(), hidden=576, lstm_layers=2)
 

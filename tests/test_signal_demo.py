@@ -4,7 +4,7 @@ test days.
 
 Seed 1: the defaults were chosen on the validation days of seeds 0 and 4 only, so these test days are unseen
 by every choice made. The full comparison (model trained to convergence vs the peer, seeds 1-3)
-is `python -m bench.signal --goals` (README, Performance): a benchmark, not a test.
+is `python -m bench.signal --goals` (docs/signal.md): a benchmark, not a test.
 """
 
 from __future__ import annotations

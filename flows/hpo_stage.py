@@ -151,7 +151,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig,
             "output_dir": str(run_dir)}
     if deployment is not None:
         runs = [{"worker_index": i, "sampler_seed": worker_seed(seed, batch["first_number"], i),
-                 "n_trials": share(batch["queued"], k, i), "require_gpu": config.gate.require_gpu is not False}
+                 "n_trials": share(batch["queued"], k, i), "require_gpu": bool(config.gate.require_gpu)}
                 for i in range(k)]
         reports, errors = _run_on_pool(deployment, args, runs, run_dir, batch_key(batch), deadlines, exchange)
     elif k == 1:

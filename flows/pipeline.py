@@ -136,6 +136,8 @@ def atft_pipeline(
     if require_gpu is None:
         require_gpu = current_deployment.id is not None or gpu_deployment is not None
         cfg = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, require_gpu=require_gpu))
+    # The HPO workers on the gpu pool check their device by the same rule as the gate's stage.
+    hpo_cfg = dataclasses.replace(hpo_cfg, gate=dataclasses.replace(hpo_cfg.gate, require_gpu=cfg.gate.require_gpu))
     if mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
         hpo_stage.check_study_storage(storage, root.studies, hpo_workers, n_trials or hpo_stage.DEFAULT_TRIALS,
                                       on_pool=gpu_deployment is not None, shared_disk=target is None)

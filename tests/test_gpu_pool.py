@@ -236,8 +236,13 @@ def test_a_run_queued_behind_a_live_worker_is_not_cancelled_at_the_start_deadlin
 
     with _client() as c:
         c.send_worker_heartbeat("gpu", "busy-gpu-worker", heartbeat_interval_seconds=60)
-    state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, gpu_stage="deployment", gpu_start_timeout_s=1,
-                                    gpu_timeout_s=8), return_state=True)
+    try:
+        state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, gpu_stage="deployment",
+                                        gpu_start_timeout_s=1, gpu_timeout_s=8), return_state=True)
+    finally:  # later tests need a pool that nobody serves
+        with _client() as c:
+            c.request("DELETE", "/work_pools/{work_pool_name}/workers/{name}",
+                      path_params={"work_pool_name": "gpu", "name": "busy-gpu-worker"})
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, GpuStageFailed), exc
     assert "not finished within 8s" in str(exc) and "not started" not in str(exc)
@@ -279,14 +284,14 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
 
     @flow
     def nightly_hpo_stage():
-        return run_hpo_stage(cache={"path": str(cache.path)}, run_dir=tmp_path / "run", config=cfg, n_trials=2,
+        return run_hpo_stage(cache={"path": str(cache.path)}, run_dir=tmp_path / "nobody", config=cfg, n_trials=2,
                              study_name="deadline", storage=None, study_dir=tmp_path, dispatch="deployment",
                              deadlines=Deadlines(start_s=1, total_s=60))
 
     state = nightly_hpo_stage(return_state=True)
     exc = state.result(raise_on_failure=False)
     assert isinstance(exc, HpoStageFailed) and "no worker on pool 'gpu' is alive" in str(exc)
-    report = json.loads((tmp_path / "run" / "hpo.json").read_text())
+    report = json.loads((tmp_path / "nobody" / "hpo.json").read_text())
     assert report["counts"]["complete"] == 0
     summary = Artifact.get("hpo-summary")
     assert summary.flow_run_id == state.state_details.flow_run_id

@@ -417,9 +417,13 @@ def test_atft_hpo_command_runs_through_prefect_with_two_workers(tmp_path, tiny_d
 
 
 @pytest.mark.slow
-def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefect_harness):
-    """Flow `atft` in mode hpo, twice (as the nightly deployment runs it): one study in output_dir grows."""
+def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefect_harness, monkeypatch):
+    """Flow `atft` in mode hpo, twice (as the nightly deployment runs it): one study in the work root's
+    studies/ grows, whatever the run folders' output_dir."""
     from flows.pipeline import run_pipeline
+
+    monkeypatch.setenv("ATFT_HOME", str(tmp_path / "home"))
+    studies = tmp_path / "home" / "studies"
 
     config = tmp_path / "cfg.yaml"
     config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20, test_days: 0}}\n"
@@ -433,8 +437,8 @@ def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefe
     assert first["state"] == second["state"] == "Completed"
     reports = [json.loads((Path(r["run_dir"]) / "hpo.json").read_text()) for r in (first, second)]
     assert [r["study_counts"]["total"] for r in reports] == [1, 2]
-    assert reports[1]["storage"] == f"sqlite:///{out.resolve()}/optuna.db"
-    assert [t.number for t in load(default_storage_url(out), "nightly").trials] == [0, 1]
+    assert reports[1]["storage"] == f"sqlite:///{studies.resolve()}/optuna.db"
+    assert [t.number for t in load(default_storage_url(studies), "nightly").trials] == [0, 1]
 
 
 def test_pool_fan_out_on_a_file_storage_is_refused_with_exit_2(tmp_path, capsys):

@@ -2,10 +2,10 @@
 
 Run by `deployments/stack.sh up` (`make up`). Idempotent: blocks are saved over, automations replaced.
 
-1. `atft silent run crashed` (always): every flow run sends a heartbeat (PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-   which stack.sh sets for its workers from ATFT_HEARTBEAT_S); a run of an atft flow that stays silent
-   for three of them (its host died, its worker was killed) is marked Crashed. Without it a dead GPU host
-   shows up only at the pipeline's 5 h deadline, and a dead cpu host never.
+1. `atft silent run crashed` (always): every flow run sends a heartbeat every 30 s (prefect.yaml sets
+   PREFECT_FLOWS_HEARTBEAT_FREQUENCY for each deployment); a run of an atft flow that stays silent for
+   ATFT_CRASH_AFTER_S (default 180: its host died, its worker was killed) is marked Crashed. Without it a
+   dead GPU host shows up only at the pipeline's 5 h deadline, and a dead cpu host never.
 2. `atft run ended badly` (with ATFT_ALERT_WEBHOOK_URL): POSTs to a webhook when a run of flow `atft`
    ends Failed, Crashed, TimedOut or Cancelled (a night dropped by CANCEL_NEW is a missed night too).
    The URL is a secret (it often carries a token): it is kept in the notification block's `secrets`,
@@ -31,7 +31,6 @@ BAD_ENDINGS = ("Failed", "Crashed", "TimedOut", "Cancelled")
 SUBJECT = "atft run {{ flow_run.name }} ended {{ flow_run.state.name }}"
 BODY = ("Flow run {{ flow_run.name }} of flow atft ended {{ flow_run.state.name }}: "
         "{{ flow_run.state.message }}. {{ flow_run|ui_url }}")
-SILENT_BEATS = 3  # heartbeats a run may miss before it is declared dead
 
 
 def _replace(automation) -> str:
@@ -44,8 +43,8 @@ def _replace(automation) -> str:
     return str(automation.create().id)
 
 
-def setup_crash_detection(heartbeat_s: int) -> str:
-    """The automation that marks a run Crashed after SILENT_BEATS missed heartbeats; its id."""
+def setup_crash_detection(silent_s: int) -> str:
+    """The automation that marks a run Crashed after `silent_s` without a heartbeat; its id."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -53,8 +52,8 @@ def setup_crash_detection(heartbeat_s: int) -> str:
 
     return _replace(Automation(
         name=CRASH,
-        description=f"Mark a running atft flow run Crashed when it sends no heartbeat for {SILENT_BEATS} x "
-                    f"{heartbeat_s}s (its host or worker is gone).",
+        description=f"Mark a running atft flow run Crashed when it sends no heartbeat for {silent_s}s (its host "
+                    "or worker is gone).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in
@@ -62,10 +61,10 @@ def setup_crash_detection(heartbeat_s: int) -> str:
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOWS},
             for_each={"prefect.resource.id"},
-            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=SILENT_BEATS * heartbeat_s)),
+            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=silent_s)),
         actions=[ChangeFlowRunState(state=StateType.CRASHED, name="Crashed",
-                                    message=f"no heartbeat for {SILENT_BEATS * heartbeat_s}s: the run's host or "
-                                            "worker is gone (see the worker's log on that host)")],
+                                    message=f"no heartbeat for {silent_s}s: the run's host or worker is gone (see "
+                                            "the worker's log on that host)")],
     ))
 
 
@@ -95,9 +94,9 @@ def setup_alert(url: str) -> str:
 
 
 def main() -> int:
-    heartbeat_s = int(os.environ.get("ATFT_HEARTBEAT_S") or 60)
-    setup_crash_detection(heartbeat_s)
-    print(f"crash detection: a run silent for {SILENT_BEATS} x {heartbeat_s}s of heartbeats is marked Crashed")
+    silent_s = int(os.environ.get("ATFT_CRASH_AFTER_S") or 180)
+    setup_crash_detection(silent_s)
+    print(f"crash detection: a run with no heartbeat for {silent_s}s is marked Crashed")
     url = os.environ.get("ATFT_ALERT_WEBHOOK_URL", "").strip()
     if not url:
         print("alert: off (set ATFT_ALERT_WEBHOOK_URL to get a POST when a run of flow atft ends badly)")

@@ -21,8 +21,8 @@
 #   ATFT_GPU_IDS: GPU indices to start gpu workers for (default: every GPU `nvidia-smi -L` lists)
 #   GPU_WORKERS=cpu-dev: on a host without a GPU, start one gpu worker anyway, for development (its
 #     runs train on the CPU only when they say require_gpu=false; any other run fails naming the host)
-#   ATFT_HEARTBEAT_S: how often flow runs send a heartbeat (default 60, Prefect's minimum 30); a run
-#     silent for 3 of them is marked Crashed by an automation (a dead host is noticed in minutes)
+#   ATFT_CRASH_AFTER_S: a run that sends no heartbeat for this long (default 180, at least 60; runs
+#     send one every 30 s, prefect.yaml) is marked Crashed by an automation: a dead host is noticed in minutes
 #   ATFT_GIT_REPOSITORY, ATFT_GIT_BRANCH: where workers clone the code from (prefect.yaml's git_clone
 #     pull step); default this checkout's path and current branch. GPU hosts elsewhere need a URL they
 #     can reach (e.g. the team's https://... remote).
@@ -34,8 +34,7 @@ cd "$ROOT"  # `prefect deploy` reads deployments/prefect.yaml and the flows' ent
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export ATFT_HOME="${ATFT_HOME:-$HOME/.local/share/atft}"
-export ATFT_HEARTBEAT_S="${ATFT_HEARTBEAT_S:-60}"
-export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$ATFT_HEARTBEAT_S"  # every flow run the workers start sends them
+export ATFT_CRASH_AFTER_S="${ATFT_CRASH_AFTER_S:-180}"
 HOST="${ATFT_PREFECT_HOST:-127.0.0.1}"
 PORT="${ATFT_PREFECT_PORT:-4200}"
 # Clients on this machine reach a server bound to every address through loopback.
@@ -144,8 +143,8 @@ stop_server() {
 
 up() {
   case "$ATFT_HOME" in /*) ;; *) echo "ATFT_HOME=$ATFT_HOME is relative: flow runs work in throwaway folders, give an absolute path" >&2; exit 2 ;; esac
-  case "$ATFT_HEARTBEAT_S" in ''|*[!0-9]*) echo "ATFT_HEARTBEAT_S=$ATFT_HEARTBEAT_S: give whole seconds, at least 30" >&2; exit 2 ;; esac
-  (( ATFT_HEARTBEAT_S >= 30 )) || { echo "ATFT_HEARTBEAT_S=$ATFT_HEARTBEAT_S: Prefect's minimum is 30 seconds" >&2; exit 2; }
+  case "$ATFT_CRASH_AFTER_S" in ''|*[!0-9]*) echo "ATFT_CRASH_AFTER_S=$ATFT_CRASH_AFTER_S: give whole seconds, at least 60" >&2; exit 2 ;; esac
+  (( ATFT_CRASH_AFTER_S >= 60 )) || { echo "ATFT_CRASH_AFTER_S=$ATFT_CRASH_AFTER_S: at least 60 (two missed 30 s heartbeats), or live runs are taken for dead" >&2; exit 2; }
   case "${GPU_WORKERS:-}" in ""|cpu-dev) ;; *) echo "GPU_WORKERS=$GPU_WORKERS: the only value is cpu-dev (a gpu worker on a host without a GPU, for development)" >&2; exit 2 ;; esac
   if ! is_loopback "$HOST" && [[ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
     echo "refusing to bind $HOST: beyond loopback the Prefect API must not be open. Set" >&2

@@ -162,7 +162,7 @@ def test_stack_pools_workers_deployments_and_schedule(tmp_path, webhook):
         assert dep["atft-gpu-stage/gpu"]["work_pool_name"] == dep["atft-hpo-worker/gpu"]["work_pool_name"] == "gpu"
         # Every run heartbeats at the stack's period, whichever worker runs it: the crash automation counts on it.
         for d in dep.values():
-            assert d["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}, d["job_variables"]
+            assert d["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}, d["job_variables"]
         branch = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
         assert dep["atft/dryrun"]["pull_steps"] == [  # stack.sh's defaults: this checkout, its branch

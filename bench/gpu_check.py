@@ -178,7 +178,7 @@ def estimate_memory(features: int, window: int, stocks: tuple[int, int] = (96, 1
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(torch.randn(s, window, features), torch.zeros(s, 2, dtype=torch.long),
                         torch.zeros(s, dtype=torch.long))
-        out["pred"].sum().backward()
+        out.pred.sum().backward()
         saved.append(total[0])
     per_stock = (saved[1] - saved[0]) / (stocks[1] - stocks[0])
     params = sum(p.numel() for p in model.parameters())

@@ -30,7 +30,7 @@ from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
 from atft_core.evaluate.controls import control_result, shuffled_target_cache
 from atft_core.evaluate.metrics import summarize
-from atft_core.evaluate.peer import fit_peer
+from atft_core.evaluate.peer import PeerModel
 from atft_core.train.ensemble import fit_ensemble
 from atft_core.train.trainer import Trainer
 from bench.common import bench_dir
@@ -126,12 +126,13 @@ def baselines(cache_path: Path, cfg: DryRunConfig) -> dict[str, Any]:
     split = make_split(cache, cfg.data)
     ms = cfg.data.min_stocks
     out: dict[str, Any] = {}
-    peer = fit_peer(cache, split.train, split.embargo)
-    out["peer_rounds"], out["peer_seconds"] = peer.best_iteration, round(peer.fit_seconds, 1)
+    peer = PeerModel().fit(cache, split)  # the 1st horizon only
+    fitted = peer.fits[0]
+    out["peer_rounds"], out["peer_seconds"] = fitted.best_iteration, round(fitted.fit_seconds, 1)
     for name, days in (("val", split.val), ("test", split.test)):
         out[f"ridge_{name}"] = ridge_baseline(cache, split, days=days, min_stocks=ms)["rankic"]
         target = np.where(cache.valid[days], cache.y[days, :, 0], np.nan)
-        out[f"peer_{name}"] = summarize(peer.predict(cache, days), target, min_stocks=ms).rankic
+        out[f"peer_{name}"] = summarize(peer.predict(cache, days)[:, :, 0], target, min_stocks=ms).rankic
         oracle = oracle_on_days(cache, days, min_stocks=ms)
         out[f"oracle_{name}"] = oracle["rankic"] if oracle else None
     return out

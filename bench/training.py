@@ -111,7 +111,7 @@ def antipattern_evaluate(trainer, days: np.ndarray, days_per_batch: int = 8, kee
     outs = []
     for i in range(0, len(days), days_per_batch):
         batch = trainer.grid.gather(days[i:i + days_per_batch])
-        pred = trainer.forward(batch.x, batch.static, batch.day_id)["pred"]  # graph kept alive
+        pred = trainer.forward(batch.x, batch.static, batch.day_id).pred  # graph kept alive
         outs.append((pred, batch.day_id + i, batch.stock))
     if keep is not None:
         keep.append(outs)

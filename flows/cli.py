@@ -25,7 +25,8 @@ from atft_core.workroot import WorkRoot, absolute
 log = logging.getLogger("atft")
 
 # Arguments that name a file or folder on this machine (an s3:// URI is left as it is).
-_PATH_ARGS = ("data_path", "cache_dir", "output_dir", "config", "resume_from", "predictions", "out", "search_space")
+_PATH_ARGS = ("data_path", "cache_dir", "output_dir", "config", "resume_from", "predictions", "out", "search_space",
+              "checkpoint")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -126,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--horizon", type=int, default=1)
     p.add_argument("--min-stocks", type=int, default=20)
+
+    p = sub.add_parser("predict", help="score and rank every stock of a panel on one day with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt written by atft dryrun or atft train")
+    p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
+    p.add_argument("--date", default=None, help="YYYY-MM-DD, a trading day of the panel (default: its last day, "
+                                                "where no target exists yet)")
+    p.add_argument("--out", default=None, help="parquet to write (default: predictions-DATE.parquet next to the "
+                                               "checkpoint)")
+    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
 
     _add_hpo_parser(sub)
 
@@ -366,6 +376,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from atft_core.data.cache import build_cache, open_cache
+    from atft_core.data.source import S3Options
+    from atft_core.train.predictor import find_day, load_model, predict_on_day, prediction_table
+
+    predictor = load_model(args.checkpoint)  # missing or not an atft checkpoint: one error line, exit 2
+    data = args.data_path or str(demo_data_path())
+    # the checkpoint's own cache settings: the same panel finds the cache its training built
+    build = build_cache(data, args.cache_dir, predictor.cfg.cache, s3=S3Options.from_env())
+    cache = open_cache(build.path)
+    day = find_day(cache, args.date)
+    ranked = predict_on_day(predictor, cache, day)  # another panel layout: CheckpointMismatch, exit 2
+    date = cache.dates[day]
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"predictions-{date}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ranked.write_parquet(out)
+    known = "targets known" if np.isfinite(cache.y[day, :, 0]).any() else "no target known yet"
+    print(f"{date} ({known}): {len(ranked)} stocks ranked by {args.checkpoint} (epoch {predictor.epoch}, "
+          f"validation RankIC {_num(predictor.val_rankic)}); rank 1 = highest score")
+    print(prediction_table(ranked, cache.horizons))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_hpo(args: argparse.Namespace) -> int:
     check_inputs(args)
     from flows.hpo_stage import hpo_storage, run_hpo
@@ -401,7 +437,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build_cache, "train": cmd_train,
             "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report,
-            "gc": cmd_gc}
+            "gc": cmd_gc, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

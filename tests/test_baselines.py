@@ -68,7 +68,7 @@ def test_ridge_equals_a_direct_least_squares_solve(tmp_path):
     expected = np.linalg.lstsq(A, b, rcond=None)[0]
     np.testing.assert_allclose(model.coef, expected, rtol=1e-8, atol=1e-10)
     first = days[:3]
-    pred = model.predict(cache, first)
+    pred = model.apply(cache, first)
     v = cache.valid[first]
     np.testing.assert_allclose(pred[v], (cache.x[first][v] - X.mean(axis=0)) @ expected + y.mean(), rtol=1e-8)
     assert np.isnan(pred[~v]).all()
@@ -87,7 +87,7 @@ def test_ridge_finds_a_linear_signal_of_the_last_day(tmp_path):
 def test_ridge_on_pure_noise_is_inside_the_noise_band(tmp_path):
     cache = synthetic_cache(tmp_path, signal=0.0, seed=4)
     split = make_split(cache, DATA)
-    pred = fit_ridge(cache, split.train).predict(cache, split.val)
+    pred = fit_ridge(cache, split.train).apply(cache, split.val)
     ric = _val_rankic(cache, pred, split.val)
     assert abs(np.nanmean(ric)) < noise_band(ric) < 0.05
     # the same on the noise horizon of a panel that does have a 1d signal
@@ -100,7 +100,7 @@ def test_ridge_sees_only_the_last_day(tmp_path):
     """A relation with yesterday's features (features i.i.d. over time) is invisible to the baseline."""
     cache = synthetic_cache(tmp_path, signal=1.0, lag=1, seed=2)
     split = make_split(cache, DATA)
-    pred = fit_ridge(cache, split.train).predict(cache, split.val)
+    pred = fit_ridge(cache, split.train).apply(cache, split.val)
     ric = _val_rankic(cache, pred, split.val)
     assert abs(np.nanmean(ric)) < noise_band(ric)
 
@@ -191,13 +191,13 @@ def test_ridge_on_shuffled_targets_scores_inside_the_band_on_real_targets(tmp_pa
     """
     cache = synthetic_cache(tmp_path, signal=0.3, features=40, stocks=120, seed=11)
     split = make_split(cache, DATA)
-    real = np.nanmean(_val_rankic(cache, fit_ridge(cache, split.train).predict(cache, split.val), split.val))
+    real = np.nanmean(_val_rankic(cache, fit_ridge(cache, split.train).apply(cache, split.val), split.val))
     nb = null_band(cache, split.train, split.val, n_draws=48)
     assert real > 0.2 and real > 2 * nb  # the real signal is well outside the band
     verdicts, means, sampling = [], [], []
     for seed in range(10):
         ctl = shuffled_target_cache(cache, seed=seed, days=split.train)
-        ric = _val_rankic(cache, fit_ridge(ctl, split.train).predict(cache, split.val), split.val)
+        ric = _val_rankic(cache, fit_ridge(ctl, split.train).apply(cache, split.val), split.val)
         v = control_verdict(ric, nb)
         verdicts.append(v["inside"])
         means.append(v["rankic"])
@@ -209,7 +209,7 @@ def test_ridge_on_shuffled_targets_scores_inside_the_band_on_real_targets(tmp_pa
 
     flat = synthetic_cache(tmp_path, signal=0.0, features=40, stocks=120, seed=11)
     ctl = shuffled_target_cache(flat, seed=0, days=split.train)
-    ric = _val_rankic(flat, fit_ridge(ctl, split.train).predict(flat, split.val), split.val)
+    ric = _val_rankic(flat, fit_ridge(ctl, split.train).apply(flat, split.val), split.val)
     v = control_verdict(ric, null_band(flat, split.train, split.val, n_draws=48))
     assert v["inside"] and 0.6 < v["null_band"] / v["noise_band"] < 1.6
 
@@ -224,7 +224,7 @@ def test_dryrun_helpers_ridge_oracle_control_and_markdown(tmp_path):
         {"oracle": {"target_1d": {"ic": 0.3, "rankic": 0.32, "ic_ir": 3.0, "rankic_ir": 3.2, "days": 200}}}))
     split = make_split(cache, DATA)
     ctl = shuffled_target_cache(cache, seed=1, days=split.train)
-    pred = fit_ridge(ctl, split.train).predict(cache, split.val)[:, :, None]  # [days, S, H] as the trainer's
+    pred = fit_ridge(ctl, split.train).apply(cache, split.val)[:, :, None]  # [days, S, H] as the trainer's
     control = control_result(cache, split, pred, split.val, seed=1, min_stocks=20)
     assert control["inside"] and control["seed"] == 1 and control["n_days"] == len(split.val)
     assert control["band"] == max(control["noise_band"], control["null_band"])

@@ -13,6 +13,7 @@ from scipy import stats
 
 from atft_core.config import LossConfig
 from atft_core.evaluate.metrics import summarize
+from atft_core.model import ModelOutput
 from atft_core.train.loss import compute_loss
 
 H2 = (1, 5)
@@ -37,8 +38,8 @@ def _batch(days: int = 3, per_day: int = 100, H: int = 2, noise: float = 0.5, se
 
 
 def _loss(pred, y, mask, day_id, cfg=None, horizons=H2, **kw):
-    return compute_loss({"pred": pred, "quantiles": kw.pop("quantiles", None)}, y, mask, day_id,
-                        cfg or LossConfig(), horizons, **kw)
+    out = ModelOutput(pred=pred, quantiles=kw.pop("quantiles", None), aux_loss=torch.zeros(()))
+    return compute_loss(out, y, mask, day_id, cfg or LossConfig(), horizons, **kw)
 
 
 def test_gradients_flow_and_are_finite_with_awkward_days():

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from atft_core.config import ModelConfig
-from atft_core.model import ATFTGATFAN, build_model
+from atft_core.model import ATFTGATFAN, ModelOutput, build_model
 from atft_core.model.atft_gat_fan import resolve_return_feature
 from atft_core.model.blocks import (
     GLU,
@@ -396,10 +396,11 @@ def test_model_forward_backward_two_days() -> None:
     model = ATFTGATFAN(n_feat, horizons, cfg)
     x, static, day_id = _day_batch(2, 150, 20, n_feat)
     out = model(x, static, day_id)
-    assert out["pred"].shape == (300, 4) and out["pred"].dtype == torch.float32
-    assert out["quantiles"] is None
-    assert torch.isfinite(out["pred"]).all() and out["aux_loss"].dim() == 0
-    (out["pred"].pow(2).mean() + out["aux_loss"]).backward()
+    assert isinstance(out, ModelOutput)  # named outputs, not a dict
+    assert out.pred.shape == (300, 4) and out.pred.dtype == torch.float32
+    assert out.quantiles is None
+    assert torch.isfinite(out.pred).all() and out.aux_loss.dim() == 0
+    (out.pred.pow(2).mean() + out.aux_loss).backward()
     assert_all_grads(model)
     assert model.n_parameters == sum(p.numel() for p in model.parameters())
 
@@ -408,9 +409,9 @@ def test_current_day_path_starts_neutral_and_reads_only_the_forecast_day() -> No
     x, static, day_id = _day_batch(2, 25, 10, 6)
     model = ATFTGATFAN(6, (1, 5), ModelConfig(current_day_width=16, dropout=0.0, piecewise_edges=())).eval()
     assert model.current_day is not None
-    with_path = model(x, static, day_id)["pred"]
+    with_path = model(x, static, day_id).pred
     path, model.current_day = model.current_day, None
-    assert torch.equal(with_path, model(x, static, day_id)["pred"])  # zero-initialised output: no change yet
+    assert torch.equal(with_path, model(x, static, day_id).pred)  # zero-initialised output: no change yet
     model.current_day = path
     nn.init.normal_(path.out.weight)
     seen: list[Tensor] = []
@@ -422,7 +423,7 @@ def test_current_day_path_starts_neutral_and_reads_only_the_forecast_day() -> No
     earlier[:, :-1] += 5.0  # past days move: the path's input does not
     model(earlier, static, day_id)
     assert torch.equal(seen[-1], seen[-2])
-    out = model(x, static, day_id)["pred"]
+    out = model(x, static, day_id).pred
     out.sum().backward()
     assert path.body[0].weight.grad is not None and path.body[0].weight.grad.abs().sum() > 0
 
@@ -450,7 +451,7 @@ def test_model_with_piecewise_code_feeds_it_to_the_vsn_and_learns_through_it() -
     assert model.vsn.d_in == 3 + 1 + 2  # FAN's streams, the sector deviation, two bins
     assert model.current_day is not None and model.current_day.body[0].in_features == 6 * (1 + 1 + 2)
     out = model(x, static, day_id)
-    (out["pred"].pow(2).mean() + out["aux_loss"]).backward()
+    (out.pred.pow(2).mean() + out.aux_loss).backward()
     assert_all_grads(model)
 
 
@@ -459,12 +460,12 @@ def test_model_quantile_mode() -> None:
     model = ATFTGATFAN(12, (1, 5), cfg)
     x, static, day_id = _day_batch(2, 20, 10, 12)
     out = model(x, static, day_id)
-    assert out["pred"].shape == (40, 2)
-    assert out["quantiles"].shape == (40, 2, 3)
+    assert out.pred.shape == (40, 2)
+    assert out.quantiles.shape == (40, 2, 3)
     # Columns follow the configured levels (0.9, 0.1, 0.5), as the loss pairs them; no crossing.
-    q90, q10, q50 = out["quantiles"].unbind(-1)
+    q90, q10, q50 = out.quantiles.unbind(-1)
     assert torch.all(q10 <= q50) and torch.all(q50 <= q90), "quantiles cross"
-    (out["pred"].sum() + out["quantiles"].sum()).backward()
+    (out.pred.sum() + out.quantiles.sum()).backward()
     assert_all_grads(model)
 
 
@@ -474,7 +475,7 @@ def test_model_deterministic_given_seed() -> None:
     def run() -> Tensor:
         torch.manual_seed(123)
         model = ATFTGATFAN(8, (1, 5), ModelConfig(dropout=0.2))
-        return model(x, static, day_id)["pred"]  # train mode: dropout draws from the seeded RNG
+        return model(x, static, day_id).pred  # train mode: dropout draws from the seeded RNG
 
     assert torch.equal(run(), run())
 
@@ -484,9 +485,9 @@ def test_model_odd_sizes_and_no_gat() -> None:
     # layers, no GAT at all.
     cfg = ModelConfig(hidden=20, attn_heads=3, gat_layers=3, gat_heads=(3,), fan_k=50)
     x, static, day_id = _day_batch(2, 10, 8, 5)
-    assert ATFTGATFAN(5, (1,), cfg)(x, static, day_id)["pred"].shape == (20, 1)
+    assert ATFTGATFAN(5, (1,), cfg)(x, static, day_id).pred.shape == (20, 1)
     out = ATFTGATFAN(5, (1, 5), ModelConfig(gat_layers=0))(x, static, day_id)
-    assert out["pred"].shape == (20, 2) and torch.isfinite(out["pred"]).all()
+    assert out.pred.shape == (20, 2) and torch.isfinite(out.pred).all()
 
 
 def test_model_runs_under_bf16_autocast() -> None:
@@ -495,8 +496,8 @@ def test_model_runs_under_bf16_autocast() -> None:
     x, static, day_id = _day_batch(2, 20, 12, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, static, day_id)
-    assert out["pred"].dtype == torch.float32 and torch.isfinite(out["pred"]).all()
-    out["pred"].sum().backward()
+    assert out.pred.dtype == torch.float32 and torch.isfinite(out.pred).all()
+    out.pred.sum().backward()
     assert_all_grads(model)
 
 
@@ -533,7 +534,7 @@ def test_tiny_overfit_planted_target() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def mse() -> Tensor:
-        return F.mse_loss(model(x, static, day_id)["pred"], y)
+        return F.mse_loss(model(x, static, day_id).pred, y)
 
     with torch.no_grad():
         start = mse().item()

@@ -1,1 +1,2 @@
-"""Evaluation stage: the one metrics module, baselines, controls, the signal report and plots, the gate."""
+"""Evaluation stage: the predict contract, the one metrics module, baselines, controls, the signal report
+and plots, the gate."""

@@ -1,11 +1,13 @@
 """Reference points for the model's validation score: a ridge baseline and the demo oracle.
 
-- `ridge_baseline`: a linear model on the last day's features (``x[t]`` of each stock, not the
-  window), fit on the training days of the same walk-forward split, scored on the validation days
-  with the one metric definition (`atft_core.evaluate.metrics.summarize`). A deep model that cannot beat it
-  has learnt nothing a linear regression would not.
-- `oracle_baseline`: on the demo data, the score of the planted expected return itself
-  (`PATH.oracle.json`, written by `atft_core.data.demo`): the best any model can reach.
+- `RidgeModel` (a `atft_core.evaluate.predictor.Predictor`): a linear model on the last day's
+  features (``x[t]`` of each stock, not the window), fit per horizon on the training days of the
+  same walk-forward split. `ridge_baseline` scores it with the one metric definition
+  (`atft_core.evaluate.metrics.summarize`). A deep model that cannot beat it has learnt nothing a
+  linear regression would not.
+- `DemoOracle` (a `Predictor` too) and `oracle_on_days`: on the demo data, the score of the planted
+  expected return itself (`PATH.oracle.parquet`, written by `atft_core.data.demo`): the best any
+  model can reach. `oracle_baseline` reads the all-days summary (`PATH.oracle.json`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +43,16 @@ def chunk_days(cache: Cache) -> int:
 
 
 @dataclass
-class RidgeModel:
+class RidgeFit:
+    """One horizon's fitted linear map (`fit_ridge`); `RidgeModel` holds one per horizon."""
+
     coef: np.ndarray  # [F] float64
     intercept: float
     feature_mean: np.ndarray  # [F]
     n_rows: int
 
-    def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
-        """[len(days), S] predictions from each day's own features; NaN where the stock had no row."""
+    def apply(self, cache: Cache, days: np.ndarray) -> np.ndarray:
+        """[len(days), S] float64 scores from each day's own features; NaN where the stock had no row."""
         days = np.asarray(days, dtype=np.int64)
         out = np.full((len(days), cache.x.shape[1]), np.nan, dtype=np.float64)
         step = chunk_days(cache)
@@ -56,6 +61,40 @@ class RidgeModel:
             x = np.asarray(cache.x[d], dtype=np.float64)  # [c, S, F]
             p = (x - self.feature_mean) @ self.coef + self.intercept
             out[a:a + len(d)] = np.where(cache.valid[d], p, np.nan)
+        return out
+
+
+@dataclass
+class RidgeModel:
+    """Ridge on the last day's features as a `Predictor`: one closed-form fit per horizon.
+
+    `fit` solves `fit_ridge` for each horizon index in `horizon_indices` (None: every horizon of the
+    cache; one F x F solve each, cheap) on ``split.train``, thinned to `max_train_days` evenly spaced
+    days when set. `predict` gives ``[len(days), S, H]`` float64, NaN where the stock had no row and
+    in the horizons left out of `horizon_indices`.
+    """
+
+    alpha: float = 1.0
+    max_train_days: int | None = None  # None = every training day
+    horizon_indices: Sequence[int] | None = None  # None = every horizon of the cache
+    fits: dict[int, RidgeFit] = field(default_factory=dict)  # horizon index -> its fit, set by `fit`
+    train_days: int = 0  # training days the fits used
+
+    def fit(self, cache: Cache, split: Split) -> RidgeModel:
+        train = np.asarray(split.train)
+        if self.max_train_days is not None and len(train) > self.max_train_days:
+            train = train[np.unique(np.linspace(0, len(train) - 1, num=self.max_train_days).round().astype(int))]
+        which = range(len(cache.horizons)) if self.horizon_indices is None else self.horizon_indices
+        self.fits = {int(k): fit_ridge(cache, train, self.alpha, int(k)) for k in which}
+        self.train_days = len(train)
+        return self
+
+    def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
+        if not self.fits:
+            raise ValueError("ridge model is not fitted yet: call fit(cache, split) first")
+        out = np.full((len(days), cache.x.shape[1], len(cache.horizons)), np.nan, dtype=np.float64)
+        for k, one in self.fits.items():
+            out[:, :, k] = one.apply(cache, days)
         return out
 
 
@@ -100,7 +139,7 @@ def centred_gram(cache: Cache, days: np.ndarray, horizon_index: int = 0) -> Gram
     return Gram(xx=sxx - n * np.outer(mx, mx), xy=sxy - n * mx * my, x_mean=mx, y_mean=float(my), n=n)
 
 
-def fit_ridge(cache: Cache, days: np.ndarray, alpha: float = 1.0, horizon_index: int = 0) -> RidgeModel:
+def fit_ridge(cache: Cache, days: np.ndarray, alpha: float = 1.0, horizon_index: int = 0) -> RidgeFit:
     """Closed-form ridge of the standardised target ``y_z[t, s, h]`` on ``x[t, s, :]`` over `days`.
 
     Rows are the (day, stock) cells that are valid with a known target. The intercept is not
@@ -111,7 +150,7 @@ def fit_ridge(cache: Cache, days: np.ndarray, alpha: float = 1.0, horizon_index:
     g = centred_gram(cache, days, horizon_index)
     F = g.xx.shape[0]
     coef = np.linalg.solve(g.xx + alpha * np.eye(F), g.xy) if F else np.zeros(0)
-    return RidgeModel(coef=coef, intercept=g.y_mean, feature_mean=g.x_mean, n_rows=g.n)
+    return RidgeFit(coef=coef, intercept=g.y_mean, feature_mean=g.x_mean, n_rows=g.n)
 
 
 def eval_days(split: Split) -> np.ndarray:
@@ -131,19 +170,17 @@ def ridge_baseline(cache: Cache, split: Split, alpha: float = 1.0, horizon_index
     `max_train_days` (None = all) fits on that many evenly spaced training days: on the full panel
     250 days x 4,000 names are a million rows, plenty for a few hundred coefficients, at 1/8 the cost.
     """
-    train = np.asarray(split.train)
-    if max_train_days is not None and len(train) > max_train_days:
-        train = train[np.unique(np.linspace(0, len(train) - 1, num=max_train_days).round().astype(int))]
-    model = fit_ridge(cache, train, alpha, horizon_index)
+    ridge = RidgeModel(alpha, max_train_days, horizon_indices=(horizon_index,)).fit(cache, split)
+    model = ridge.fits[horizon_index]
     days = eval_days(split) if days is None else np.asarray(days)
-    pred = model.predict(cache, days)
+    pred = np.ascontiguousarray(ridge.predict(cache, days)[:, :, horizon_index])
     target = np.where(cache.valid[days], cache.y[days, :, horizon_index], np.nan)
     out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
     names = cache.feature_names
     top = np.argsort(-np.abs(model.coef))[:5]
     out.update({
         "model": "ridge(last-day features)", "alpha": alpha, "horizon": int(cache.horizons[horizon_index]),
-        "train_days": len(train), "val_days": len(split.val), "eval_days": len(days), "train_rows": model.n_rows,
+        "train_days": ridge.train_days, "val_days": len(split.val), "eval_days": len(days), "train_rows": model.n_rows,
         "top_coefficients": {names[j]: round(float(model.coef[j]), 6) for j in top} if len(names) else {},
     })
     return out
@@ -190,18 +227,39 @@ def oracle_baseline(data_path_or_manifest: str | Path | dict[str, Any] | Cache,
             "note": "planted expected return mu_t vs realised target, mean over all days of the panel"}
 
 
-def oracle_on_days(cache: Cache, days: np.ndarray, horizon_index: int = 0, min_stocks: int = 20,
-                   quantile: float = 0.1) -> dict[str, Any] | None:
-    """The demo oracle scored on exactly `days` (cache day indices), like a model: None off the demo.
+class DemoOracle:
+    """The demo's planted expected return as a `Predictor` (demo panels only; nothing to fit).
 
-    Reads the planted expected return (`PATH.oracle.parquet`: Date, Code, mu) next to the demo panel,
-    places it on the cache grid and scores it with `metrics.summarize` against the raw targets.
+    Reads ``mu`` (`PATH.oracle.parquet`: Date, Code, mu, written by `atft_core.data.demo` next to the
+    panel the cache was built from) and places it on the cache grid. ``mu_t`` is the one-day
+    conditional expectation known at t, used for every horizon (as the oracle file scores it), so
+    `predict` repeats it along H. NaN where the stock had no published mu that day. On any other
+    panel (no oracle file, an s3:// source, an unreadable file) `predict` raises ValueError.
     """
+
+    def fit(self, cache: Cache, split: Split) -> DemoOracle:
+        return self
+
+    def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
+        mu = _planted_mu(cache, days)
+        if mu is None:
+            raise ValueError(f"no demo oracle next to {cache.manifest.get('source')}: the oracle exists for "
+                             "demo panels only")
+        return np.repeat(mu[:, :, None], len(cache.horizons), axis=2)
+
+
+def _oracle_parquet(cache: Cache) -> Path | None:
     source = cache.manifest.get("source")
     if not source or str(source).startswith("s3://"):
         return None
     path = Path(str(source) + ".oracle.parquet")
-    if not path.is_file():
+    return path if path.is_file() else None
+
+
+def _planted_mu(cache: Cache, days: np.ndarray) -> np.ndarray | None:
+    """``[len(days), S]`` float64 planted mu on the cache grid, NaN where none; None off the demo."""
+    path = _oracle_parquet(cache)
+    if path is None:
         return None
     import polars as pl
 
@@ -219,9 +277,24 @@ def oracle_on_days(cache: Cache, days: np.ndarray, horizon_index: int = 0, min_s
     ok = si >= 0
     pred = np.full((len(days), cache.x.shape[1]), np.nan)
     pred[di[ok], si[ok]] = df["mu"].to_numpy()[ok]
+    return pred
+
+
+def oracle_on_days(cache: Cache, days: np.ndarray, horizon_index: int = 0, min_stocks: int = 20,
+                   quantile: float = 0.1) -> dict[str, Any] | None:
+    """The demo oracle (`DemoOracle`) scored on exactly `days` (cache day indices), like a model: None off the demo.
+
+    Scored with `metrics.summarize` against the raw targets of horizon `horizon_index`.
+    """
+    days = np.asarray(days, dtype=np.int64)
+    try:
+        pred = np.ascontiguousarray(DemoOracle().predict(cache, days)[:, :, horizon_index])
+    except ValueError:  # not the demo, or its oracle file is unreadable (logged)
+        return None
     target = np.where(cache.valid[days], cache.y[days, :, horizon_index], np.nan)
     out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
-    out.update({"path": str(path), "horizon": int(cache.horizons[horizon_index]), "days": len(days),
+    out.update({"path": str(_oracle_parquet(cache)), "horizon": int(cache.horizons[horizon_index]),
+                "days": len(days),
                 "note": "planted expected return mu_t vs realised target, on the same days as the model"})
     return out
 

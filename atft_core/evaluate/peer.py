@@ -9,15 +9,18 @@ features (nothing the model is not given) transformed the way a quant would:
 - its deviation from the day's mean rank within the stock's sector.
 
 So 5F features per (day, stock). LightGBM is fit on the training days of the walk-forward split
-(the per-day standardised 1st-horizon target, as the model), early-stopped on the last
-`PeerConfig.valid_days` training days after an embargo, and predicts ``[days, S]`` like `RidgeModel`.
+(the per-day standardised target, as the model), early-stopped on the last `PeerConfig.valid_days`
+training days after an embargo. `PeerModel` is the `atft_core.evaluate.predictor.Predictor`: one
+booster per horizon it is asked to model (the 1st by default: a fit costs seconds to minutes, and
+the gate compares the 1st horizon), ``[days, S, H]`` out like every predictor.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -110,19 +113,50 @@ def peer_features(cache: Cache, days: np.ndarray, block: int = 64) -> np.ndarray
 
 
 @dataclass
-class PeerModel:
+class PeerFit:
+    """One horizon's booster (`fit_peer`); `PeerModel` holds one per modelled horizon."""
+
     booster: Any  # lightgbm.Booster
     best_iteration: int
     train_rows: int
     fit_seconds: float
 
-    def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
-        """[len(days), S] predictions; NaN where the stock had no row."""
-        feats = peer_features(cache, days)
+    def apply(self, cache: Cache, days: np.ndarray, feats: np.ndarray | None = None) -> np.ndarray:
+        """[len(days), S] float64 scores; NaN where the stock had no row. `feats`: `peer_features` of `days`."""
+        feats = peer_features(cache, days) if feats is None else feats
         d, s, k = feats.shape
         valid = np.asarray(cache.valid[np.asarray(days, dtype=np.int64)], dtype=bool)
         out = np.full((d, s), np.nan)
         out[valid] = self.booster.predict(feats[valid], num_iteration=self.best_iteration)
+        return out
+
+
+@dataclass
+class PeerModel:
+    """The LightGBM peer as a `Predictor`: one booster per horizon index in `horizon_indices`.
+
+    Default ``(0,)``: only the 1st horizon is modelled, and `predict`'s ``[len(days), S, H]`` float64
+    grid is NaN in every other horizon (pass ``horizon_indices=range(H)`` to fit each, at one
+    LightGBM fit per horizon). NaN also where the stock had no row. `fit` early-stops each booster
+    on the last training days after the split's embargo (`fit_peer`).
+    """
+
+    cfg: PeerConfig = field(default_factory=PeerConfig)
+    horizon_indices: Sequence[int] = (0,)
+    fits: dict[int, PeerFit] = field(default_factory=dict)  # horizon index -> its booster, set by `fit`
+
+    def fit(self, cache: Cache, split: Split) -> PeerModel:
+        self.fits = {int(k): fit_peer(cache, split.train, split.embargo, self.cfg, int(k))
+                     for k in self.horizon_indices}
+        return self
+
+    def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
+        if not self.fits:
+            raise ValueError("peer model is not fitted yet: call fit(cache, split) first")
+        feats = peer_features(cache, days)  # shared by every horizon's booster
+        out = np.full((len(days), cache.x.shape[1], len(cache.horizons)), np.nan)
+        for k, one in self.fits.items():
+            out[:, :, k] = one.apply(cache, days, feats)
         return out
 
 
@@ -134,7 +168,7 @@ def _rows(cache: Cache, days: np.ndarray, horizon_index: int) -> tuple[np.ndarra
 
 
 def fit_peer(cache: Cache, train_days: np.ndarray, embargo: int, cfg: PeerConfig | None = None,
-             horizon_index: int = 0) -> PeerModel:
+             horizon_index: int = 0) -> PeerFit:
     """LightGBM on `train_days`; the last ``cfg.valid_days`` of them (after `embargo`) early-stop it."""
     import lightgbm as lgb  # imported here: only the baselines need it
 
@@ -162,8 +196,8 @@ def fit_peer(cache: Cache, train_days: np.ndarray, embargo: int, cfg: PeerConfig
     booster = lgb.train(params, dfit, num_boost_round=cfg.max_rounds, valid_sets=[dstop],
                         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
     best = booster.best_iteration or cfg.max_rounds
-    return PeerModel(booster=booster, best_iteration=best, train_rows=len(y_fit),
-                     fit_seconds=time.perf_counter() - t0)
+    return PeerFit(booster=booster, best_iteration=best, train_rows=len(y_fit),
+                   fit_seconds=time.perf_counter() - t0)
 
 
 def peer_baseline(cache: Cache, split: Split, eval_days: np.ndarray | None = None, *, horizon_index: int = 0,
@@ -174,8 +208,9 @@ def peer_baseline(cache: Cache, split: Split, eval_days: np.ndarray | None = Non
     Returns `metrics.summarize`'s dict plus what was fit; with `return_pred` also ``pred [days, S]``.
     """
     days = np.asarray(eval_days if eval_days is not None else (split.test if len(split.test) else split.val))
-    model = fit_peer(cache, split.train, split.embargo, cfg, horizon_index)
-    pred = model.predict(cache, days)
+    peer = PeerModel(cfg or PeerConfig(), horizon_indices=(horizon_index,)).fit(cache, split)
+    model = peer.fits[horizon_index]
+    pred = np.ascontiguousarray(peer.predict(cache, days)[:, :, horizon_index])
     target = np.where(cache.valid[days], cache.y[days, :, horizon_index], np.nan)
     out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
     out.update({"model": "lightgbm(rank, rolling 5/10/20, sector deviation)",

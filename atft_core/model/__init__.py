@@ -4,6 +4,6 @@
 graph attention, `atft_gat_fan` the assembled model and `build_model`.
 """
 
-from atft_core.model.atft_gat_fan import ATFTGATFAN, build_model
+from atft_core.model.atft_gat_fan import ATFTGATFAN, ModelOutput, build_model
 
-__all__ = ["ATFTGATFAN", "build_model"]
+__all__ = ["ATFTGATFAN", "ModelOutput", "build_model"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from atft_core.model.blocks import (
 from atft_core.model.cross_section import CrossSectionContext, sector_relative
 from atft_core.model.graph import GraphAttentionLayer, build_edges_fixed
 
-__all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "build_model", "resolve_return_feature"]
+__all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "ModelOutput", "build_model", "resolve_return_feature"]
 
 logger = logging.getLogger("atft_core.model")
 
@@ -29,6 +30,14 @@ logger = logging.getLogger("atft_core.model")
 RETURN_FEATURE_CANDIDATES: tuple[str, ...] = ("returns_1d", "return_1d", "ret_1d")
 
 _FAN_STREAMS = 3  # residual, removed, removed_hat (see FANOutput.channels)
+
+
+class ModelOutput(NamedTuple):
+    """What `ATFTGATFAN.forward` returns for a batch of S rows (H horizons, Q quantile levels)."""
+
+    pred: Tensor  # [S, H] float32 point forecast per horizon (its own output unit, not the median quantile)
+    quantiles: Tensor | None  # [S, H, Q] float32 in ``cfg.quantiles`` order, non-crossing; None without quantiles
+    aux_loss: Tensor  # scalar: cfg.fan_aux_weight x FAN's reconstruction loss, ready to add to the loss
 
 
 class HorizonHead(nn.Module):
@@ -63,7 +72,7 @@ class ATFTGATFAN(nn.Module):
         cfg: sizes (`ModelConfig`).
         return_feature_idx: feature whose window builds the correlation graph (see `build_model`).
 
-    ``forward(x [S, L, F] float, static [S, 2] long, day_id [S] long)`` returns a dict:
+    ``forward(x [S, L, F] float, static [S, 2] long, day_id [S] long)`` returns a `ModelOutput`:
 
     - ``pred [S, H]`` float32: the point forecast per horizon, from its own output unit
       (not the median quantile), so the trainer's Huber / RankIC / Sharpe terms act on a unit that
@@ -191,7 +200,7 @@ class ATFTGATFAN(nn.Module):
         ascending = torch.stack([q for _, q in outs if q is not None], dim=1)
         return pred, ascending.index_select(2, self._quantile_order)
 
-    def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> dict[str, Tensor | None]:
+    def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> ModelOutput:
         if x.dim() != 3 or x.shape[2] != self.n_features:
             raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
         h, aux_loss = self.encode(x, static, day_id)
@@ -202,7 +211,7 @@ class ATFTGATFAN(nn.Module):
         else:  # gat_layers = 0 (an ablation): no graph to build
             edge_index, edge_mask = torch.empty(2, 0, dtype=torch.long, device=x.device), None
         pred, quantiles = self.decode(h, edge_index, edge_mask)
-        return {"pred": pred, "quantiles": quantiles, "aux_loss": aux_loss}
+        return ModelOutput(pred=pred, quantiles=quantiles, aux_loss=aux_loss)
 
 
 def resolve_return_feature(feature_names: Sequence[str], wanted: str = "") -> int:

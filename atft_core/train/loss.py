@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atft_core.config import LossConfig
+from atft_core.model import ModelOutput
 
 _EPS = 1e-8  # variance floor: keeps gradients finite when a day's prediction is constant
 
@@ -176,7 +177,7 @@ def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtyp
 
 
 def compute_loss(
-    out: dict[str, Tensor | None],
+    out: ModelOutput,
     y_z: Tensor,
     y_mask: Tensor,
     day_id: Tensor,
@@ -189,13 +190,14 @@ def compute_loss(
     """Multi-horizon loss of one batch of whole days.
 
     Args:
-        out: model outputs: ``pred`` [S, H]; optional ``quantiles`` [S, H, Q] (or None).
+        out: the model's output: ``pred`` [S, H] and ``quantiles`` [S, H, Q] or None (its ``aux_loss``
+            is the trainer's to add).
         y_z: [S, H] cross-sectionally standardised targets (NaN allowed where missing).
         y_mask: [S, H] bool, True where the target is valid (NaN targets are dropped too).
         day_id: [S] long, the day of each row.
         cfg: loss weights and surrogate settings.
         horizons: the H horizons, in column order.
-        quantile_levels: the Q levels of ``out["quantiles"]`` (required when it is given).
+        quantile_levels: the Q levels of ``out.quantiles`` (required when it is given).
         layout: [G, N] long, row of each (day, slot) with S for an empty slot (`Batch.layout`, built
             on the host). Given, the loss makes no host sync; None derives it from ``day_id`` (one
             ``unique`` and one read of the widest day: two syncs).
@@ -208,19 +210,19 @@ def compute_loss(
         (with quantile heads), ``rankic_sur``, ``ic``, ``sharpe``, ``total``, plus ``n_days`` (days
         in the batch, a float: it is a shape).
     """
-    pred = out["pred"]
+    pred = out.pred
     if pred is None or pred.dim() != 2:
-        raise ValueError("out['pred'] must be a [stocks, horizons] tensor")
+        raise ValueError("out.pred must be a [stocks, horizons] tensor")
     S, H = pred.shape
     if H != len(horizons) or y_z.shape != (S, H) or y_mask.shape != (S, H) or day_id.shape != (S,):
         raise ValueError(
             f"shape mismatch: pred {tuple(pred.shape)}, y_z {tuple(y_z.shape)}, y_mask "
             f"{tuple(y_mask.shape)}, day_id {tuple(day_id.shape)}, horizons {tuple(horizons)}"
         )
-    quantiles = out.get("quantiles")
+    quantiles = out.quantiles
     if quantiles is not None and (quantiles.shape[:2] != (S, H) or quantiles.shape[2] != len(quantile_levels)):
         raise ValueError(
-            f"out['quantiles'] {tuple(quantiles.shape)} needs [stocks, horizons, Q] with "
+            f"out.quantiles {tuple(quantiles.shape)} needs [stocks, horizons, Q] with "
             f"Q = len(quantile_levels) = {len(quantile_levels)}"
         )
     # the statistics below need float32 even when the model ran under bf16 autocast

@@ -22,7 +22,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ from atft_core.config import DryRunConfig
 from atft_core.data.batches import DayBatchSampler, GridTensors, Split, make_split
 from atft_core.data.cache import Cache
 from atft_core.errors import TrainingError
-from atft_core.evaluate.metrics import summarize_horizons
-from atft_core.model import build_model
+from atft_core.evaluate.predictor import score_predictions
+from atft_core.model import ModelOutput, build_model
 from atft_core.train import checkpoint
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
@@ -71,10 +71,41 @@ def seed_everything(seed: int) -> None:
 
 
 def score_days(cache: Cache, days: np.ndarray, pred: np.ndarray, min_stocks: int) -> dict[int, dict[str, Any]]:
-    """Signal metrics per horizon of a [len(days), S, H] prediction grid against the cache's raw targets."""
-    target = np.where(cache.valid[days][:, :, None], cache.y[days], np.nan)
-    per_h = summarize_horizons(pred, target, cache.horizons, min_stocks=min_stocks)
-    return {h: m.to_dict() for h, m in per_h.items()}
+    """Signal metrics per horizon of a [len(days), S, H] prediction grid (`score_predictions`)."""
+    return score_predictions(cache, days, pred, min_stocks=min_stocks)
+
+
+@torch.no_grad()
+def predict_days(forward: Callable[..., ModelOutput], grid: GridTensors, days: np.ndarray, n_horizons: int, *,
+                 device: torch.device, static_shapes: bool = False, graphs: bool = False,
+                 amp: AbstractContextManager[Any] | None = None, days_per_batch: int = 8) -> np.ndarray:
+    """Dense [len(days), S, H] float32 grid of ``forward(...).pred`` (NaN where the stock had no row that day).
+
+    The one prediction path: `Trainer.predict` and a loaded checkpoint (`atft_core.train.predictor`)
+    both run it. Days go `days_per_batch` at a time; with `static_shapes` every chunk is padded to
+    that many days x all S stocks (one compiled shape). A grid kept off `device` (a CPU memory map
+    feeding a GPU) is copied batch by batch. `forward` must already be in eval mode.
+    """
+    amp = amp if amp is not None else nullcontext()
+    n_stocks = grid.x.shape[1]
+    out = np.full((len(days), n_stocks, n_horizons), np.nan, dtype=np.float32)
+    for i in range(0, len(days), days_per_batch):
+        chunk = days[i:i + days_per_batch]
+        batch = grid.gather_static(chunk, n_days=days_per_batch) if static_shapes else grid.gather(chunk)
+        if grid.device != device:
+            batch = batch_to(batch, device, non_blocking=True)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with amp:
+            pred = forward(batch.x, batch.static, batch.day_id).pred
+        # one device->host copy per batch, already detached (no_grad) and in float32
+        pred_np = pred.float().cpu().numpy()
+        if static_shapes:
+            dense = pred_np.reshape(days_per_batch, n_stocks, -1)[:len(chunk)]
+            out[i:i + len(chunk)] = np.where(grid.valid_host[chunk][:, :, None], dense, np.nan)
+        else:
+            out[i + batch.day_id.cpu().numpy(), batch.stock.cpu().numpy()] = pred_np
+    return out
 
 
 def rss_mb() -> float:
@@ -165,13 +196,12 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         with self.amp:
             out = self.forward(batch.x, batch.static, batch.day_id)
-        out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
+        out = ModelOutput(*(v.float() if torch.is_tensor(v) else v for v in out))  # bf16 autocast -> float32
         loss, parts = compute_loss(out, batch.y_z, batch.y_mask, batch.day_id, self.cfg.loss, self.horizons,
                                    quantile_levels=tuple(self.cfg.model.quantiles), layout=batch.layout, sync=False)
-        aux = out.get("aux_loss")
-        if aux is not None:  # FAN learns to predict back the frequency components it removed
-            loss = loss + aux
-            parts["fan_aux"] = aux.detach()
+        if out.aux_loss is not None:  # FAN learns to predict back the frequency components it removed
+            loss = loss + out.aux_loss
+            parts["fan_aux"] = out.aux_loss.detach()
         return loss, parts
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -233,33 +263,14 @@ class Trainer:
         log.debug("epoch %d: running train loss sum %.4f", epoch, sums["loss"])
 
     # -- validation ---------------------------------------------------------------------------
-    @torch.no_grad()
     def predict(self, days: np.ndarray, days_per_batch: int = 8) -> np.ndarray:
-        """Dense [len(days), S, H] prediction grid (NaN where the stock had no row that day)."""
+        """Dense [len(days), S, H] prediction grid of `eval_model` (NaN where the stock had no row that day)."""
         model = self.eval_model
         model.eval()
         forward = self.forward if self.average is None else model
-        n_stocks = self.cache.x.shape[1]
-        out = np.full((len(days), n_stocks, len(self.horizons)), np.nan, dtype=np.float32)
-        for i in range(0, len(days), days_per_batch):
-            chunk = days[i:i + days_per_batch]
-            # static shapes: every chunk padded to days_per_batch x all stocks (one compiled shape)
-            batch = (self.grid.gather_static(chunk, n_days=days_per_batch) if self.static_shapes
-                     else self.grid.gather(chunk))
-            if not self.resident:
-                batch = batch_to(batch, self.device, non_blocking=True)
-            if self.graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            with self.amp:
-                pred = forward(batch.x, batch.static, batch.day_id)["pred"]
-            # one device->host copy per batch, already detached (no_grad) and in float32
-            pred_np = pred.float().cpu().numpy()
-            if self.static_shapes:
-                grid = pred_np.reshape(days_per_batch, n_stocks, -1)[:len(chunk)]
-                out[i:i + len(chunk)] = np.where(self.grid.valid_host[chunk][:, :, None], grid, np.nan)
-            else:
-                out[i + batch.day_id.cpu().numpy(), batch.stock.cpu().numpy()] = pred_np
-        return out
+        return predict_days(forward, self.grid, days, len(self.horizons), device=self.device,
+                            static_shapes=self.static_shapes, graphs=self.graphs, amp=self.amp,
+                            days_per_batch=days_per_batch)
 
     @property
     def eval_model(self) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """Typed configuration, passed down explicitly (never read from environment variables deep inside).
 
-Every stage takes one of these small dataclasses. `DryRunConfig` bundles them for the dry run and
+Every stage takes one of these small dataclasses. `AtftConfig` bundles them for the dry run and
 can be read from / written to YAML so that a run's exact settings travel with its results.
 """
 
@@ -247,7 +247,7 @@ TRAIN_RECIPE: dict[str, int] = {"ensemble": 3, "max_epochs": 3}
 
 
 @dataclass
-class DryRunConfig:
+class AtftConfig:
     data: DataConfig = field(default_factory=DataConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -259,11 +259,11 @@ class DryRunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "DryRunConfig":
+    def from_dict(cls, raw: dict[str, Any] | None) -> "AtftConfig":
         return _build(cls, raw or {}, "config")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "DryRunConfig":
+    def from_yaml(cls, path: str | Path) -> "AtftConfig":
         return _build(cls, read_yaml_mapping(path, "config file", "sections (data, model, ...)"), str(path))
 
 
@@ -397,7 +397,7 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def config_problems(cfg: DryRunConfig) -> list[str]:
+def config_problems(cfg: AtftConfig) -> list[str]:
     """Every value of `cfg` out of its range, as `path = value: must be ...` (empty when all is well)."""
     problems = []
     for path, ok, must in _RULES:
@@ -416,7 +416,7 @@ def config_problems(cfg: DryRunConfig) -> list[str]:
     return problems
 
 
-def validate_config(cfg: DryRunConfig) -> DryRunConfig:
+def validate_config(cfg: AtftConfig) -> AtftConfig:
     """`cfg` when every value is in range; otherwise one ConfigError listing them all."""
     from atft_core.errors import ConfigError
 

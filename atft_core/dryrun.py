@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.batches import make_split
 from atft_core.data.cache import Cache, open_cache
 from atft_core.errors import TrainingError
@@ -49,7 +49,7 @@ class DryRunResult:
     report_markdown: str = ""
 
 
-def run_dryrun(cache_path: str | Path, cfg: DryRunConfig, output_dir: str | Path) -> DryRunResult:
+def run_dryrun(cache_path: str | Path, cfg: AtftConfig, output_dir: str | Path) -> DryRunResult:
     """Train briefly, evaluate, gate. A crash or non-finite loss becomes a failed gate, not a pass.
 
     With `cfg.train.control_shuffle_seed` set this is a control run: training targets are shuffled

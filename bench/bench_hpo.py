@@ -29,7 +29,7 @@ from pathlib import Path
 
 import optuna
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.cache import build_cache
 from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.hpo.config import HpoConfig
@@ -47,14 +47,14 @@ SPACE = ("params:\n"
          "  loss.sharpe_weight: {type: float, low: 0.0, high: 0.3}\n")
 
 
-def noop(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def noop(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     """Reports every epoch like training does, trains nothing: what is left is storage and sampling."""
     for epoch in range(cfg.train.max_epochs):
         report_epoch(trial, epoch, 0.01 * epoch, cfg.train.max_epochs)
     return 0.01
 
 
-def fixed_length(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def fixed_length(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     """A trial of a known length ($ATFT_BENCH_TRIAL_S, default 0.5 s): the fan-out bench's unit of work."""
     import os
 
@@ -62,7 +62,7 @@ def fixed_length(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> fl
     return cfg.train.lr
 
 
-def _study(work: Path, base: DryRunConfig, hpo: HpoConfig, cache: Path | str, score=None) -> WorkerReport:
+def _study(work: Path, base: AtftConfig, hpo: HpoConfig, cache: Path | str, score=None) -> WorkerReport:
     batch = prepare_study(hpo, hpo.storage or default_storage_url(work))
     return run_worker(cache, base, hpo, storage_url=batch.storage_url, n_trials=batch.queued, score=score)
 
@@ -88,7 +88,7 @@ def measure(*, trials: int, epochs: int, train_days: int, stocks: int, days: int
         generate_demo(data, DemoConfig(stocks=stocks, days=days, features=16))
         cache = build_cache(data, work / "cache", progress=False).path
         (work / "space.yaml").write_text(SPACE)
-        base = DryRunConfig.from_dict({
+        base = AtftConfig.from_dict({
             "data": {"window": 10, "min_stocks": 10, "split": {"val_days": val_days}},
             "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2]},
             "train": {"device": device, "max_train_days": train_days or None}})
@@ -116,7 +116,7 @@ def _fanout_hpo(work: Path, name: str, trials: int, workers: int) -> HpoConfig:
 
 def _prefect_worker(storage_url: str, hpo: dict, n_trials: int, worker_index: int) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return run_worker("unused", DryRunConfig(), HpoConfig.from_dict(hpo), storage_url=storage_url, n_trials=n_trials,
+    return run_worker("unused", AtftConfig(), HpoConfig.from_dict(hpo), storage_url=storage_url, n_trials=n_trials,
                       worker_index=worker_index, sampler_seed=worker_seed(0, 0, worker_index),
                       score=fixed_length).to_dict()
 
@@ -137,7 +137,7 @@ def measure_fanout(*, workers: int = 2, trials: int = 8, trial_s: float = 0.5, e
         hpo = _fanout_hpo(Path(tmp) / "procs", "procs", trials, workers)
         batch = prepare_study(hpo, hpo.storage)
         t0 = time.perf_counter()
-        reports, errors = run_worker_processes("unused", DryRunConfig(), hpo, Path(tmp) / "procs",
+        reports, errors = run_worker_processes("unused", AtftConfig(), hpo, Path(tmp) / "procs",
                                                storage_url=batch.storage_url, first_number=0, queued=batch.queued,
                                                workers=workers, score=fixed_length)
         out["processes_s"] = time.perf_counter() - t0

@@ -239,10 +239,10 @@ def demo_panel(stocks: int | None = None, days: int | None = None, features: int
 
 def tiny_config(device: str = "cpu", *, hidden: int = 8, max_epochs: int = 1, max_train_days: int | None = None,
                 val_days: int = 10, window: int = 10, min_stocks: int = 10):
-    """A DryRunConfig small enough for CPU benchmarks of the loop itself (not of the model)."""
-    from atft_core.config import DryRunConfig
+    """A AtftConfig small enough for CPU benchmarks of the loop itself (not of the model)."""
+    from atft_core.config import AtftConfig
 
-    cfg = DryRunConfig()
+    cfg = AtftConfig()
     cfg.data.window = window
     cfg.data.min_stocks = min_stocks
     cfg.data.split.val_days = val_days

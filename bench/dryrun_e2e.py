@@ -2,7 +2,7 @@
 
 What is timed is what `atft dryrun` does after the demo parquet exists (generated once, reused;
 its generation time is reported in the note): build the cache from the parquet (a miss, into a
-fresh folder) and `run_dryrun` on it with the default `DryRunConfig` (2 epochs over every
+fresh folder) and `run_dryrun` on it with the default `AtftConfig` (2 epochs over every
 training day, validation, checkpoint, predictions, gate). The Prefect flow wrapper is not
 included (it adds the flow-run start-up, see the flow tests).
 
@@ -27,7 +27,7 @@ TARGET_S = 180.0
 
 
 def _child(out: Path, quick: bool) -> None:
-    from atft_core.config import DryRunConfig
+    from atft_core.config import AtftConfig
     from atft_core.data.cache import build_cache
     from atft_core.dryrun import run_dryrun
 
@@ -45,9 +45,9 @@ def _child(out: Path, quick: bool) -> None:
                         "6 validation days")
     else:
         data = demo_panel()
-        cfg = DryRunConfig()
+        cfg = AtftConfig()
         cfg.train.progress = True  # tqdm lines in the log let the parent estimate the time if it is stopped
-        res["label"] = "default demo data (300 stocks x 750 days x 40 features), default DryRunConfig (2 epochs)"
+        res["label"] = "default demo data (300 stocks x 750 days x 40 features), default AtftConfig (2 epochs)"
     res["demo_s"] = time.perf_counter() - t0  # ~0 when the demo parquet already existed
     tmp = Path(tempfile.mkdtemp(prefix="atft-bench-dryrun-"))
     try:

@@ -377,12 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     t_cache = time.perf_counter() - t0
     log.info("cache %s ready in %.1f s", cache_path, t_cache)
 
-    from atft_core.config import DryRunConfig, ModelConfig
+    from atft_core.config import AtftConfig, ModelConfig
 
     if model == "tiny":
         cfg = tiny_config(a.device, max_epochs=epochs, window=20)
     else:
-        cfg = DryRunConfig()
+        cfg = AtftConfig()
         if model == "reference":
             cfg.model = ModelConfig.reference()
     cfg.train.device = a.device

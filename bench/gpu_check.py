@@ -77,13 +77,13 @@ def run_tests(timeout_s: float) -> dict[str, Any]:
 
 
 def _configs(device: str, small: bool, model: str):
-    from atft_core.config import DryRunConfig, ModelConfig
+    from atft_core.config import AtftConfig, ModelConfig
     from bench.common import tiny_config
 
     if small:
         cfg = tiny_config(device, val_days=10)
     else:
-        cfg = DryRunConfig()
+        cfg = AtftConfig()
         cfg.model = ModelConfig.reference_20m() if model == "reference_20m" else ModelConfig.reference()
         cfg.train.device, cfg.train.progress, cfg.train.patience = device, False, 10**6
     cfg.train.max_epochs = 1

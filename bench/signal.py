@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.config import TRAIN_RECIPE, DryRunConfig
+from atft_core.config import TRAIN_RECIPE, AtftConfig
 from atft_core.data.batches import make_split
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.data.demo import DemoConfig, generate_demo
@@ -59,11 +59,11 @@ ROUND3: dict[str, dict[str, Any] | None] = {  # base: round 2's shipped defaults
     "plateau rewind x0.3": {"train.plateau_lr_factor": 0.3},
     "current-day path 64 + Huber only + plateau rewind x0.3": {"model.current_day_width": 64, **_HUBER_ONLY,
                                                                "train.plateau_lr_factor": 0.3},
-    "new defaults": None,  # DryRunConfig() as shipped: Huber only + plateau rewind x0.3
+    "new defaults": None,  # AtftConfig() as shipped: Huber only + plateau rewind x0.3
 }
 
 
-def round2_base() -> DryRunConfig:
+def round2_base() -> AtftConfig:
     """The configuration before round 2 changed the defaults."""
     cfg = round3_base()
     cfg.model.sector_relative_inputs = False
@@ -72,9 +72,9 @@ def round2_base() -> DryRunConfig:
     return cfg
 
 
-def round3_base() -> DryRunConfig:
+def round3_base() -> AtftConfig:
     """Round 2's shipped defaults (sector-relative inputs, sigmoid gates, VSN width 16), before round 3."""
-    cfg = DryRunConfig()
+    cfg = AtftConfig()
     cfg.model.current_day_width = 0
     cfg.model.vsn_gate, cfg.model.piecewise_edges = "sigmoid", ()  # both came later (code: recipes; signed: round 4)
     cfg.loss.rankic_weight, cfg.loss.cs_ic_weight, cfg.loss.sharpe_weight = 0.5, 0.3, 0.1
@@ -85,7 +85,7 @@ def round3_base() -> DryRunConfig:
 ROUNDS: dict[str, tuple[Any, dict]] = {"round2": (round2_base, ROUND2), "round3": (round3_base, ROUND3)}
 
 
-def apply(cfg: DryRunConfig, overrides: dict[str, Any]) -> DryRunConfig:
+def apply(cfg: AtftConfig, overrides: dict[str, Any]) -> AtftConfig:
     cfg = copy.deepcopy(cfg)
     for key, value in overrides.items():
         section, name = key.split(".")
@@ -102,7 +102,7 @@ def demo_cache(seed: int, days: int = 750, stocks: int = 300) -> Path:
     return build_cache(data, root / "cache", progress=False).path
 
 
-def train_eval(cache_path: Path, cfg: DryRunConfig, *, control_seed: int | None = None) -> dict[str, Any]:
+def train_eval(cache_path: Path, cfg: AtftConfig, *, control_seed: int | None = None) -> dict[str, Any]:
     """Train `cfg` on the cache; validation picks the epoch; returns val and test 1-day RankIC."""
     cache = open_cache(cache_path)
     cfg = copy.deepcopy(cfg)
@@ -121,7 +121,7 @@ def train_eval(cache_path: Path, cfg: DryRunConfig, *, control_seed: int | None 
     return out
 
 
-def baselines(cache_path: Path, cfg: DryRunConfig) -> dict[str, Any]:
+def baselines(cache_path: Path, cfg: AtftConfig) -> dict[str, Any]:
     cache = open_cache(cache_path)
     split = make_split(cache, cfg.data)
     ms = cfg.data.min_stocks
@@ -160,7 +160,7 @@ def run_ablation(seeds: list[int], epochs: int, days: int, stocks: int, rows: li
             continue
         for seed in seeds:
             overrides = table[name]
-            cfg = DryRunConfig() if overrides is None else apply(base(), overrides)
+            cfg = AtftConfig() if overrides is None else apply(base(), overrides)
             cfg.train.max_epochs = epochs
             cfg.train.seed = seed
             if seed not in per_seed:
@@ -197,10 +197,10 @@ def run_goals(seeds: list[int], members: int, control_seeds: list[int], tag: str
     after each seed."""
     member_epochs = TRAIN_RECIPE["max_epochs"]
     results: dict[str, Any] = {"seeds": {}, "members": members, "member_epochs": member_epochs,
-                               "alternate_encoding": DryRunConfig().train.ensemble_alternate_encoding}
+                               "alternate_encoding": AtftConfig().train.ensemble_alternate_encoding}
     for seed in seeds:
         path = demo_cache(seed)
-        cfg = DryRunConfig()
+        cfg = AtftConfig()
         cfg.train.seed = seed
         row = baselines(path, cfg)
         recipe = copy.deepcopy(cfg)
@@ -281,13 +281,13 @@ def run_recipes(seeds: list[int], names: list[str] | None = None) -> dict:
                       if name in names or all(name in row for row in out["seeds"].values())}
     for seed in seeds:
         cache = open_cache(demo_cache(seed))
-        split = make_split(cache, DryRunConfig().data)
+        split = make_split(cache, AtftConfig().data)
         preds: dict[tuple[str, int], Any] = {}
         for variant, k in sorted({m for n in names for m in RECIPES[n]}):
             f = store / f"{variant}-s{seed}-t{k}.npz"
             if not f.exists():
                 code, epochs, gate = MEMBER_VARIANTS[variant]
-                cfg = DryRunConfig()
+                cfg = AtftConfig()
                 cfg.train.progress, cfg.train.seed, cfg.train.max_epochs = False, k, epochs
                 cfg.model.vsn_gate = gate
                 if not code:
@@ -298,7 +298,7 @@ def run_recipes(seeds: list[int], names: list[str] | None = None) -> dict:
                 logging.info("seed %d %s t%d: val %.4f", seed, variant, k, res.best_rankic)
             with np.load(f) as z:  # read once: an npz reads its zip member again on every access
                 preds[variant, k] = {key: z[key] for key in z.files}
-        ms = DryRunConfig().data.min_stocks
+        ms = AtftConfig().data.min_stocks
         targets = {}
         for part in ("val", "test"):
             days = next(iter(preds.values()))[f"{part}_days"]
@@ -342,7 +342,7 @@ def recipes_markdown(results: dict) -> str:
 
 def goals_markdown(results: dict) -> str:
     rows = results["seeds"]
-    k, e, d = results["members"], results["member_epochs"], DryRunConfig().train.max_epochs
+    k, e, d = results["members"], results["member_epochs"], AtftConfig().train.max_epochs
     mix = ", encodings alternating" if results.get("alternate_encoding") else ""
     lines = [f"| seed | model ({k} x {e}-epoch seed ensemble{mix}) | {d}-epoch dry run | LightGBM peer | ridge "
              "| oracle | model / oracle | control (band) |", "|---|---|---|---|---|---|---|---|"]

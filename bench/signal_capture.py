@@ -23,7 +23,7 @@ import polars as pl
 import yaml
 from scipy import stats
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.batches import make_split
 from atft_core.data.cache import open_cache
 from atft_core.data.demo_market import EXTREME_THRESHOLD, TEMPORAL_WINDOW
@@ -68,7 +68,7 @@ def planted_parts(parquet: Path, dates: list[str], codes: list[str]) -> dict[str
     return dict(zip(PARTS, (x * np.sign(gate), extreme, temporal, sector_part, lin)))
 
 
-def capture(cfg: DryRunConfig, seed: int, stocks: int) -> dict:
+def capture(cfg: AtftConfig, seed: int, stocks: int) -> dict:
     path = demo_cache(seed, stocks=stocks)
     cache = open_cache(path)
     split = make_split(cache, cfg.data)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = apply(DryRunConfig(), overrides)
+    cfg = apply(AtftConfig(), overrides)
     cfg.train.max_epochs = cfg.train.patience = args.epochs
     cfg.train.seed, cfg.train.progress = args.seed, False
     row = {"overrides": overrides, **capture(cfg, args.seed, args.stocks)}

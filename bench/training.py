@@ -15,7 +15,7 @@ from bench.common import Row, best_of, built_cache, demo_panel, rss_now_mb, synt
 
 def _demo_setup(quick: bool):
     """(cache, cfg, label): the default demo data and model on CPU; a small demo + tiny model in quick mode."""
-    from atft_core.config import DryRunConfig
+    from atft_core.config import AtftConfig
     from atft_core.data.cache import open_cache
 
     if quick:
@@ -23,7 +23,7 @@ def _demo_setup(quick: bool):
         cfg = tiny_config(val_days=10, window=20)
         return cache, cfg, "quick: demo 80 stocks x 160 days x 16 features, tiny model (hidden 8)"
     cache = open_cache(built_cache(demo_panel(), "demo"))
-    cfg = DryRunConfig()
+    cfg = AtftConfig()
     cfg.train.device = "cpu"
     cfg.train.progress = False
     return cache, cfg, "default demo data (300 stocks x 750 days x 40 features) and default demo model"

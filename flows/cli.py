@@ -207,8 +207,8 @@ def _plain(o: Any) -> Any:
 
 
 def _config(path: str | None):
-    from atft_core.config import DryRunConfig
-    return DryRunConfig.from_yaml(path) if path else DryRunConfig()
+    from atft_core.config import AtftConfig
+    return AtftConfig.from_yaml(path) if path else AtftConfig()
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

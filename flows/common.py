@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from prefect.runtime import deployment as current_deployment
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.workroot import WorkRoot
 from tasks.expected_errors import expected
 
@@ -70,11 +70,11 @@ def resolve_data_path(data_path: str | None, root: WorkRoot) -> str:
 def build_config(config_path: str | None = None, *, max_epochs: int | None = None, device: str | None = None,
                  min_gpu_util: float | None = None, min_rankic: float | None = None,
                  require_gpu: bool | None = None, profile: str | None = None,
-                 resume_from: str | None = None, ensemble: int | None = None) -> DryRunConfig:
+                 resume_from: str | None = None, ensemble: int | None = None) -> AtftConfig:
     """The YAML config (or defaults) with the flow's explicit overrides on top; None keeps the file's value."""
     from atft_core.data.roles import with_profile
 
-    cfg = DryRunConfig.from_yaml(config_path) if config_path else DryRunConfig()
+    cfg = AtftConfig.from_yaml(config_path) if config_path else AtftConfig()
     cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns,
                                                                                            profile)))
     train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device), ("resume_from", resume_from),

@@ -25,7 +25,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.source import S3Options
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
@@ -112,7 +112,7 @@ def check_study_reachable(url: str) -> None:
                                 "README: Adding GPU hosts)")
 
 
-def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: DryRunConfig, n_trials: int | None,
+def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n_trials: int | None,
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto",

@@ -39,7 +39,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 import atft_core
-from atft_core.config import DryRunConfig, validate_config
+from atft_core.config import AtftConfig, validate_config
 from atft_core.data.source import S3Options
 from atft_core.provenance import code_version, package_versions
 from atft_core.publish import ArtifactTarget, check_reachable, redact, redact_url
@@ -212,7 +212,7 @@ def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, fai
         get_run_logger().error("saving the failed run's folder %s also failed: %s", run_dir, redact(str(exc)))
 
 
-def _provenance(params: dict[str, Any], cfg: DryRunConfig, target: ArtifactTarget | None) -> dict[str, Any]:
+def _provenance(params: dict[str, Any], cfg: AtftConfig, target: ArtifactTarget | None) -> dict[str, Any]:
     """run.json: who/what/when of this run. URLs are redacted: an Optuna storage URL may hold a password."""
     params = {k: (redact_url(v) if isinstance(v, str) and "://" in v else v) for k, v in params.items()}
     return {

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.hpo.config import HpoConfig, StudyBatch
 from atft_core.hpo.report import finish_study, summary_markdown, trial_rows
 from atft_core.hpo.storage import build_storage, display_url
@@ -46,7 +46,7 @@ def hpo_worker_task(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
                     worker_index: int, sampler_seed: int, n_trials: int | None = None) -> dict[str, Any]:
     """`n_trials` queued trials (this worker's share); None: every trial queued when it starts."""
     cfg = HpoConfig.from_dict(hpo)
-    report = run_worker(cache_path, DryRunConfig.from_dict(config), cfg, storage_url=cfg.storage or "",
+    report = run_worker(cache_path, AtftConfig.from_dict(config), cfg, storage_url=cfg.storage or "",
                         n_trials=n_trials, worker_index=worker_index, sampler_seed=sampler_seed).to_dict()
     path = worker_file(output_dir, worker_index, "json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def hpo_worker_task(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
 def hpo_local_workers_task(cache_path: str, config: dict[str, Any], hpo: dict[str, Any], output_dir: str,
                            first_number: int, queued: int, workers: int) -> dict[str, Any]:
     cfg = HpoConfig.from_dict(hpo)
-    reports, errors = run_worker_processes(cache_path, DryRunConfig.from_dict(config), cfg, output_dir,
+    reports, errors = run_worker_processes(cache_path, AtftConfig.from_dict(config), cfg, output_dir,
                                            storage_url=cfg.storage or "", first_number=first_number, queued=queued,
                                            workers=workers)
     for report in reports:

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.dryrun import json_safe, run_dryrun
 from atft_core.provenance import code_version
 from atft_core.rundir import read_json, write_json
@@ -31,7 +31,7 @@ STAGE_FILE = "stage.json"
       description="Short training run on the cache; measures GPU use and validation RankIC.")
 def train_dryrun_task(cache_path: str, config: dict[str, Any], run_dir: str) -> dict[str, Any]:
     logger = get_run_logger()
-    cfg = DryRunConfig.from_dict(config)
+    cfg = AtftConfig.from_dict(config)
     run_dir_p = Path(run_dir)
     t0 = time.perf_counter()
     result = run_dryrun(cache_path, cfg, run_dir_p)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.train.checkpoint import CheckpointMismatch, load_checkpoint, restore
 from atft_core.train.trainer import Trainer
@@ -23,8 +23,8 @@ train: {max_epochs: 1, progress: false, device: cpu, max_train_days: 6}
 """
 
 
-def _cfg(**train) -> DryRunConfig:
-    raw = DryRunConfig.from_dict({"data": {"window": 5, "min_stocks": 5, "min_train_days": 5,
+def _cfg(**train) -> AtftConfig:
+    raw = AtftConfig.from_dict({"data": {"window": 5, "min_stocks": 5, "min_train_days": 5,
                                            "split": {"val_days": 10, "test_days": 0}},
                                   "model": {"hidden": 8, "attn_heads": 2, "gat_heads": [2], "static_dim": 4},
                                   "train": {"max_epochs": 1, "progress": False, "device": "cpu",

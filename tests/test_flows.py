@@ -101,12 +101,12 @@ def test_failing_gate_fails_run_and_skips_hpo(prefect_harness, tiny_demo, tiny_c
     from prefect import flow
 
     import flows.hpo_stage
-    from atft_core.config import DryRunConfig
+    from atft_core.config import AtftConfig
     from flows.pipeline import run_pipeline
     from tasks.cache import cached_build
 
     # An earlier run built this cache (done here, so the test passes alone and in any order).
-    flow(name="warm-cache")(cached_build)(str(tiny_demo), shared_cache, DryRunConfig.from_yaml(tiny_config).cache,
+    flow(name="warm-cache")(cached_build)(str(tiny_demo), shared_cache, AtftConfig.from_yaml(tiny_config).cache,
                                           None)
     hpo_calls = []
     monkeypatch.setattr(flows.hpo_stage, "run_hpo_stage", lambda **kw: hpo_calls.append(kw) or {})

@@ -273,13 +273,13 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
     from prefect import flow
     from prefect.artifacts import Artifact
 
-    from atft_core.config import DryRunConfig
+    from atft_core.config import AtftConfig
     from atft_core.data.cache import build_cache
     from flows.common import Deadlines
     from flows.hpo_stage import HpoStageFailed, hpo_worker_flow, run_hpo_stage
 
     hpo_worker_flow.to_deployment(name="gpu").apply(work_pool_name="gpu")
-    cfg = DryRunConfig.from_yaml(str(tiny_config))
+    cfg = AtftConfig.from_yaml(str(tiny_config))
     cache = build_cache(str(tiny_demo), tmp_path / "cache", cfg.cache)
 
     @flow

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import FAIL_REASON_ATTR, HpoConfig
 from atft_core.hpo.objective import Objective, report_epoch
@@ -39,20 +39,20 @@ SPACE = ("params:\n"
 
 
 # -- score functions (module level: worker processes import them by name) ----------------------------
-def planted_value(cfg: DryRunConfig) -> float:
+def planted_value(cfg: AtftConfig) -> float:
     """1 at lr = 3e-3 and rankic_weight = 0.7, falling away from there; dropout does not matter."""
     lr_miss = (math.log10(cfg.train.lr) - math.log10(PLANTED_LR)) / 4
     return 1.0 - lr_miss ** 2 - (cfg.loss.rankic_weight - PLANTED_W) ** 2
 
 
-def planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def planted(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     value = planted_value(cfg)
     for epoch in range(cfg.train.max_epochs):
         report_epoch(trial, epoch, value, cfg.train.max_epochs)
     return value
 
 
-def slow_planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def slow_planted(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     """Long enough per epoch for a second worker to start, or for a test to kill the worker mid-trial."""
     value = planted_value(cfg)
     for epoch in range(cfg.train.max_epochs):
@@ -82,9 +82,9 @@ def tiny_cache(tiny_demo, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_train_cfg(tiny_config) -> DryRunConfig:
+def tiny_train_cfg(tiny_config) -> AtftConfig:
     """Tiny model, 6 training days per epoch, 20 validation days: a few seconds per epoch on a CPU."""
-    cfg = DryRunConfig.from_yaml(tiny_config)
+    cfg = AtftConfig.from_yaml(tiny_config)
     cfg.data.split.val_days = 20
     cfg.data.split.test_days = 0
     cfg.train.max_train_days = 6
@@ -117,14 +117,14 @@ def test_packaged_search_space_names_real_config_fields_and_applies():
                 "loss.sharpe_weight", "model.vsn_var_dim", "model.vsn_gate", "model.current_day_width"}
     assert set(sp.params) == expected
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
-    base = DryRunConfig()
+    base = AtftConfig()
     for _ in range(5):
         params = sp.suggest(study.ask())
         cfg = apply_params(base, params)
         assert cfg.model.hidden % cfg.model.attn_heads == 0
         assert cfg.train.lr == params["train.lr"] and cfg.loss.sharpe_weight == params["loss.sharpe_weight"]
         assert cfg.data.window == params["data.window"] and isinstance(cfg.data.window, int)
-    assert base.train.lr == DryRunConfig().train.lr  # the base config is never modified
+    assert base.train.lr == AtftConfig().train.lr  # the base config is never modified
 
 
 def test_search_space_rejects_typos_wrong_types_and_incompatible_sizes():
@@ -162,7 +162,7 @@ def test_dashboard_command_keeps_placeholders_and_never_shows_a_password(tmp_pat
 
 
 def test_objective_maps_a_trial_to_a_float_so_optimize_works_from_a_notebook(space):
-    objective = Objective("unused", DryRunConfig(), SearchSpace.load(space), max_epochs=2, score=planted)
+    objective = Objective("unused", AtftConfig(), SearchSpace.load(space), max_epochs=2, score=planted)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=5)
     assert states(study) == {"COMPLETE": 5}
@@ -172,7 +172,7 @@ def test_objective_maps_a_trial_to_a_float_so_optimize_works_from_a_notebook(spa
 
 # -- search ----------------------------------------------------------------------------------------
 def test_study_finds_the_planted_good_region(tmp_path, space):
-    s = run_study("unused", DryRunConfig(), hpo(space, n_trials=24, pruner="none", max_epochs=1), tmp_path,
+    s = run_study("unused", AtftConfig(), hpo(space, n_trials=24, pruner="none", max_epochs=1), tmp_path,
                   score=planted)
     assert s.counts["complete"] == 24 and s.study_counts["total"] == 24
     assert s.best_value > 0.97, s.best_params
@@ -191,7 +191,7 @@ def test_study_finds_the_planted_good_region(tmp_path, space):
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])
 def test_pruner_stops_bad_trials_early(tmp_path, space, pruner):
-    s = run_study("unused", DryRunConfig(), hpo(space, n_trials=10, pruner=pruner, max_epochs=4, n_startup_trials=10,
+    s = run_study("unused", AtftConfig(), hpo(space, n_trials=10, pruner=pruner, max_epochs=4, n_startup_trials=10,
                                                 pruner_startup_trials=3), tmp_path, score=planted)
     study = load(default_storage_url(tmp_path))
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
@@ -204,7 +204,7 @@ def test_pruner_stops_bad_trials_early(tmp_path, space, pruner):
 
 
 # -- shared storage, workers ---------------------------------------------------------------------------
-def logged_planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def logged_planted(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     """planted, plus one line per call in $ATFT_TEST_RAN_LOG: proof of how often each trial really ran."""
     with open(os.environ["ATFT_TEST_RAN_LOG"], "a") as log:
         log.write(f"{trial.number} {os.getpid()}\n")
@@ -216,7 +216,7 @@ def test_k_processes_drain_one_journal_study_exactly_once(tmp_path, space, monke
     ran_log = tmp_path / "ran.txt"
     monkeypatch.setenv("ATFT_TEST_RAN_LOG", str(ran_log))
     cfg = hpo(space, n_trials=12, parallel=3, max_epochs=2, pruner="none")  # no --storage: the journal file
-    s = run_study("unused", DryRunConfig(), cfg, tmp_path, score=logged_planted)
+    s = run_study("unused", AtftConfig(), cfg, tmp_path, score=logged_planted)
     url = default_storage_url(tmp_path, processes=3)
     assert url == f"journal:{tmp_path.resolve()}/optuna.log" and s.storage == url
     study = load(url)
@@ -230,7 +230,7 @@ def test_k_processes_drain_one_journal_study_exactly_once(tmp_path, space, monke
     assert sorted(t["number"] for r in reports for t in r["trials"]) == list(range(12))
     assert s.counts["complete"] == 12 and s.overhead["trials"] == 12
     # The next run continues the same journal study.
-    again = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, n_trials=4, parallel=2), tmp_path,
+    again = run_study("unused", AtftConfig(), dataclasses.replace(cfg, n_trials=4, parallel=2), tmp_path,
                       score=logged_planted)
     assert again.study_counts == {"complete": 16, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "total": 16}
 
@@ -238,12 +238,12 @@ def test_k_processes_drain_one_journal_study_exactly_once(tmp_path, space, monke
 def test_sqlite_is_refused_for_several_processes_before_anything_is_queued(tmp_path, space):
     url = f"sqlite:///{tmp_path}/shared.db"
     with pytest.raises(ValueError, match=r"2 worker processes cannot share the SQLite storage.*journal:PATH"):
-        run_study("unused", DryRunConfig(), hpo(space, n_trials=4, parallel=2, storage=url), tmp_path, score=planted)
+        run_study("unused", AtftConfig(), hpo(space, n_trials=4, parallel=2, storage=url), tmp_path, score=planted)
     assert not (tmp_path / "shared.db").exists()
 
 
 def _one_worker(url: str, cfg: HpoConfig) -> None:  # a spawned process: the worker the test kills
-    run_worker("unused", DryRunConfig(), cfg, storage_url=url, score=slow_planted)
+    run_worker("unused", AtftConfig(), cfg, storage_url=url, score=slow_planted)
 
 
 def test_killed_worker_keeps_finished_trials_and_its_stale_trial_is_failed_and_retried(tmp_path, space, monkeypatch):
@@ -268,7 +268,7 @@ def test_killed_worker_keeps_finished_trials_and_its_stale_trial_is_failed_and_r
     time.sleep(cfg.grace_period_s + 1)  # the dead worker's heartbeat is now older than the grace period
 
     # A restarted worker (same study) fails the stale trial, retries it and drains the rest of the queue.
-    report = run_worker("unused", DryRunConfig(), cfg, storage_url=url, worker_index=1,
+    report = run_worker("unused", AtftConfig(), cfg, storage_url=url, worker_index=1,
                         sampler_seed=worker_seed(0, batch.first_number, 1), score=slow_planted)
     study = load(url)
     after = {t.number: (t.state, t.value, t.params, t.datetime_complete) for t in study.trials if t.number in before}
@@ -300,8 +300,8 @@ def _wait_for_mid_trial(url: str, proc, min_complete: int, timeout: float = 90) 
 def test_same_study_continued_across_two_runs_accumulates_trials(tmp_path, space):
     storage = f"journal:{tmp_path}/study/optuna.log"  # the journal file works like the SQL storages here
     cfg = hpo(space, n_trials=3, max_epochs=1, pruner="none", storage=storage, study_name="nightly")
-    first = run_study("unused", DryRunConfig(), cfg, tmp_path / "run1", score=planted)
-    second = run_study("unused", DryRunConfig(), cfg, tmp_path / "run2", score=planted)
+    first = run_study("unused", AtftConfig(), cfg, tmp_path / "run1", score=planted)
+    second = run_study("unused", AtftConfig(), cfg, tmp_path / "run2", score=planted)
     assert first.counts["total"] == 3 and second.counts["total"] == 3
     assert second.study_counts["total"] == 6 and second.study_counts["complete"] == 6
     study = optuna.load_study(study_name="nightly", storage=build_storage(storage, cfg))
@@ -321,42 +321,42 @@ def test_a_study_from_before_a_choices_change_is_refused_up_front_and_kept(tmp_p
     new.write_text(SPACE + gate % "signed, sigmoid, softmax")
     wider.write_text(SPACE.replace("high: 0.5", "high: 0.4") + gate % "sigmoid, softmax")  # a moved range is fine
     cfg = hpo(str(old), n_trials=2, max_epochs=1, pruner="none", storage=storage, study_name="nightly")
-    run_study("unused", DryRunConfig(), cfg, tmp_path / "run1", score=planted)
+    run_study("unused", AtftConfig(), cfg, tmp_path / "run1", score=planted)
     with pytest.raises(ConfigError) as refused:
-        run_study("unused", DryRunConfig(), dataclasses.replace(cfg, search_space=str(new)), tmp_path / "run2",
+        run_study("unused", AtftConfig(), dataclasses.replace(cfg, search_space=str(new)), tmp_path / "run2",
                   score=planted)
     msg = str(refused.value)
     assert "model.vsn_gate" in msg and "['sigmoid', 'softmax']" in msg and "['signed', 'sigmoid', 'softmax']" in msg
     assert "--study-name nightly-2" in msg and "'nightly' is unchanged" in msg
     assert "train.lr" not in msg  # only what changed is named
     assert states(load(storage, "nightly")) == {"COMPLETE": 2}  # nothing queued
-    again = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, search_space=str(wider)), tmp_path / "run3",
+    again = run_study("unused", AtftConfig(), dataclasses.replace(cfg, search_space=str(wider)), tmp_path / "run3",
                       score=planted)
     assert again.study_counts["complete"] == 4
 
 
-def oom(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def oom(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     raise MemoryError("cannot allocate 80 GiB")
 
 
-def nan(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def nan(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     return float("nan")
 
 
-def bug(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def bug(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     return {}["missing"]
 
 
 def test_out_of_memory_and_non_finite_values_fail_the_trial_but_a_bug_stops_the_study(tmp_path, space):
     cfg = hpo(space, n_trials=2, max_epochs=1)
     for objective, kind in ((oom, "out_of_memory"), (nan, "failed")):
-        s = run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name=kind), tmp_path,
+        s = run_study("unused", AtftConfig(), dataclasses.replace(cfg, study_name=kind), tmp_path,
                       score=objective)
         assert s.counts["failed"] == 2 and s.best_value is None
         reasons = {t.user_attrs["fail_kind"] for t in load(default_storage_url(tmp_path), kind).trials}
         assert reasons == {kind}
     with pytest.raises(KeyError):
-        run_study("unused", DryRunConfig(), dataclasses.replace(cfg, study_name="bug"), tmp_path, score=bug)
+        run_study("unused", AtftConfig(), dataclasses.replace(cfg, study_name="bug"), tmp_path, score=bug)
     crashed = load(default_storage_url(tmp_path), "bug").trials
     assert crashed[0].state == TrialState.FAIL and "KeyError" in crashed[0].user_attrs[FAIL_REASON_ATTR]
     assert crashed[1].state == TrialState.WAITING  # left queued for the next run once the bug is fixed

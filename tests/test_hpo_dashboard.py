@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.hpo.study import run_study
 from tests.prefect_fixtures import free_port
 from tests.test_hpo import SPACE, hpo, planted
@@ -40,7 +40,7 @@ def test_printed_dashboard_command_serves_the_study_over_http(tmp_path, storage)
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     url = None if storage == "sqlite" else f"journal:{tmp_path}/study/optuna.log"
-    s = run_study("unused", DryRunConfig(), hpo(str(space), n_trials=3, max_epochs=1, pruner="none",
+    s = run_study("unused", AtftConfig(), hpo(str(space), n_trials=3, max_epochs=1, pruner="none",
                                                  study_name="dash", storage=url), tmp_path / "out", score=planted)
     assert s.dashboard.startswith("optuna-dashboard ")
     port = free_port()

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.hpo.config import FAIL_REASON_ATTR, PROCESS_ATTR, HpoConfig
 from atft_core.hpo.liveness import RECORD_GRACE_S, is_alive, process_record, this_process
 from atft_core.hpo.objective import report_epoch
@@ -39,7 +39,7 @@ def space(tmp_path) -> str:
     return str(path)
 
 
-def gated_planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def gated_planted(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     """planted, but after its first epoch it waits for the file $ATFT_TEST_GATE: a worker held mid-trial."""
     value, gate, deadline = planted_value(cfg), Path(os.environ["ATFT_TEST_GATE"]), time.monotonic() + 120
     report_epoch(trial, 0, value, cfg.train.max_epochs)
@@ -51,7 +51,7 @@ def gated_planted(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> f
 
 
 def _journal_worker(url: str, cfg: HpoConfig, n_trials: int | None) -> None:  # a spawned worker process
-    run_worker("unused", DryRunConfig(), cfg, storage_url=url, n_trials=n_trials, score=gated_planted)
+    run_worker("unused", AtftConfig(), cfg, storage_url=url, n_trials=n_trials, score=gated_planted)
 
 
 def _start_held_worker(url: str, cfg: HpoConfig, gate: Path, trial: int, n_trials: int | None = 1):
@@ -80,7 +80,7 @@ def test_journal_worker_killed_mid_trial_is_failed_and_retried(tmp_path, space, 
     cfg = hpo(space, n_trials=3, max_epochs=3, pruner="none")
     url = f"journal:{tmp_path}/optuna.log"
     prepare_study(cfg, url)  # trials 0, 1, 2
-    run_worker("unused", DryRunConfig(), cfg, storage_url=url, n_trials=1, score=planted)  # trial 0 done
+    run_worker("unused", AtftConfig(), cfg, storage_url=url, n_trials=1, score=planted)  # trial 0 done
     victim = _start_held_worker(url, cfg, tmp_path / "never", trial=1)
     live = _start_held_worker(url, cfg, tmp_path / "open-later", trial=2)
     try:
@@ -110,7 +110,7 @@ def test_journal_worker_killed_mid_trial_is_failed_and_retried(tmp_path, space, 
             if proc.is_alive():
                 proc.kill()
 
-    report = run_worker("unused", DryRunConfig(), cfg, storage_url=url, worker_index=2, score=planted)
+    report = run_worker("unused", AtftConfig(), cfg, storage_url=url, worker_index=2, score=planted)
     assert [t["number"] for t in report.trials] == [3, 4]  # the retry first, then the new batch's trial
     study = load(url)
     assert states(study) == {"COMPLETE": 4, "FAIL": 1}  # 3 + 1 queued trials done, plus the killed attempt
@@ -134,7 +134,7 @@ def test_journal_worker_start_ends_a_dead_workers_trial_and_max_retry_bounds_its
     _kill(_start_held_worker(url, cfg, tmp_path / "never", trial=1, n_trials=None))
     study = load(url)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
-    report = run_worker("unused", DryRunConfig(), cfg, storage_url=url, score=planted)
+    report = run_worker("unused", AtftConfig(), cfg, storage_url=url, score=planted)
     study = load(url)
     assert report.trials == [] and states(study) == {"FAIL": 2}  # nothing left to run
     assert study.trials[1].system_attrs["retry_history"] == [0]

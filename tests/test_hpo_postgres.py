@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.hpo.config import HpoConfig
 from atft_core.hpo.storage import build_storage
 from atft_core.hpo.study import run_study
@@ -89,7 +89,7 @@ def test_two_workers_share_a_postgres_study_and_the_password_stays_out_of_files(
                     search_space=str(space),
                     heartbeat_interval_s=1, grace_period_s=3)
     out = tmp_path / "out"
-    s = run_study("unused", DryRunConfig(), cfg, out, score=slow_planted)
+    s = run_study("unused", AtftConfig(), cfg, out, score=slow_planted)
 
     study = optuna.load_study(study_name="pg", storage=build_storage(url, cfg))
     assert sorted(t.number for t in study.trials) == list(range(6))  # exactly the total, unique numbers
@@ -100,7 +100,7 @@ def test_two_workers_share_a_postgres_study_and_the_password_stays_out_of_files(
     assert s.counts["complete"] == 6 and s.best_value == max(t.value for t in study.trials)
 
     # A rerun continues the study on the server.
-    again = run_study("unused", DryRunConfig(), HpoConfig(**{**cfg.to_dict(), "n_trials": 2, "parallel": 1}), out,
+    again = run_study("unused", AtftConfig(), HpoConfig(**{**cfg.to_dict(), "n_trials": 2, "parallel": 1}), out,
                       score=slow_planted)
     assert again.study_counts["total"] == 8 and again.counts["total"] == 2
 

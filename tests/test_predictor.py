@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from atft_core.config import DataConfig, DryRunConfig, SplitConfig
+from atft_core.config import DataConfig, AtftConfig, SplitConfig
 from atft_core.data.batches import make_split
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.evaluate.baselines import DemoOracle, RidgeModel, fit_ridge, oracle_on_days, ridge_baseline
@@ -27,8 +27,8 @@ from tests.test_cli_answers import assert_one_answer, atft
 DATA = DataConfig(window=1, min_stocks=20, split=SplitConfig(val_days=40, test_days=40, embargo_days=5))
 
 
-def _small_cfg(**train) -> DryRunConfig:
-    return DryRunConfig.from_dict({"data": {"window": 5, "min_stocks": 5, "min_train_days": 5,
+def _small_cfg(**train) -> AtftConfig:
+    return AtftConfig.from_dict({"data": {"window": 5, "min_stocks": 5, "min_train_days": 5,
                                             "split": {"val_days": 10, "test_days": 0}},
                                    "model": {"hidden": 8, "attn_heads": 2, "gat_heads": [2], "static_dim": 4},
                                    "train": {"max_epochs": 1, "progress": False, "device": "cpu",
@@ -36,7 +36,7 @@ def _small_cfg(**train) -> DryRunConfig:
 
 
 def test_every_predictor_satisfies_the_contract():
-    for predictor in (RidgeModel(), PeerModel(), DemoOracle(), ModelPredictor(DryRunConfig(), device="cpu")):
+    for predictor in (RidgeModel(), PeerModel(), DemoOracle(), ModelPredictor(AtftConfig(), device="cpu")):
         assert isinstance(predictor, Predictor), type(predictor).__name__
 
 
@@ -87,7 +87,7 @@ def test_peer_models_its_first_horizon_and_leaves_the_others_nan(tmp_path):
 def trained(tiny_demo, tiny_config, tmp_path_factory):
     """(config, cache folder root, opened cache, checkpoint, the trainer's result) on the tiny demo."""
     root = tmp_path_factory.mktemp("predict")
-    cfg = DryRunConfig.from_yaml(tiny_config)
+    cfg = AtftConfig.from_yaml(tiny_config)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=2, device="cpu"))
     cache = open_cache(build_cache(tiny_demo, root / "cache", cfg.cache, progress=False).path)
     ckpt = root / "run" / "checkpoint.pt"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from flows.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def test_the_two_commands_exist_and_ci_runs_the_test_command():
 def test_configuration_example_is_the_defaults():
     block = README[README.index("# the defaults (tuned"):]
     block = block[: block.index("```")]
-    assert DryRunConfig.from_dict(yaml.safe_load(block)) == DryRunConfig()
+    assert AtftConfig.from_dict(yaml.safe_load(block)) == AtftConfig()
 
 
 def test_every_documented_subcommand_exists():

@@ -9,7 +9,7 @@ is `python -m bench.signal --goals` (docs/signal.md): a benchmark, not a test.
 
 from __future__ import annotations
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.cache import build_cache
 from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.dryrun import run_dryrun
@@ -18,7 +18,7 @@ from atft_core.dryrun import run_dryrun
 def test_default_dry_run_learns_the_signal_on_held_out_test_days(tmp_path):
     data = tmp_path / "demo.parquet"
     generate_demo(data, DemoConfig(seed=1))
-    cfg = DryRunConfig()
+    cfg = AtftConfig()
     cfg.train.progress = False
     result = run_dryrun(build_cache(data, tmp_path / "cache", progress=False, require=cfg.data).path, cfg,
                         tmp_path / "run")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.batches import GridTensors
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.model import build_model
@@ -46,8 +46,8 @@ def cache(tmp_path_factory):
     return open_cache(build_cache(path, d / "cache", progress=False).path)
 
 
-def config(static: str, log_every: int, dropout: float = 0.1, amp: bool = True) -> DryRunConfig:
-    return DryRunConfig.from_dict({
+def config(static: str, log_every: int, dropout: float = 0.1, amp: bool = True) -> AtftConfig:
+    return AtftConfig.from_dict({
         "data": {"window": 10, "min_stocks": 5, "days_per_batch": 2, "split": {"val_days": 15, "test_days": 0}},
         "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2], "graph_topk": 4, "graph_sector_edges": 3,
                   "quantiles": [0.1, 0.5, 0.9], "dropout": dropout},

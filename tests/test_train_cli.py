@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import flows.pipeline
-from atft_core.config import TRAIN_RECIPE, DryRunConfig
+from atft_core.config import TRAIN_RECIPE, AtftConfig
 from flows.cli import main, write_best_config
 
 
@@ -14,7 +14,7 @@ def test_best_trial_yaml_round_trips_into_a_train_config(tmp_path):
     base.write_text("data: {split: {val_days: 60}}\nmodel: {gat_heads: [2]}\n")
     params = {"train.lr": 0.0031, "model.hidden": 64, "model.dropout": 0.15, "data.window": 20}
     path = write_best_config(str(base), params, tmp_path / "best_config.yaml")
-    cfg = DryRunConfig.from_yaml(path)
+    cfg = AtftConfig.from_yaml(path)
     assert (cfg.train.lr, cfg.model.hidden, cfg.model.dropout, cfg.data.window) == (0.0031, 64, 0.15, 20)
     assert cfg.data.split.val_days == 60 and cfg.model.gat_heads == (2,)  # the base config's own values kept
     assert "!!python" not in path.read_text()

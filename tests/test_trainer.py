@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.data.demo import DemoConfig, generate_demo, load_oracle
 from atft_core.dryrun import run_dryrun
@@ -19,8 +19,8 @@ from atft_core.evaluate.metrics import daily_ic
 from atft_core.train.trainer import Trainer, resolve_device, rss_mb
 
 
-def small_config(**train) -> DryRunConfig:
-    cfg = DryRunConfig.from_dict({
+def small_config(**train) -> AtftConfig:
+    cfg = AtftConfig.from_dict({
         "data": {"window": 10, "min_stocks": 10, "split": {"val_days": 40, "test_days": 0}},
         "model": {"hidden": 16, "attn_heads": 2, "gat_heads": [2], "graph_topk": 4, "graph_sector_edges": 4,
                   "vsn_var_dim": 4},

@@ -27,7 +27,7 @@ from typing import Any
 
 import optuna
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.errors import TrainingError
 from atft_core.hpo.config import FAIL_KIND_ATTR, FAIL_REASON_ATTR, PROCESS_ATTR, WORKER_ATTR
 from atft_core.hpo.liveness import this_process
@@ -35,7 +35,7 @@ from atft_core.hpo.space import SearchSpace, trial_config
 
 # A score function: (trial, the trial's full config, cache path) -> value. Module-level, so that
 # worker processes receive it by reference when the Objective is pickled.
-Score = Callable[[optuna.Trial, DryRunConfig, Path], float]
+Score = Callable[[optuna.Trial, AtftConfig, Path], float]
 
 _report_seconds = 0.0  # time in trial.report + should_prune, this process (storage calls, for the bench)
 
@@ -58,7 +58,7 @@ def report_epoch(trial: optuna.Trial, epoch: int, value: float | None, max_epoch
         raise optuna.TrialPruned(f"pruned after epoch {epoch}: validation RankIC {value:+.4f}")
 
 
-def train_score(trial: optuna.Trial, cfg: DryRunConfig, cache_path: Path) -> float:
+def train_score(trial: optuna.Trial, cfg: AtftConfig, cache_path: Path) -> float:
     """Train on the cache with this trial's config; the best epoch's validation RankIC."""
     from atft_core.train.trainer import Trainer  # torch loads only where a trial really trains
 
@@ -80,7 +80,7 @@ class Objective:
     """`Trial -> float` for `study.optimize`: sample, build the config, score, record any failure."""
 
     cache_path: str | Path
-    base_cfg: DryRunConfig
+    base_cfg: AtftConfig
     space: SearchSpace
     max_epochs: int = 2
     score: Score = train_score

@@ -1,4 +1,4 @@
-"""The search space: dotted DryRunConfig paths (`train.lr`) mapped to Optuna distributions, from YAML.
+"""The search space: dotted AtftConfig paths (`train.lr`) mapped to Optuna distributions, from YAML.
 
 A file is checked when it is read (unknown fields, wrong types, hidden sizes the head counts do not
 divide), so a typo fails before any trial is queued rather than in trial 37.
@@ -15,14 +15,14 @@ from typing import Any
 
 import optuna
 
-from atft_core.config import DryRunConfig, read_yaml_mapping
+from atft_core.config import AtftConfig, read_yaml_mapping
 
 DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[1] / "configs" / "search_space.yaml"
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Dotted DryRunConfig paths (`train.lr`) mapped to Optuna distributions, read from YAML."""
+    """Dotted AtftConfig paths (`train.lr`) mapped to Optuna distributions, read from YAML."""
 
     params: dict[str, optuna.distributions.BaseDistribution]
     source: str = ""
@@ -124,8 +124,8 @@ def _distribution(name: str, spec: Any) -> optuna.distributions.BaseDistribution
 
 
 def _config_field(path: str) -> Any:
-    """The default value at a dotted DryRunConfig path; ValueError naming the known fields otherwise."""
-    node: Any = DryRunConfig()
+    """The default value at a dotted AtftConfig path; ValueError naming the known fields otherwise."""
+    node: Any = AtftConfig()
     walked = []
     for part in path.split("."):
         if not dataclasses.is_dataclass(node):
@@ -171,9 +171,9 @@ def _joint_problems(params: Mapping[str, optuna.distributions.BaseDistribution])
     return [f"model.hidden {d} is not divisible by model.attn_heads {h}" for d, h in bad]
 
 
-def apply_params(cfg: DryRunConfig, params: Mapping[str, Any]) -> DryRunConfig:
+def apply_params(cfg: AtftConfig, params: Mapping[str, Any]) -> AtftConfig:
     """A copy of `cfg` with each dotted path set to its value (the input is left untouched)."""
-    out = DryRunConfig.from_dict(cfg.to_dict())
+    out = AtftConfig.from_dict(cfg.to_dict())
     for path, value in params.items():
         *sections, leaf = path.split(".")
         node: Any = out
@@ -186,7 +186,7 @@ def apply_params(cfg: DryRunConfig, params: Mapping[str, Any]) -> DryRunConfig:
 
 
 
-def trial_config(base_cfg: DryRunConfig, params: Mapping[str, Any], max_epochs: int) -> DryRunConfig:
+def trial_config(base_cfg: AtftConfig, params: Mapping[str, Any], max_epochs: int) -> AtftConfig:
     """The config one trial trains with: the base, the sampled values, the study's epoch budget."""
     cfg = apply_params(base_cfg, params)
     cfg.train.max_epochs = max_epochs

@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import BATCH_ATTR, HpoConfig, StudyBatch
 from atft_core.hpo.objective import Score
@@ -69,7 +69,7 @@ def local_workers(hpo: HpoConfig) -> int:
     return max(1, min(hpo.parallel, hpo.n_trials))
 
 
-def run_study(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, output_dir: str | Path, *,
+def run_study(cache_path: str | Path, base_cfg: AtftConfig, hpo: HpoConfig, output_dir: str | Path, *,
               score: Score | None = None) -> HpoSummary:
     """Queue `hpo.n_trials` trials, run them on `hpo.parallel` workers, write hpo.json, trials.csv, plots.
 

@@ -41,7 +41,7 @@ import optuna
 from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.hpo.config import FAIL_KIND_ATTR, FAIL_REASON_ATTR, HpoConfig
 from atft_core.hpo.liveness import end_dead_workers_trials
 from atft_core.hpo.objective import Objective, Score, TrialFailed, free_memory, train_score
@@ -97,7 +97,7 @@ def queued_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def run_worker(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, *, storage_url: str,
+def run_worker(cache_path: str | Path, base_cfg: AtftConfig, hpo: HpoConfig, *, storage_url: str,
                n_trials: int | None = None, worker_index: int = 0, sampler_seed: int | None = None,
                score: Score | None = None, env: Mapping[str, str] | None = None) -> WorkerReport:
     """Run `n_trials` queued trials (None: every trial queued now), or fewer when `hpo.timeout_s` passes.
@@ -152,7 +152,7 @@ def _row(trial: FrozenTrial, timing: Mapping[str, float], trial_s: float) -> dic
 
 
 # K workers on this host -----------------------------------------------------------------------------
-def run_worker_processes(cache_path: str | Path, base_cfg: DryRunConfig, hpo: HpoConfig, output_dir: str | Path, *,
+def run_worker_processes(cache_path: str | Path, base_cfg: AtftConfig, hpo: HpoConfig, output_dir: str | Path, *,
                          storage_url: str, first_number: int, queued: int, workers: int,
                          score: Score | None = None) -> tuple[list[WorkerReport], list[str]]:
     """`workers` spawned processes share `queued` trials of one study; their reports and one error line
@@ -184,7 +184,7 @@ def _limit_threads(threads: int) -> None:
     os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
 
 
-def _process_main(cache_path: str, base_cfg: DryRunConfig, hpo: HpoConfig, output_dir: str, storage_url: str,
+def _process_main(cache_path: str, base_cfg: AtftConfig, hpo: HpoConfig, output_dir: str, storage_url: str,
                   worker_index: int, n_trials: int, sampler_seed: int, score: Score | None) -> dict[str, Any]:
     logfile = worker_file(output_dir, worker_index, "log")
     logfile.parent.mkdir(parents=True, exist_ok=True)

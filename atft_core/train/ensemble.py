@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.batches import Split, make_split
 from atft_core.data.cache import Cache
 from atft_core.train.trainer import EpochCallback, Trainer, TrainResult, score_days
@@ -44,7 +44,7 @@ def member_checkpoint(path: Path, member: int) -> Path:
     return path if member == 0 else path.with_name(f"{path.stem}.member{member}{path.suffix}")
 
 
-def member_configs(cfg: DryRunConfig) -> list[DryRunConfig]:
+def member_configs(cfg: AtftConfig) -> list[AtftConfig]:
     """Member k's config: ``train.seed + k``; odd members without the piecewise code when alternating."""
     out = []
     for member in range(int(cfg.train.ensemble)):
@@ -56,7 +56,7 @@ def member_configs(cfg: DryRunConfig) -> list[DryRunConfig]:
     return out
 
 
-def fit_ensemble(cache: Cache, cfg: DryRunConfig, *, split: Split | None = None, monitor: Any = None,
+def fit_ensemble(cache: Cache, cfg: AtftConfig, *, split: Split | None = None, monitor: Any = None,
                  checkpoint_path: Path | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train ``cfg.train.ensemble`` members and return the ensemble's `TrainResult`.
 
@@ -78,7 +78,7 @@ def fit_ensemble(cache: Cache, cfg: DryRunConfig, *, split: Split | None = None,
                    inputs=[_inputs(c) for c in configs])
 
 
-def _inputs(cfg: DryRunConfig) -> str:
+def _inputs(cfg: AtftConfig) -> str:
     return "raw values + piecewise code" if cfg.model.piecewise_edges else "raw values"
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.batches import GridTensors, Split
 from atft_core.data.cache import Cache
 from atft_core.model import build_model
@@ -44,7 +44,7 @@ class ModelPredictor:
         source: how errors name these weights (the checkpoint path).
     """
 
-    def __init__(self, cfg: DryRunConfig, model: torch.nn.Module | None = None, data: dict[str, Any] | None = None,
+    def __init__(self, cfg: AtftConfig, model: torch.nn.Module | None = None, data: dict[str, Any] | None = None,
                  *, device: str = "auto", source: str = "model"):
         self.cfg = cfg
         self.model = model
@@ -109,7 +109,7 @@ def load_model(checkpoint_path: str | Path, *, device: str = "auto") -> ModelPre
     path = Path(checkpoint_path)
     ckpt = checkpoint.load_checkpoint(path)
     try:
-        cfg = DryRunConfig.from_dict(ckpt["config"])
+        cfg = AtftConfig.from_dict(ckpt["config"])
         data = ckpt["data"]
         model = build_model(len(data["features"]), data["horizons"], cfg.model, list(data["features"]))
         model.load_state_dict(ckpt["model"])

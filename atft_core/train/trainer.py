@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atft_core.config import DryRunConfig
+from atft_core.config import AtftConfig
 from atft_core.data.batches import DayBatchSampler, GridTensors, Split, make_split
 from atft_core.data.cache import Cache
 from atft_core.errors import TrainingError
@@ -135,13 +135,13 @@ class TrainResult:
 
 
 class Trainer:
-    """Fits ATFT-GAT-FAN on one cache with one `DryRunConfig`.
+    """Fits ATFT-GAT-FAN on one cache with one `AtftConfig`.
 
     `on_epoch` receives each epoch's record (HPO uses it to report and prune; an exception raised
     there, such as optuna's TrialPruned, ends `fit` unchanged).
     """
 
-    def __init__(self, cache: Cache, cfg: DryRunConfig, *, split: Split | None = None,
+    def __init__(self, cache: Cache, cfg: AtftConfig, *, split: Split | None = None,
                  monitor: Any = None, on_epoch: EpochCallback | None = None, model: torch.nn.Module | None = None):
         self.cache = cache
         self.cfg = cfg

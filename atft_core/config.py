@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from atft_core.config_rules import validate_config
+
 
 @dataclass
 class ColumnsConfig:
@@ -108,29 +110,24 @@ class ModelConfig:
     n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
     n_sectors: int = 40
     static_dim: int = 8
-    # signed (in (-2, 2): a gate that follows another variable's sign forms x * sign(gate)) | sigmoid (0, 2) |
-    # softmax (TFT's). Signed lifted val RankIC 0.115 -> 0.127 (seed 0) and 0.115 -> 0.126 (seed 4), one
-    # 3-epoch run each: see VariableSelectionNetwork.
+    # signed (in (-2, 2): a gate that follows another variable's sign can form x * sign(gate)) | sigmoid
+    # (0, 2) | softmax (TFT's): see VariableSelectionNetwork. Chosen on demo validation days (bench/results.md).
     vsn_gate: str = "signed"
-    # Width of each variable's own GRN in the VSN (its cost is S*L*F*this). 16, not 4: a variable whose
-    # effect is an even function (extremes in either direction) needs it; measured on demo seed 0
-    # (validation) the planted extreme part's capture went 0.01 -> 0.19, val RankIC 0.101 -> 0.107,
-    # for 1.6x the CPU time of a step.
+    # Width of each variable's own GRN in the VSN (its cost is S*L*F*this). Wide enough for a variable
+    # whose effect is an even function (extremes in either direction), which a width of 4 barely learns.
     vsn_var_dim: int = 16
     fan_aux_weight: float = 0.1  # weight of FAN's reconstruction loss inside the model's aux_loss
     quantiles: tuple[float, ...] = ()  # () = point forecast; e.g. (0.1, 0.5, 0.9)
     cross_section: bool = False  # encodings relative to their day's sector / market means before the GAT
-    # Each feature minus its day's sector mean as one more encoder stream (what the peer gets too).
-    # Measured on demo seed 0 (validation): sector-relative signal captured 0.08 -> 0.36, val RankIC +0.015.
+    # Each feature minus its day's sector mean as one more encoder stream (what the peer gets too): a
+    # stock's standing within its sector is hard to learn from raw values alone.
     sector_relative_inputs: bool = True
     # Width of a dense path from the forecast day's own inputs to the encoding (0 = off): see CurrentDayMLP.
-    # Off by default: on demo seed 0 (300 stocks) it took the planted interaction's capture 0.10 -> 0.30 and
-    # val RankIC 0.103 -> 0.112, on seed 4 val RankIC fell 0.114 -> 0.104 (bench/signal_ablation-round3-*.md).
+    # Off by default: it helped one tuning seed and hurt another (bench/signal_ablation-round3-*.md).
     current_day_width: int = 0
     # Bin edges of a piecewise-linear code of each input value (the cache's z-scores), one more VSN
-    # stream and current-day input per bin; () = off. See PiecewiseLinearEncoding. On the tuning seeds
-    # (0 and 4, 300 stocks, validation) 2-epoch runs went 0.1065 -> 0.1109 and 0.1047 -> 0.1099 (mean of
-    # five training seeds each), the extreme-value part's capture 0.15-0.20 -> 0.30-0.37; 1.2-1.3x the time.
+    # stream and current-day input per bin; () = off. See PiecewiseLinearEncoding: it lets a small
+    # network bend its response to a value (thresholds, extremes) at a modest cost per step.
     piecewise_edges: tuple[float, ...] = (-5.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0)
 
     @classmethod
@@ -156,17 +153,16 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     huber_delta: float = 1.0
-    # Huber alone by default: on demo seeds 0 and 4 (300 stocks, validation) dropping the three ranking
-    # terms lifted RankIC 0.103 -> 0.114 and 0.114 -> 0.112 (mean +0.004), and the planted interaction's
-    # capture 0.10 -> 0.31 (seed 0). HPO still searches them.
+    # Huber alone by default: the three ranking terms did not help on the tuning seeds' validation
+    # days (bench/results.md). HPO still searches them.
     rankic_weight: float = 0.0
     cs_ic_weight: float = 0.0
     sharpe_weight: float = 0.0
     rank_anchors: int = 64  # K quantile knots per day of the soft rank (RankIC surrogate); more = closer to exact
     quantile_weight: float = 1.0  # weight of the pinball loss when the model has quantile heads
     horizon_weights: dict[int, float] = field(default_factory=dict)  # per horizon; unlisted ones get the defaults
-    # Default weight of the shortest horizon (the gate's). Tuned on the demo: 3 lifted 1d validation
-    # RankIC from ~0.080 to ~0.090; training on 1d alone was worse (0.069): longer horizons regularise.
+    # Default weight of the shortest horizon (the gate's): weighted up, not alone, since the longer
+    # horizons regularise what the shortest one learns (chosen on validation days).
     shortest_horizon_weight: float = 3.0
     target_transform: str = "zscore"  # zscore (the cache's y_z) | rank (per-day rank-gauss, atft_core.train.targets)
 
@@ -174,8 +170,8 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     max_epochs: int = 2
-    # Validation, test and checkpoints use an exponential moving average of the weights (0 = off).
-    # Chosen on demo seed 0's validation days: 0.99 lifted epoch-1 val RankIC 0.078 -> 0.084.
+    # Validation, test and checkpoints use an exponential moving average of the weights (0 = off): the
+    # average of a noisy run's last steps ranks better than its last step (chosen on validation days).
     ema_decay: float = 0.99
     lr: float = 2e-3
     weight_decay: float = 1e-2
@@ -196,8 +192,8 @@ class TrainConfig:
     # loop); the epoch's end always reads. A NaN is still reported with its epoch, batch and days.
     log_every: int = 50
     # Intra-op threads on CPU (0 = torch's default, one per core). The demo-sized model's ops are
-    # too small to gain from a second thread, and on a shared box spinning threads made steps 5x
-    # slower (measured): one thread is the robust default. Ignored on CUDA.
+    # too small to gain from a second thread, and on a shared box spinning threads slow every step:
+    # one thread is the robust default. Ignored on CUDA.
     cpu_threads: int = 1
     progress: bool = True
     seed: int = 0
@@ -208,9 +204,8 @@ class TrainConfig:
     # `atft train` trains TRAIN_RECIPE's ensemble by default (bench/signal_recipes.md).
     ensemble: int = 1
     # True: odd members read the raw values only (model.piecewise_edges off), even ones the configured
-    # encoding. With sigmoid VSN gates the two learnt different planted parts and their mix won; with the
-    # signed gates the coded members learn both, and three coded members scored 0.129 / 0.133 on the
-    # tuning seeds' validation days against 0.127 / 0.132 alternating (ensemble.py, bench/signal_recipes.md).
+    # encoding: a mix of members that see their inputs differently (off by default: on the tuning seeds'
+    # validation days it did not beat members with one encoding, bench/signal_recipes.md).
     ensemble_alternate_encoding: bool = False
 
     def __post_init__(self) -> None:
@@ -239,15 +234,15 @@ class GateConfig:
 
 
 # What `atft train` trains when neither the config nor a flag says otherwise, and what
-# `bench.signal --goals` measures: three 3-epoch runs (nine epochs of training; validation picks each
-# run's epoch). Chosen on the tuning seeds' validation days (`python -m bench.signal --recipes`,
-# bench/signal_recipes.md): with the signed VSN gates val RankIC 0.129 / 0.133 against 0.128 / 0.131 for
-# two such runs and 0.127 / 0.122 / 0.125 and 0.126 / 0.129 / 0.127 for the single runs.
+# `bench.signal --goals` measures: a seed ensemble of short runs, validation picking each run's epoch.
+# Chosen on the tuning seeds' validation days (bench/signal_recipes.md has the comparison).
 TRAIN_RECIPE: dict[str, int] = {"ensemble": 3, "max_epochs": 3}
 
 
 @dataclass
 class AtftConfig:
+    """Everything one training run needs: the dry run, `atft train`, `atft predict` and each HPO trial."""
+
     data: DataConfig = field(default_factory=DataConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -255,16 +250,45 @@ class AtftConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
+    @classmethod
+    def load(cls, path: str | Path | None) -> AtftConfig:
+        """The YAML file's config, or the library's defaults when there is no file."""
+        return cls.from_yaml(path) if path else cls()
+
+    def with_overrides(self, *, max_epochs: int | None = None, device: str | None = None,
+                       ensemble: int | None = None, resume_from: str | None = None,
+                       min_gpu_util: float | None = None, min_rankic: float | None = None,
+                       require_gpu: bool | None = None, profile: str | None = None) -> AtftConfig:
+        """This config with a run's explicit choices on top; None keeps this config's value.
+
+        The one place a flag or a flow parameter becomes a config value: the CLI checks its flags with
+        it before any server starts, and the flow builds its config with it, so the two cannot drift.
+        """
+        train = _replace_given(self.train, max_epochs=max_epochs, device=device, ensemble=ensemble,
+                               resume_from=resume_from)
+        gate = _replace_given(self.gate, min_gpu_util=min_gpu_util, min_rankic=min_rankic, require_gpu=require_gpu)
+        cache = dataclasses.replace(self.cache, columns=_replace_given(self.cache.columns, profile=profile))
+        return dataclasses.replace(self, train=train, gate=gate, cache=cache)
+
+    def validated(self) -> AtftConfig:
+        """This config when every value is in its range; otherwise one ConfigError naming them all."""
+        return validate_config(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "AtftConfig":
+    def from_dict(cls, raw: dict[str, Any] | None) -> AtftConfig:
         return _build(cls, raw or {}, "config")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "AtftConfig":
+    def from_yaml(cls, path: str | Path) -> AtftConfig:
         return _build(cls, read_yaml_mapping(path, "config file", "sections (data, model, ...)"), str(path))
+
+
+def _replace_given(section: Any, **values: Any) -> Any:
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(section, **given) if given else section
 
 
 def read_yaml_mapping(path: str | Path, what: str, of: str = "keys") -> dict[str, Any]:
@@ -301,126 +325,3 @@ def _build(cls: type, raw: dict[str, Any], where: str):
         else:
             kwargs[name] = value
     return cls(**kwargs)
-
-
-# Ranges, not only types: a value out of range fails here, by name, before any data is read, instead
-# of deep inside torch ("Invalid learning rate", "Invalid number of data points (0)").
-# (path, test, what it must be)
-_RULES: tuple[tuple[str, Any, str], ...] = (
-    ("data.window", lambda v: _int(v) and v >= 1, "an integer >= 1 (days of history per sample)"),
-    ("data.days_per_batch", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("data.min_stocks", lambda v: _int(v) and v >= 2, "an integer >= 2 (a cross-section needs two names)"),
-    ("data.seed", lambda v: _int(v), "an integer"),
-    ("data.min_train_days", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("data.split.val_days", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("data.split.test_days", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("data.split.embargo_days", lambda v: v is None or (_int(v) and v >= 0), "empty or an integer >= 0"),
-    ("cache.clip", lambda v: _num(v) and v > 0, "a number > 0"),
-    ("cache.min_valid_fraction", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("cache.market_window", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("cache.leak_rankic_floor", lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    ("cache.leak_noise_k", lambda v: _num(v) and v > 0, "a number > 0 (noise standard deviations)"),
-    ("cache.chunk_days", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.hidden", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.lstm_layers", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.attn_heads", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.dropout", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("model.fan_k", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("model.gat_layers", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("model.gat_heads", lambda v: isinstance(v, tuple) and all(_int(h) and h >= 1 for h in v),
-     "a list of integers >= 1"),
-    ("model.graph_topk", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("model.graph_sector_edges", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("model.n_sections", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.n_sectors", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.static_dim", lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    ("model.vsn_gate", lambda v: v in ("softmax", "sigmoid", "signed"), "softmax, sigmoid or signed"),
-    ("model.vsn_var_dim", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("model.current_day_width", lambda v: _int(v) and v >= 0, "an integer >= 0 (0 = no current-day path)"),
-    ("model.fan_aux_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("model.quantiles", lambda v: isinstance(v, tuple) and all(_num(q) and 0 < q < 1 for q in v),
-     "a list of numbers in (0, 1)"),
-    ("model.piecewise_edges", lambda v: isinstance(v, tuple) and all(_num(e) for e in v)
-     and (len(v) == 0 or (len(v) >= 2 and all(a < b for a, b in zip(v, v[1:])))),
-     "empty (off) or a list of at least two increasing numbers (bin edges of the z-scored inputs)"),
-    ("loss.huber_delta", lambda v: _num(v) and v > 0, "a number > 0"),
-    ("loss.rankic_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("loss.cs_ic_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("loss.sharpe_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("loss.rank_anchors", lambda v: _int(v) and v >= 2, "an integer >= 2"),
-    ("loss.quantile_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("loss.horizon_weights", lambda v: isinstance(v, dict) and all(_num(w) and w >= 0 for w in v.values()),
-     "a mapping of horizon -> number >= 0"),
-    ("loss.shortest_horizon_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("train.max_epochs", lambda v: _int(v) and v >= 1, "an integer >= 1 (--max-epochs)"),
-    ("train.lr", lambda v: _num(v) and v > 0, "a number > 0 (e.g. 2e-3)"),
-    ("train.weight_decay", lambda v: _num(v) and v >= 0, "a number >= 0"),
-    ("train.grad_clip", lambda v: _num(v) and v > 0, "a number > 0"),
-    ("train.warmup_fraction", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("train.patience", lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    ("train.plateau_lr_factor", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = no rewind on a plateau)"),
-    ("train.max_train_days", lambda v: v is None or (_int(v) and v >= 1), "empty or an integer >= 1"),
-    ("train.device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda (--device)"),
-    ("train.cpu_threads", lambda v: _int(v) and v >= 0, "an integer >= 0 (0 = torch's default)"),
-    ("train.seed", lambda v: _int(v), "an integer"),
-    ("train.control_shuffle_seed", lambda v: v is None or _int(v), "empty or an integer"),
-    ("gate.min_gpu_util", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1] (--min-gpu-util)"),
-    ("gate.min_rankic", lambda v: _num(v) and -1 <= v <= 1, "a number in [-1, 1] (--min-rankic)"),
-    ("gate.require_gpu", lambda v: isinstance(v, bool), "true or false (--require-gpu)"),
-    ("gate.max_rankic", lambda v: _num(v) and -1 < v <= 1, "a number in (-1, 1] (the plausibility ceiling)"),
-    ("gate.lookahead_allow", lambda v: isinstance(v, dict), "a mapping of feature name -> reason"),
-    ("loss.target_transform", lambda v: v in ("zscore", "rank"), "one of zscore, rank"),
-    ("model.cross_section", lambda v: isinstance(v, bool), "true or false"),
-    ("model.sector_relative_inputs", lambda v: isinstance(v, bool), "true or false"),
-    ("train.amp", lambda v: isinstance(v, bool), "true or false"),
-    ("train.compile", lambda v: isinstance(v, bool), "true or false"),
-    ("train.progress", lambda v: isinstance(v, bool), "true or false"),
-    ("train.static_shapes", lambda v: v in ("auto", "on", "off"), "one of auto, on, off"),
-    ("train.resume_from", lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
-     "empty or the path of a checkpoint.pt (--resume)"),
-    ("model.graph_return_feature", lambda v: isinstance(v, str), "a feature name, or empty for automatic"),
-    ("train.ema_decay", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = no weight averaging)"),
-    ("train.log_every", lambda v: _int(v) and v >= 1, "an integer >= 1 (training steps between host reads)"),
-    ("train.ensemble", lambda v: _int(v) and 1 <= v <= 64, "an integer in [1, 64] (models trained from seeds "
-                                                           "seed..seed+K-1, predictions averaged)"),
-    ("train.ensemble_alternate_encoding", lambda v: isinstance(v, bool), "true or false"),
-)
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> bool:
-    import math
-
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def config_problems(cfg: AtftConfig) -> list[str]:
-    """Every value of `cfg` out of its range, as `path = value: must be ...` (empty when all is well)."""
-    problems = []
-    for path, ok, must in _RULES:
-        value: Any = cfg
-        for part in path.split("."):
-            value = getattr(value, part)
-        if not ok(value):
-            problems.append(f"{path} = {value!r}: must be {must}")
-    m = cfg.model
-    if _int(m.hidden) and _int(m.attn_heads) and m.attn_heads >= 1 and m.hidden % m.attn_heads:
-        problems.append(f"model.hidden = {m.hidden} must be divisible by model.attn_heads = {m.attn_heads}")
-    t = cfg.train
-    if t.resume_from and _int(t.ensemble) and t.ensemble > 1:
-        problems.append(f"train.resume_from = {t.resume_from!r} continues one model: set train.ensemble = 1 "
-                        f"(now {t.ensemble}) to resume, or start the ensemble afresh without --resume")
-    return problems
-
-
-def validate_config(cfg: AtftConfig) -> AtftConfig:
-    """`cfg` when every value is in range; otherwise one ConfigError listing them all."""
-    from atft_core.errors import ConfigError
-
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from atft_core.evaluate.baselines import dryrun_baselines
 from atft_core.evaluate.controls import control_result, shuffled_target_cache
 from atft_core.evaluate.gate import Criterion, GateResult, evaluate_gate
 from atft_core.evaluate.report import build_report, report_markdown
-from atft_core.rundir import write_json
+from atft_core.rundir import json_safe, write_json
 from atft_core.train.ensemble import fit_ensemble
 from atft_core.train.gpu_monitor import monitor_for_device
 from atft_core.train.trainer import TrainResult, resolve_device
@@ -179,16 +178,3 @@ def write_predictions(cache: Cache, days: np.ndarray, pred: np.ndarray, path: Pa
         cols[f"target_{h}d"] = cache.y[days[d_idx], s_idx, k]
     pl.DataFrame(cols).write_parquet(path)
     return path
-
-
-def json_safe(o: Any) -> Any:
-    """JSON has no NaN: non-finite numbers become null, numpy scalars plain numbers."""
-    if isinstance(o, dict):
-        return {str(k): json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [json_safe(v) for v in o]
-    if isinstance(o, (float, np.floating)):
-        return float(o) if math.isfinite(o) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    return o

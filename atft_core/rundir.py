@@ -9,10 +9,13 @@ and a folder leads back to its run. Nothing here knows about Prefect: a run id i
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _SAFE = re.compile(r"[^A-Za-z0-9]+")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -59,3 +62,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def json_safe(o: Any) -> Any:
+    """JSON has no NaN: non-finite numbers become null, numpy scalars plain numbers, tuples lists."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atft_core.config import TRAIN_RECIPE
+from atft_core.config import TRAIN_RECIPE, AtftConfig
 from atft_core.errors import ConfigError, DatasetError, TrainingError
 from atft_core.workroot import WorkRoot, absolute
+from flows.cli_parser import build_parser
+from flows.params import PipelineParams
 
 log = logging.getLogger("atft")
 
@@ -34,143 +36,6 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "botocore", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _at_least(low: int):
-    """argparse type: an integer >= low (a bad value is a usage error, exit 2, before anything runs)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value}")
-    return value
-
-
-def _add_gate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
-    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
-    p.add_argument("--output-dir", default=None, help="each run gets its own folder below this (default: "
-                   "$ATFT_HOME/runs)")
-    p.add_argument("--max-epochs", type=_at_least(1), default=None, help="epochs of the gate's dry run")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--min-gpu-util", type=_fraction, default=None)
-    p.add_argument("--min-rankic", type=float, default=None)
-    p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="fail the gate when no GPU is visible (GPU pool); default: not applicable on CPU")
-    p.add_argument("--config", default=None, help="YAML with sections data/cache/model/loss/train/gate")
-    p.add_argument("--ensemble", type=_at_least(1), default=None, metavar="K",
-                   help="train K models from seeds seed..seed+K-1 and predict their mean (train.ensemble)")
-    p.add_argument("--resume", dest="resume_from", default=None, metavar="CHECKPOINT",
-                   help="continue training from an earlier run's checkpoint.pt (same panel layout)")
-    _add_profile_arg(p)
-
-
-def _add_profile_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=None, choices=["auto", "atft", "gogooku3"],
-                   help="column layout of the panel (cache.columns.profile): gogooku3 reads feat_ret_{h}d labels "
-                        "and sector33_code/sector33 as they are; auto (default) detects it")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atft", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo-data", help="generate the built-in demo market (parquet + oracle)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--stocks", type=int, default=None)
-    p.add_argument("--days", type=int, default=None)
-    p.add_argument("--features", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--start", default=None, help="first trading day (e.g. 2016-01-04 for 2,500 days)")
-
-    p = sub.add_parser("build-cache", help="validate a panel and build its Arrow cache")
-    p.add_argument("--data-path", required=True)
-    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
-    p.add_argument("--config", default=None)
-    _add_profile_arg(p)
-
-    p = sub.add_parser("dryrun", help="build cache, train briefly, apply the gate (the nightly go/no-go)")
-    _add_gate_args(p)
-
-    p = sub.add_parser("train", help="train one configuration for real: by default the measured recipe, a seed "
-                                     f"ensemble of {TRAIN_RECIPE['ensemble']} runs of "
-                                     f"{TRAIN_RECIPE['max_epochs']} epochs each (validation picks each run's "
-                                     "epoch), unless the config, --ensemble or --max-epochs say otherwise; "
-                                     "same run folder as dryrun")
-    _add_gate_args(p)
-
-    p = sub.add_parser("pipeline", help="the full flow: cache -> gate -> (mode hpo) HPO study")
-    _add_gate_args(p)
-    p.add_argument("--mode", choices=["dryrun", "hpo"], default="dryrun")
-    p.add_argument("--n-trials", type=_at_least(1), default=5)
-    p.add_argument("--hpo-max-epochs", type=_at_least(1), default=None,
-                   help="epochs of each HPO trial (default: --max-epochs)")
-    p.add_argument("--study-name", default="atft")
-    p.add_argument("--storage", default=None)
-
-    p = sub.add_parser("report", help="signal report of a predictions file (IC series, deciles, equity curve)")
-    p.add_argument("--predictions", required=True, help="test_predictions.parquet (or val_) written by a dry run")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--horizon", type=int, default=1)
-    p.add_argument("--min-stocks", type=int, default=20)
-
-    p = sub.add_parser("predict", help="score and rank every stock of a panel on one day with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt written by atft dryrun or atft train")
-    p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
-    p.add_argument("--date", default=None, help="YYYY-MM-DD, a trading day of the panel (default: its last day, "
-                                                "where no target exists yet)")
-    p.add_argument("--out", default=None, help="parquet to write (default: predictions-DATE.parquet next to the "
-                                               "checkpoint)")
-    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
-
-    _add_hpo_parser(sub)
-
-    # strings: cmd_gc checks them, so a bad value is one line (exit 2), not argparse's usage block
-    p = sub.add_parser("gc", help="remove old run folders, unused caches and temp leftovers under ATFT_HOME "
-                                  "(never what a running job uses)")
-    p.add_argument("--keep-runs", default=None, metavar="N", help="run folders to keep, newest first (default 30)")
-    p.add_argument("--cache-days", default=None, metavar="K", help="keep caches used in the last K days (default 14)")
-    p.add_argument("--tmp-hours", default=None, metavar="H", help="remove temp leftovers older than H hours "
-                                                                 "(default 24)")
-    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    return parser
-
-
-def _add_hpo_parser(sub: Any) -> None:
-    p = sub.add_parser("hpo", help="short Optuna study: N trials on K workers sharing one storage")
-    p.add_argument("--data-path", default=None, help="parquet file, directory or s3:// URI (default: the demo data)")
-    p.add_argument("--n-trials", type=_at_least(1), default=5,
-                   help="trials this run adds to the study (all workers together)")
-    p.add_argument("--max-epochs", type=_at_least(1), default=2)
-    p.add_argument("--study-name", default="atft")
-    p.add_argument("--output-dir", default=None, help="hpo.json, trials.csv, plots/ (default: $ATFT_HOME/runs/hpo)")
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL or journal:PATH (default: OUTPUT_DIR/optuna.db); "
-                   "${VAR} is filled from the environment")
-    p.add_argument("--parallel", type=_at_least(1), default=1, help="worker processes pulling trials from the study")
-    p.add_argument("--cache-dir", default=None, help="default: $ATFT_HOME/cache")
-    p.add_argument("--config", default=None, help="base config YAML (sections data/cache/model/loss/train)")
-    p.add_argument("--search-space", default=None, help="search space YAML (default: the packaged one)")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=None, help="seconds after which workers take no new trial")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--gpu-stage", default="auto", choices=["auto", "deployment", "local"],
-                   help="deployment: workers are runs of atft-hpo-worker/gpu on the gpu pool (needs PostgreSQL "
-                        "for K > 1); local: K processes here; auto: the pool only under a deployment")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -206,9 +71,8 @@ def _plain(o: Any) -> Any:
     return o
 
 
-def _config(path: str | None):
-    from atft_core.config import AtftConfig
-    return AtftConfig.from_yaml(path) if path else AtftConfig()
+def _config(path: str | None) -> AtftConfig:
+    return AtftConfig.load(path)
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -222,15 +86,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from atft_core.data.cache import build_cache
-    from atft_core.data.roles import with_profile
     from atft_core.data.source import S3Options
-    cfg = _config(args.config)
-    cache_cfg = dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns, args.profile))
+    cfg = _config(args.config).with_overrides(profile=args.profile)
     # the training settings decide how much history is enough: a too-short file stops here, nothing written
-    build = build_cache(args.data_path, args.cache_dir, cache_cfg, s3=S3Options.from_env(), require=cfg.data)
+    build = build_cache(args.data_path, args.cache_dir, cfg.cache, s3=S3Options.from_env(), require=cfg.data)
     _print_cache_summary(build)
     return 0
 
@@ -268,53 +128,35 @@ def _absolute_paths(args: argparse.Namespace, root: WorkRoot) -> None:
         args.output_dir = str(root.runs / "hpo" if args.command == "hpo" else root.runs)
 
 
-def _flow_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "mode": mode,
-        "data_path": args.data_path,  # None: the flow uses (and if needed generates) the demo panel
-        "cache_dir": args.cache_dir,
-        "output_dir": args.output_dir,
-        "config_path": args.config,
-    }
+def pipeline_params(args: argparse.Namespace, mode: str) -> PipelineParams:
+    """The flow's parameters from the flags given (a flag left out keeps the flow's default)."""
+    from pydantic import ValidationError
+
+    given = {"mode": mode, "data_path": args.data_path, "cache_dir": args.cache_dir,
+             "output_dir": args.output_dir, "config_path": args.config}
     for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile", "resume_from",
-                 "ensemble"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    for name in ("n_trials", "hpo_max_epochs", "study_name", "storage"):
+                 "ensemble", "n_trials", "hpo_max_epochs", "study_name", "storage"):
         if getattr(args, name, None) is not None:
-            params[name] = getattr(args, name)
-    return params
+            given[name] = getattr(args, name)
+    try:
+        return PipelineParams(**given)
+    except ValidationError as exc:
+        raise ConfigError([f"--{'-'.join(map(str, e['loc'])).replace('_', '-')} = {e.get('input')!r}: {e['msg']}"
+                           for e in exc.errors()], hint="correct the flag named") from None
 
 
-def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
-    """Everything that can be checked before a flow starts: config ranges, the data path, the device.
-
-    Raises ConfigError / DatasetError (exit 2) so a bad flag fails in a second, not after a server
-    start and a cache build.
-    """
-    import dataclasses
-
-    from atft_core.config import validate_config
-
-    # The flow applies the same overrides (build_config); done here without importing Prefect so a
-    # bad flag answers in a second.
-    base = _config(args.config)
-    for epochs in {args.max_epochs, getattr(args, "hpo_max_epochs", None)}:
-        train = {k: v for k, v in (("max_epochs", epochs), ("device", args.device),
-                                   ("resume_from", getattr(args, "resume_from", None)),
-                                   ("ensemble", getattr(args, "ensemble", None))) if v is not None}
-        gate = {k: v for k, v in overrides.items() if v is not None}
-        cfg = validate_config(dataclasses.replace(base, train=dataclasses.replace(base.train, **train),
-                                                  gate=dataclasses.replace(base.gate, **gate)))
-    if getattr(args, "storage", None):
+def check_inputs(cfg: AtftConfig, *, data_path: str | None, storage: str | None) -> None:
+    """What can be checked before a flow starts beyond the config's ranges: the storage URL, the data
+    path, the device. Raises ConfigError / DatasetError (exit 2) so that a bad flag fails in a second,
+    not after a server start and a cache build."""
+    if storage:
         from atft_core.hpo.storage import refuse_literal_password
 
-        refuse_literal_password(args.storage)  # before a server starts or a cache is built
-    data = getattr(args, "data_path", None)
-    if data and not str(data).startswith("s3://"):
+        refuse_literal_password(storage)  # before a server starts or a cache is built
+    if data_path and not str(data_path).startswith("s3://"):
         from atft_core.data.source import resolve_input
 
-        with resolve_input(data):  # a local path: exists, and a directory holds parquet files
+        with resolve_input(data_path):  # a local path: exists, and a directory holds parquet files
             pass
     if cfg.train.device == "cuda":
         import torch
@@ -325,9 +167,12 @@ def check_inputs(args: argparse.Namespace, **overrides: Any) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
-    check_inputs(args, min_gpu_util=args.min_gpu_util, min_rankic=args.min_rankic, require_gpu=args.require_gpu)
+    params = pipeline_params(args, mode or args.mode)
+    cfg = params.config()  # the same configs the flow builds; checked here without importing Prefect
+    params.hpo_config()
+    check_inputs(cfg, data_path=params.data_path, storage=params.storage)
     from flows.pipeline import run_pipeline
-    result = run_pipeline(**_flow_params(args, mode or args.mode))
+    result = run_pipeline(**params.flow_kwargs())
     print(f"run folder: {result['run_dir']}")
     gate = result.get("gate") or {}
     for c in gate.get("criteria", []):
@@ -403,7 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
-    check_inputs(args)
+    cfg = _config(args.config).with_overrides(max_epochs=args.max_epochs, device=args.device).validated()
+    check_inputs(cfg, data_path=args.data_path, storage=args.storage)
     from flows.hpo_stage import hpo_storage, run_hpo
 
     # A storage the workers cannot share is bad input: refused here, before any flow run starts.

@@ -1,4 +1,4 @@
-"""What every flow needs: the run's config, its input panel, and where a GPU stage runs.
+"""What every flow needs: its input panel, and where a GPU stage runs.
 
 The flows import this module and never each other's internals: `pipeline` composes the two stage
 flows (`gpu_stage`, `hpo_stage`), and neither stage imports `pipeline` or the other stage.
@@ -6,7 +6,6 @@ flows (`gpu_stage`, `hpo_stage`), and neither stage imports `pipeline` or the ot
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -16,7 +15,6 @@ from typing import Any, Literal
 
 from prefect.runtime import deployment as current_deployment
 
-from atft_core.config import AtftConfig
 from atft_core.workroot import WorkRoot
 from tasks.expected_errors import expected
 
@@ -65,25 +63,6 @@ def resolve_data_path(data_path: str | None, root: WorkRoot) -> str:
         Path(f"{tmp}.oracle.parquet").replace(f"{demo}.oracle.parquet")
         tmp.replace(demo)
     return str(demo)
-
-
-def build_config(config_path: str | None = None, *, max_epochs: int | None = None, device: str | None = None,
-                 min_gpu_util: float | None = None, min_rankic: float | None = None,
-                 require_gpu: bool | None = None, profile: str | None = None,
-                 resume_from: str | None = None, ensemble: int | None = None) -> AtftConfig:
-    """The YAML config (or defaults) with the flow's explicit overrides on top; None keeps the file's value."""
-    from atft_core.data.roles import with_profile
-
-    cfg = AtftConfig.from_yaml(config_path) if config_path else AtftConfig()
-    cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns,
-                                                                                           profile)))
-    train = {k: v for k, v in (("max_epochs", max_epochs), ("device", device), ("resume_from", resume_from),
-                               ("ensemble", ensemble))
-             if v is not None}
-    gate = {k: v for k, v in (("min_gpu_util", min_gpu_util), ("min_rankic", min_rankic),
-                              ("require_gpu", require_gpu)) if v is not None}
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
-                               gate=dataclasses.replace(cfg.gate, **gate))
 
 
 def gpu_deployment_for(dispatch: GpuDispatch, name: str = GPU_DEPLOYMENT) -> str | None:

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
 from atft_core.publish import ArtifactTarget
+from atft_core.stage_result import StageResult
 from flows.common import Deadlines, GpuStageFailed, check_gpu_host, wait_for_runs
 from tasks.exchange import (
     exchange_target,
@@ -30,7 +31,7 @@ from tasks.exchange import (
     share_results_task,
     worker_work_dir,
 )
-from tasks.train import read_stage, train_dryrun_task
+from tasks.train import train_dryrun_task
 
 GPU_STAGE_TIMEOUT_S = 4 * 3600  # the stage's own flow timeout: a hung training ends Failed, never Running
 
@@ -41,7 +42,7 @@ def _stage_run_name() -> str:
 
 @flow(name="atft-gpu-stage", flow_run_name=_stage_run_name, timeout_seconds=GPU_STAGE_TIMEOUT_S,
       description="Dry-run training on the GPU pool; writes stage.json to the run folder.")
-def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_uri: str | None = None) -> dict[str, Any]:
+def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_uri: str | None = None) -> StageResult:
     """exchange_uri: the pipeline's s3://bucket/prefix; then `cache_path` and `run_dir` are the pipeline
     host's paths, only their names are used here.
 
@@ -63,7 +64,7 @@ def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_ur
 
 
 def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path,
-                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> dict[str, Any]:
+                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> StageResult:
     """Run the stage on `deployment` (and wait, within `deadlines`) or in-process; return what it wrote.
 
     exchange: on the gpu pool, move the cache and the results through this bucket (no shared disk).
@@ -93,5 +94,5 @@ def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any
             raise GpuStageFailed(f"GPU stage run '{child.name}' on pool {child.work_pool_name!r} ended "
                                  f"{state.name}: {state.message or 'see its logs'}")
         logger.info("GPU stage run '%s' completed on pool %r", child.name, child.work_pool_name)
-    return read_stage(run_dir)
+    return StageResult.read(run_dir)
 

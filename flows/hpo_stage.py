@@ -43,7 +43,6 @@ from atft_core.workroot import WorkRoot
 from flows.common import (
     Deadlines,
     GpuDispatch,
-    build_config,
     check_gpu_host,
     gpu_deployment_for,
     resolve_data_path,
@@ -260,7 +259,7 @@ def atft_hpo(data_path: str | None = None, output_dir: str | None = None, n_tria
     Relative paths are under the work root (ATFT_HOME); output_dir None is `<work root>/runs/hpo`."""
     root = WorkRoot.from_env()
     out = root.resolve(output_dir, root.runs / "hpo")
-    cfg = build_config(root.resolve_data(config_path), max_epochs=max_epochs, device=device)
+    cfg = AtftConfig.load(root.resolve_data(config_path)).with_overrides(max_epochs=max_epochs, device=device)
     data = resolve_data_path(data_path, root)
     cache = cached_build(data, root.resolve(cache_dir, root.cache), cfg.cache, S3Options.from_env(), require=cfg.data)
     return run_hpo_stage(cache=cache, run_dir=out, config=cfg, n_trials=n_trials,

@@ -27,10 +27,10 @@ the run folder by the same absolute paths.
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import prefect
 from prefect import flow, get_run_logger
@@ -39,23 +39,32 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 import atft_core
-from atft_core.config import AtftConfig, validate_config
+from atft_core.config import AtftConfig
 from atft_core.data.source import S3Options
 from atft_core.provenance import code_version, package_versions
 from atft_core.publish import ArtifactTarget, check_reachable, redact, redact_url
 from atft_core.retention import in_use
-from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
+from atft_core.rundir import find_run_dir, new_run_dir, write_json
+from atft_core.stage_result import StageResult
 from atft_core.workroot import WorkRoot
 from flows import hpo_stage
-from flows.common import Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from flows.common import Deadlines, gpu_deployment_for, resolve_data_path
 from flows.gpu_stage import run_gpu_stage
+from flows.params import (
+    DEFAULT_TRIALS,
+    GPU_START_TIMEOUT_S,
+    GPU_TIMEOUT_S,
+    Device,
+    GpuDispatch,
+    Mode,
+    PipelineParams,
+    Profile,
+)
 from tasks.cache import cached_build
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
 from tasks.publish import mirror_run, publish_report
 from tasks.retention import retention_task
-from tasks.train import STAGE_FILE, read_stage
 
-Mode = Literal["dryrun", "hpo"]
 # Longer than the gpu pool's total deadline plus a nightly HPO study; a run past it ends Failed
 # (TimeoutError) instead of Running forever while the next night's run piles on.
 PIPELINE_TIMEOUT_S = 12 * 3600
@@ -73,94 +82,94 @@ def run_name() -> str:
 def atft_pipeline(
     mode: Mode = "dryrun",
     data_path: str | None = None,
+    config_path: str | None = None,
     max_epochs: int | None = None,
-    n_trials: int | None = None,
-    study_name: str | None = None,
-    storage: str | None = None,
-    output_dir: str | None = None,
-    cache_dir: str | None = None,
+    require_gpu: bool | None = None,
+    device: Device | None = None,
     min_gpu_util: float | None = None,
     min_rankic: float | None = None,
-    require_gpu: bool | None = None,
-    device: str | None = None,
-    config_path: str | None = None,
-    gpu_stage: GpuDispatch = "auto",
-    hpo_workers: int = 1,
-    profile: str | None = None,
+    profile: Profile | None = None,
     resume_from: str | None = None,
     ensemble: int | None = None,
+    output_dir: str | None = None,
+    cache_dir: str | None = None,
+    n_trials: int | None = None,
     hpo_max_epochs: int | None = None,
-    gpu_start_timeout_s: float = Deadlines.start_s,
-    gpu_timeout_s: float = Deadlines.total_s,
+    study_name: str | None = None,
+    storage: str | None = None,
+    hpo_workers: int = 1,
+    gpu_stage: GpuDispatch = "auto",
+    gpu_start_timeout_s: float = GPU_START_TIMEOUT_S,
+    gpu_timeout_s: float = GPU_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Parameters left as None keep the config file's (or the library's) defaults.
+    """Every parameter is a field of `flows.params.PipelineParams`: its type, range and meaning are there.
 
-    Paths (data_path, output_dir, cache_dir, config_path, resume_from, a file storage): absolute as
-    given, a relative one under the work root (`ATFT_HOME`), never under this run's working folder.
-    output_dir None: `<work root>/runs`; cache_dir None: `<work root>/cache`; the default HPO study
-    lives in `<work root>/studies`, so nightly runs continue it.
-
-    max_epochs: the gate's dry run; hpo_max_epochs: each HPO trial (None: the same as max_epochs).
-    gpu_start_timeout_s / gpu_timeout_s: a gpu-pool run not started / not finished by then is cancelled
-    and this run fails naming the pool.
-
-    hpo_workers: HPO workers sharing the study: runs of `atft-hpo-worker/gpu` (PostgreSQL storage when
-    more than one), or without the gpu pool processes on this host (a journal file by default).
-
-    require_gpu=None means: required whenever this run comes from a deployment (or trains on the `gpu`
-    pool); in-process it is required when the trainer's device resolves to CUDA (the gate adds that
-    itself). Only an explicit False turns the deployment rule off.
-    gpu_stage: "auto" (the gpu deployment when this run itself comes from a deployment; there, a
-    missing gpu deployment fails the run), "deployment" or "local" (in-process subflow).
-    profile: the panel's column layout ("auto", "atft", "gogooku3"); None keeps the config's.
-    resume_from: a checkpoint.pt to continue training from (same panel layout, else a clear error).
-    ensemble: models trained from seeds seed..seed+K-1 whose mean is the prediction (HPO trials train one).
+    They stay flat here because a deployment run names them one by one (`-p require_gpu=false`).
     """
-    logger = get_run_logger()
-    # The environment is read here and nowhere below.
-    target = ArtifactTarget.from_env()
-    s3 = S3Options.from_env()
-    root = WorkRoot.from_env()
-    out, cache_root = root.resolve(output_dir, root.runs), root.resolve(cache_dir, root.cache)
-    config_path = root.resolve_data(config_path)
-    resume_from = root.resolve_data(resume_from)
-    storage = root.resolve_storage(storage)
+    return _run(PipelineParams(**locals()))
 
-    cfg = build_config(config_path, max_epochs=max_epochs, device=device, min_gpu_util=min_gpu_util,
-                       min_rankic=min_rankic, require_gpu=require_gpu, profile=profile,
-                       resume_from=resume_from, ensemble=ensemble)
-    hpo_cfg = build_config(config_path, max_epochs=hpo_max_epochs or max_epochs, device=device, profile=profile)
-    validate_config(cfg)  # before anything is read or written: ranges, not only types
-    validate_config(hpo_cfg)
-    gpu_deployment = gpu_deployment_for(gpu_stage)
-    if require_gpu is None:
+
+@dataclass(frozen=True)
+class _Plan:
+    """A run's settings, every path absolute and the environment read once (at the flow boundary)."""
+
+    root: WorkRoot
+    out: Path
+    cache_root: Path
+    data: str
+    cfg: AtftConfig
+    hpo_cfg: AtftConfig
+    storage: str | None
+    target: ArtifactTarget | None
+    s3: S3Options
+    gpu_deployment: str | None
+    deadlines: Deadlines
+
+
+def _plan(p: PipelineParams) -> _Plan:
+    """Paths resolved, configs built and checked, and everything that can fail before a cache build did.
+
+    Paths resolve against the work root (`ATFT_HOME`): a deployment's flow run works in a throwaway
+    folder, so nothing it makes may live there, and the gpu stage (another flow run, another throwaway
+    folder) must find the cache and the run folder by the same absolute paths.
+    """
+    root = WorkRoot.from_env()
+    p = p.model_copy(update={"config_path": root.resolve_data(p.config_path),
+                             "resume_from": root.resolve_data(p.resume_from)})
+    cfg, hpo_cfg = p.config(), p.hpo_config()  # before anything is read or written: ranges, not only types
+    gpu_deployment = gpu_deployment_for(p.gpu_stage)
+    if p.require_gpu is None:
+        # A run from a deployment, or one training on the gpu pool, is meant for a GPU.
         require_gpu = current_deployment.id is not None or gpu_deployment is not None
-        cfg = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, require_gpu=require_gpu))
-    # The HPO workers on the gpu pool check their device by the same rule as the gate's stage.
-    hpo_cfg = dataclasses.replace(hpo_cfg, gate=dataclasses.replace(hpo_cfg.gate, require_gpu=cfg.gate.require_gpu))
-    if mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
-        hpo_stage.check_study_storage(storage, root.studies, hpo_workers, n_trials or hpo_stage.DEFAULT_TRIALS,
+        cfg = cfg.with_overrides(require_gpu=require_gpu)
+    target = ArtifactTarget.from_env()
+    storage = root.resolve_storage(p.storage)
+    if p.mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
+        hpo_stage.check_study_storage(storage, root.studies, p.hpo_workers, p.n_trials or DEFAULT_TRIALS,
                                       on_pool=gpu_deployment is not None, shared_disk=target is None)
     if target is not None:
         check_reachable(target)  # before the cache build: a wrong bucket is named now, not after the training
-    data = resolve_data_path(data_path, root)
-    run_dir = new_run_dir(out, mode, current_flow_run.id or "local")
-    write_json(run_dir / "run.json", _provenance(dict(
-        mode=mode, data_path=data, max_epochs=max_epochs, hpo_max_epochs=hpo_max_epochs, n_trials=n_trials,
-        study_name=study_name, storage=storage, output_dir=str(out), cache_dir=str(cache_root),
-        config_path=config_path, work_root=str(root.home),
-        gpu_stage=gpu_deployment or "in-process"), cfg=cfg, target=target))
-    logger.info("run folder %s", run_dir)
+    return _Plan(root=root, out=root.resolve(p.output_dir, root.runs), cache_root=root.resolve(p.cache_dir, root.cache),
+                 data=resolve_data_path(p.data_path, root), cfg=cfg,
+                 hpo_cfg=hpo_cfg.with_overrides(require_gpu=cfg.gate.require_gpu),  # workers check the device alike
+                 storage=storage, target=target, s3=S3Options.from_env(), gpu_deployment=gpu_deployment,
+                 deadlines=Deadlines(start_s=p.gpu_start_timeout_s, total_s=p.gpu_timeout_s))
+
+
+def _run(p: PipelineParams) -> dict[str, Any]:
+    plan = _plan(p)
+    run_dir = new_run_dir(plan.out, p.mode, current_flow_run.id or "local")
+    write_json(run_dir / "run.json", _provenance(p, plan))
+    get_run_logger().info("run folder %s", run_dir)
 
     hpo = None
     published = failed = False
     try:
-        cache = cached_build(data, cache_root, cfg.cache, s3, require=cfg.data)
-        deadlines = Deadlines(start_s=gpu_start_timeout_s, total_s=gpu_timeout_s)
+        cache = cached_build(plan.data, plan.cache_root, plan.cfg.cache, plan.s3, require=plan.cfg.data)
         with in_use(run_dir, uses=[cache["path"]]):  # `atft gc` (or another night's) leaves both alone meanwhile
             try:
-                stage = run_gpu_stage(gpu_deployment, cache["path"], cfg.to_dict(), run_dir, deadlines,
-                                      exchange=target)
+                stage = run_gpu_stage(plan.gpu_deployment, cache["path"], plan.cfg.to_dict(), run_dir,
+                                      plan.deadlines, exchange=plan.target)
             except Exception as exc:
                 # The UI's gate artifact says why there is no verdict: not only a red run and a log line.
                 publish_gate_not_reached(str(run_dir), redact(str(exc)))
@@ -168,22 +177,22 @@ def atft_pipeline(
             gate = check_gate(stage, str(run_dir), return_state=True)  # report first; raises below if failed
             publish_report(str(run_dir), stage)  # plots and tables also when the gate failed: when they matter
             published = True
-            if mode == "hpo" and gate.is_completed():
+            if p.mode == "hpo" and gate.is_completed():
                 # The default study lives in the work root's studies/, not in this run's folder: nights continue it.
-                hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=hpo_cfg, n_trials=n_trials,
-                                              study_name=study_name, storage=storage, workers=hpo_workers,
-                                              study_dir=root.studies, dispatch=gpu_stage, deadlines=deadlines,
-                                              exchange=target)
-        if mode == "hpo" and current_deployment.id is not None:
-            _collect_garbage(root)
+                hpo = hpo_stage.run_hpo_stage(cache=cache, run_dir=run_dir, config=plan.hpo_cfg, n_trials=p.n_trials,
+                                              study_name=p.study_name, storage=plan.storage, workers=p.hpo_workers,
+                                              study_dir=plan.root.studies, dispatch=p.gpu_stage,
+                                              deadlines=plan.deadlines, exchange=plan.target)
+        if p.mode == "hpo" and current_deployment.id is not None:
+            _collect_garbage(plan.root)
     except BaseException:
         failed = True
         raise
     finally:
-        _save_run(run_dir, target, report=not published, failed=failed)
+        _save_run(run_dir, plan.target, report=not published, failed=failed)
     gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
-    return {"run_dir": str(run_dir), "mode": mode, "passed": stage["passed"], "gate": stage["gate"],
-            "metrics": stage["metrics"], "cache": {k: cache[k] for k in ("path", "hit", "fingerprint")},
+    return {"run_dir": str(run_dir), "mode": p.mode, "passed": stage.passed, "gate": stage.gate,
+            "metrics": stage.metrics, "cache": {k: cache[k] for k in ("path", "hit", "fingerprint")},
             "hpo": hpo}
 
 
@@ -202,8 +211,8 @@ def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, fai
     replace the failure that matters.
     """
     try:
-        if report and (run_dir / STAGE_FILE).exists():
-            publish_report(str(run_dir), read_stage(run_dir))
+        if report and StageResult.exists(run_dir):
+            publish_report(str(run_dir), StageResult.read(run_dir))
         if target is not None:
             mirror_run(str(run_dir), target)
     except Exception as exc:
@@ -212,15 +221,19 @@ def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, fai
         get_run_logger().error("saving the failed run's folder %s also failed: %s", run_dir, redact(str(exc)))
 
 
-def _provenance(params: dict[str, Any], cfg: AtftConfig, target: ArtifactTarget | None) -> dict[str, Any]:
+def _provenance(p: PipelineParams, plan: _Plan) -> dict[str, Any]:
     """run.json: who/what/when of this run. URLs are redacted: an Optuna storage URL may hold a password."""
+    params = dict(mode=p.mode, data_path=plan.data, max_epochs=p.max_epochs, hpo_max_epochs=p.hpo_max_epochs,
+                  n_trials=p.n_trials, study_name=p.study_name, storage=plan.storage, output_dir=str(plan.out),
+                  cache_dir=str(plan.cache_root), config_path=p.config_path, work_root=str(plan.root.home),
+                  gpu_stage=plan.gpu_deployment or "in-process")
     params = {k: (redact_url(v) if isinstance(v, str) and "://" in v else v) for k, v in params.items()}
     return {
         "flow_run_id": current_flow_run.id, "flow_run_name": current_flow_run.name,
         "deployment_id": current_deployment.id,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "parameters": params, "config": cfg.to_dict(),
-        "artifact_target": target.where if target else None,
+        "parameters": params, "config": plan.cfg.to_dict(),
+        "artifact_target": plan.target.where if plan.target else None,
         "versions": {"atft": atft_core.__version__, "prefect": prefect.__version__, **package_versions()},
         "code": code_version(),  # which commit the checkout (or the worker's clone) ran
     }
@@ -241,11 +254,10 @@ def run_pipeline(**params: Any) -> dict[str, Any]:
     run_id = str(state.state_details.flow_run_id)
     root = WorkRoot.from_env()
     run_dir = find_run_dir(root.resolve(params.get("output_dir"), root.runs), run_id)
-    stage_file = run_dir / STAGE_FILE if run_dir else None
-    stage = read_json(stage_file) if stage_file and stage_file.exists() else {}
+    stage = StageResult.read(run_dir) if run_dir and StageResult.exists(run_dir) else None
     summary = {"ok": bool(state.is_completed()), "state": state.name, "flow_run_id": run_id,
-               "run_dir": str(run_dir) if run_dir else None,
-               "passed": stage.get("passed"), "gate": stage.get("gate"), "metrics": stage.get("metrics"),
+               "run_dir": str(run_dir) if run_dir else None, "passed": stage.passed if stage else None,
+               "gate": stage.gate if stage else None, "metrics": stage.metrics if stage else None,
                "error": None}
     if state.is_completed():
         return summary

@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from atft_core.stage_result import StageResult
 from tasks.expected_errors import expected
 
 GATE_KEY = "dryrun-gate"
@@ -25,15 +26,14 @@ class GateFailed(RuntimeError):
 
 @task(name="dryrun-gate", cache_policy=NO_CACHE, persist_result=False,
       description="Publish the gate report, then fail the run if the dry run did not pass.")
-def check_gate(stage: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    create_markdown_artifact(stage["gate_markdown"] + f"\n\nRun folder: `{run_dir}`\n", key=GATE_KEY,
+def check_gate(stage: StageResult, run_dir: str) -> dict[str, Any]:
+    create_markdown_artifact(stage.gate_markdown + f"\n\nRun folder: `{run_dir}`\n", key=GATE_KEY,
                              description="Dry-run gate: each criterion with value, threshold and verdict")
-    gate = stage["gate"]
-    if not stage["passed"]:
-        raise GateFailed(f"dry-run gate failed: {failed_criteria(gate) or 'see the dryrun-gate artifact'}; "
+    if not stage.passed:
+        raise GateFailed(f"dry-run gate failed: {failed_criteria(stage.gate) or 'see the dryrun-gate artifact'}; "
                          f"the HPO study is not started. Report: {run_dir}/gate.json")
     get_run_logger().info("dry-run gate passed")
-    return gate
+    return stage.gate
 
 
 def publish_gate_not_reached(run_dir: str, reason: str) -> None:

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from atft_core.evaluate.plots import plot_gpu, plot_training
 from atft_core.publish import ArtifactTarget, redact, run_files, upload_run_dir
+from atft_core.stage_result import StageResult
 from tasks import expected_errors  # noqa: F401 - installs the filter: a PublishError logs no traceback
 
 # Run files worth a link of their own on the run page (the rest are listed in `run-files`).
@@ -30,17 +31,17 @@ _LINKED = ("gate.json", "metrics.csv", "stage.json", "run.json")
 
 @task(name="publish-report", cache_policy=NO_CACHE, persist_result=False,
       description="Plots, per-epoch metrics table and links to the run's files.")
-def publish_report(run_dir: str, stage: dict[str, Any]) -> dict[str, str]:
+def publish_report(run_dir: str, stage: StageResult) -> dict[str, str]:
     run = Path(run_dir)
     plots = run / "plots"
     plots.mkdir(exist_ok=True)
-    history = stage.get("history") or []
-    times, util = gpu_series(stage.get("gpu") or {})
-    threshold = (stage.get("config") or {}).get("gate", {}).get("min_gpu_util")
+    history = stage.history
+    times, util = gpu_series(stage.gpu)
+    threshold = stage.config.get("gate", {}).get("min_gpu_util")
     made = {
         "training": plot_training(history, plots / "training.png"),
         "gpu": plot_gpu(times, util, plots / "gpu_util.png", threshold=threshold,
-                        note=str((stage.get("gpu") or {}).get("reason") or "")),
+                        note=str(stage.gpu.get("reason") or "")),
     }
     if history:
         create_table_artifact([_round_row(h) for h in history], key="epoch-metrics",

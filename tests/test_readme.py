@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from atft_core.config import AtftConfig
-from flows.cli import build_parser
+from flows.cli_parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -8,7 +8,6 @@ its exact name, because forward returns under another name are the commonest loo
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import logging
 import re
@@ -119,8 +118,3 @@ def feature_filter(cfg: ColumnsConfig):
         return True, ""
 
     return decide
-
-
-def with_profile(cfg: ColumnsConfig, profile: str | None) -> ColumnsConfig:
-    """The config with a CLI --profile on top (None keeps the config's)."""
-    return cfg if profile is None else dataclasses.replace(cfg, profile=profile)

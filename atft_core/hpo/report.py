@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from atft_core.hpo.config import BATCH_ATTR, FAIL_REASON_ATTR, HpoConfig, StudyBatch
 from atft_core.hpo.objective import round6
 from atft_core.hpo.storage import build_storage, dashboard_command, display_url
-from atft_core.rundir import write_json
+from atft_core.rundir import json_safe, write_json
 
 log = logging.getLogger("atft_core.hpo.report")
 
@@ -65,7 +65,7 @@ def finish_study(hpo: HpoConfig, batch: StudyBatch, output_dir: str | Path, repo
         overhead=_overhead(reports), seconds=round(seconds, 3), errors=list(errors or []),
         dashboard=dashboard_command(batch.storage_url))
     summary.files = {k: str(v) for k, v in write_reports(study, summary, output_dir).items()}
-    write_json(output_dir / "hpo.json", _json_safe(summary.to_dict()))
+    write_json(output_dir / "hpo.json", json_safe(summary.to_dict()))
     summary.files["hpo.json"] = str(output_dir / "hpo.json")
     log.info("study %s: best RankIC %s (trial %s); this run %s", batch.study_name, best.value if best else None,
              summary.best_trial, summary.counts)
@@ -162,16 +162,6 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                      "epochs": len(t.intermediate_values), **{k: round6(v) for k, v in t.params.items()},
                      "fail_reason": reason, "retry_of": "" if retry_of[t.number] is None else retry_of[t.number]})
     return rows
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from atft_core.data.batches import make_split
 from atft_core.data.cache import Cache, _standardise_targets
 from atft_core.evaluate.baselines import comparison_markdown, fit_ridge, oracle_baseline, ridge_baseline
 from atft_core.evaluate.controls import control_verdict, noise_band, null_band, shuffled_target_cache
-from atft_core.evaluate.metrics import daily_ic
+from atft_core.ic import daily_ic
 
 DATA = DataConfig(window=1, min_stocks=20, split=SplitConfig(val_days=60, test_days=0))  # ridge on validation
 

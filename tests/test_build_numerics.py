@@ -10,7 +10,7 @@ import pytest
 from atft_core.data import build_kernels
 from atft_core.data.leak import MIN_STOCKS, daily_rankics
 from atft_core.data.normalise import _MAD_SCALE, _mad_sorted, _median_sorted, cross_section_days, fill_market
-from atft_core.evaluate.metrics import daily_ic
+from atft_core.ic import daily_ic
 
 
 def _with_gaps(rng: np.random.Generator, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:

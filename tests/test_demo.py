@@ -1,7 +1,7 @@
 """The demo market: real calendar, sane keys, honest targets, seed-reproducible, chunk-invariant,
 and a planted signal that is really there (and mostly out of reach of a last-day linear model).
 
-Signal checks use scipy's spearmanr per day, independently of atft_core.evaluate.metrics.
+Signal checks use scipy's spearmanr per day, independently of atft_core.ic.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from atft_core.data.batches import make_split
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.data.demo import DemoConfig, generate_demo
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
-from atft_core.evaluate.metrics import daily_ic
 from atft_core.evaluate.peer import feature_names, peer_baseline, peer_features
+from atft_core.ic import daily_ic
 from atft_core.model.cross_section import CrossSectionContext, group_mean, sector_relative
 from atft_core.train.targets import rank_gauss
 from tests.test_baselines import synthetic_cache

@@ -15,7 +15,7 @@ from atft_core.data.cache import build_cache, open_cache
 from atft_core.data.demo import DemoConfig, generate_demo, load_oracle
 from atft_core.dryrun import run_dryrun
 from atft_core.errors import TrainingError
-from atft_core.evaluate.metrics import daily_ic
+from atft_core.ic import daily_ic
 from atft_core.train.trainer import Trainer, resolve_device, rss_mb
 
 

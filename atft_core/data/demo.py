@@ -48,7 +48,7 @@ Oracle (`PATH.oracle.json`, and `PATH.oracle.parquet` with Date, Code, mu: the p
 return per row, so the oracle can be scored on exactly the days a model is scored on): the generator
 parameters, which features carry the signal and which
 are market-level, and per horizon the mean daily IC / RankIC of mu_t (the one-day conditional
-expectation, known at t) against target_h, from `atft_core.evaluate.metrics.daily_ic`. mu_t is used for
+expectation, known at t) against target_h, from `atft_core.ic.daily_ic`. mu_t is used for
 every horizon because it is the achievable predictor: summing future mu would use information
 from after t.
 
@@ -94,6 +94,7 @@ from atft_core.data.demo_market import (
     _Simulator,
     _Static,
 )
+from atft_core.ic import daily_ic
 
 
 @dataclass
@@ -255,8 +256,6 @@ def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list
 
 def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, mu: np.ndarray,
             targets: np.ndarray, horizons: tuple[int, ...], n_rows: int) -> dict[str, Any]:
-    from atft_core.evaluate.metrics import daily_ic  # the project's one IC definition
-
     min_stocks = min(20, max(3, cfg.stocks // 2))
     per_h: dict[str, dict[str, float]] = {}
     for k, h in enumerate(horizons):

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from atft_core.data.cache import Cache
-from atft_core.evaluate.metrics import rank_average, summarize
+from atft_core.evaluate.metrics import summarize
+from atft_core.ic import rank_average
 
 if TYPE_CHECKING:
     from atft_core.data.batches import Split

@@ -47,7 +47,7 @@ def unique_day_index(dates: np.ndarray, codes: np.ndarray):
 
 
 def bench_day_index(quick: bool) -> list[Row]:
-    from atft_core.data.batches import day_index
+    from atft_core.data.indexing import day_index
 
     n = 1_000_000 if quick else 10_000_000
     n_loop = n // 10
@@ -182,8 +182,9 @@ def per_sample_batch(ds: PerSampleDataset, day: int):
 
 
 def bench_gather(quick: bool) -> list[Row]:
-    from atft_core.data.batches import GridTensors, eligible_days
     from atft_core.data.cache import open_cache
+    from atft_core.data.split import eligible_days
+    from atft_core.train.batches import GridTensors
 
     _, big = _sizes(quick)
     cache = open_cache(built_cache(synthetic_panel(*big), "open"))

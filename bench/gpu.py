@@ -131,7 +131,7 @@ def _collate_day_batch(samples: list[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 def _to_batch(b: dict[str, torch.Tensor], device: torch.device):
-    from atft_core.data.batches import Batch
+    from atft_core.train.batches import Batch
 
     b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
     return Batch(x=b["x"].float(), static=b["static"], y=b["y"], y_z=b["y_z"], y_mask=b["y_mask"],
@@ -169,7 +169,7 @@ class FeedGrid:
     """
 
     def __init__(self, cache, window: int, device: torch.device, kind: str, workers: int = 1):
-        from atft_core.data.batches import GridTensors
+        from atft_core.train.batches import GridTensors
 
         self.host = GridTensors(cache, window, "cpu")
         self.cache, self.window, self.device, self.kind, self.workers = cache, window, device, kind, workers
@@ -281,7 +281,7 @@ def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, An
         res["val_rankic"] = fit.val_metrics[min(fit.val_metrics)]["rankic"] if fit.val_metrics else None
     _sync(device)
     res["wall_s"] = time.perf_counter() - t0
-    from atft_core.data.batches import make_split
+    from atft_core.data.split import make_split
 
     split = make_split(cache, cfg.data)
     stocks_per_day = float(cache.valid[split.train].sum(axis=1).mean())

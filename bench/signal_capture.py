@@ -24,9 +24,9 @@ import yaml
 from scipy import stats
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import make_split
 from atft_core.data.cache import open_cache
 from atft_core.data.demo_market import EXTREME_THRESHOLD, TEMPORAL_WINDOW
+from atft_core.data.split import make_split
 from atft_core.evaluate.metrics import summarize
 from atft_core.train.trainer import Trainer
 from bench.signal import apply, demo_cache

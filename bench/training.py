@@ -34,7 +34,7 @@ def _demo_setup(quick: bool):
 
 
 def bench_delivery(quick: bool, trainer=None, label: str = "") -> list[Row]:
-    from atft_core.data.batches import DayBatchSampler
+    from atft_core.train.batches import DayBatchSampler
     from atft_core.train.prefetch import Prefetcher
     from atft_core.train.trainer import Trainer
 

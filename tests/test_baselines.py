@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from atft_core.config import DataConfig, SplitConfig
-from atft_core.data.batches import make_split
 from atft_core.data.cache import Cache, _standardise_targets
+from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import comparison_markdown, fit_ridge, oracle_baseline, ridge_baseline
 from atft_core.evaluate.controls import control_verdict, noise_band, null_band, shuffled_target_cache
 from atft_core.ic import daily_ic

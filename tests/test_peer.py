@@ -9,9 +9,9 @@ import polars as pl
 import torch
 
 from atft_core.config import DataConfig, SplitConfig
-from atft_core.data.batches import make_split
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
 from atft_core.evaluate.peer import feature_names, peer_baseline, peer_features
 from atft_core.ic import daily_ic

@@ -18,15 +18,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from atft_core.data.cache import Cache
+from atft_core.data.split import Split
 from atft_core.evaluate.metrics import summarize
-
-if TYPE_CHECKING:
-    from atft_core.data.batches import Split
 
 log = logging.getLogger("atft_core.evaluate.baselines")
 

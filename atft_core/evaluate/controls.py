@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from atft_core.data.cache import Cache
+from atft_core.data.split import Split
 from atft_core.ic import daily_ic
-
-if TYPE_CHECKING:
-    from atft_core.data.batches import Split
 
 
 def shuffled_target_cache(cache: Cache, seed: int = 0, days: np.ndarray | None = None) -> Cache:

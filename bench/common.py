@@ -216,7 +216,7 @@ def synthetic_panel(days: int, stocks: int, features: int, seed: int = 0, horizo
 
 def built_cache(data_path: Path, name: str) -> Path:
     """Cache of `data_path` under the bench folder (a hit after the first run)."""
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
 
     return build_cache(data_path, bench_dir() / "caches" / name, progress=False).path
 

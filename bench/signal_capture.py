@@ -24,7 +24,7 @@ import yaml
 from scipy import stats
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import open_cache
+from atft_core.data.cache.store import open_cache
 from atft_core.data.demo_market import EXTREME_THRESHOLD, TEMPORAL_WINDOW
 from atft_core.data.split import make_split
 from atft_core.evaluate.metrics import summarize

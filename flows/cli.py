@@ -224,7 +224,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_build_cache(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
     from atft_core.data.roles import with_profile
     from atft_core.data.source import S3Options
     cfg = _config(args.config)
@@ -379,7 +379,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from atft_core.data.cache import build_cache, open_cache
+    from atft_core.data.cache.build import build_cache
+    from atft_core.data.cache.store import open_cache
     from atft_core.data.source import S3Options
     from atft_core.train.predictor import find_day, load_model, predict_on_day, prediction_table
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
 from atft_core.data.split import eligible_days
 from atft_core.train.batches import DayBatchSampler, GridTensors
 from atft_core.train.prefetch import Prefetcher, PrefetchError, cache_nbytes, fits_on_device

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from atft_core.data.cache import build_cache
+from atft_core.data.cache.build import build_cache
 from atft_core.evaluate.report import build_report, equity_curve, max_drawdown, turnover
 from flows.cli import main
 

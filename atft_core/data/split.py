@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atft_core.config import DataConfig, SplitConfig
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 from atft_core.errors import DatasetError
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 from atft_core.data.split import Split
 from atft_core.evaluate.metrics import summarize
 

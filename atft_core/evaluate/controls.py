@@ -7,7 +7,7 @@ everything else (the days, the names, the feature distributions, each day's retu
 model trained on it and scored on the *real* validation targets must land inside the noise band around
 0; if it does not, something other than the features' signal reaches the score.
 
-The look-ahead check on single features lives in the cache build (`atft_core.data.cache._leak_suspects`):
+The look-ahead check on single features lives in the cache build (`atft_core.data.cache.leak`):
 it flags, by name, every feature whose mean daily RankIC with a forward target is implausibly high.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 from atft_core.data.split import Split
 from atft_core.ic import daily_ic
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 
 
 @dataclass

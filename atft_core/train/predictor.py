@@ -22,7 +22,7 @@ import polars as pl
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 from atft_core.data.split import Split
 from atft_core.model import build_model
 from atft_core.train import checkpoint

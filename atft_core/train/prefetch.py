@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 from atft_core.train.batches import Batch
 
 __all__ = ["Prefetcher", "PrefetchError", "cache_nbytes", "fits_on_device", "batch_to"]

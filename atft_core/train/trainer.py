@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 from atft_core.data.split import Split, make_split
 from atft_core.errors import TrainingError
 from atft_core.evaluate.predictor import score_predictions

@@ -30,16 +30,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atft_core.config import CacheConfig, DataConfig
-from atft_core.data import build_kernels
-from atft_core.data.arrow_numpy import float_values
+from atft_core.data.cache import build_kernels
+from atft_core.data.cache.arrow_numpy import float_values
+from atft_core.data.cache.grid_file import GridFile, create_grid_file
+from atft_core.data.cache.grid_stream import ChunkStream
+from atft_core.data.cache.indexing import factorize_sorted
+from atft_core.data.cache.leak import screen_days, spacing_of, summarise, suspect_message
 from atft_core.data.contract import Contract, date_expr, value_warnings
-from atft_core.data.grid_file import GridFile, create_grid_file
-from atft_core.data.grid_stream import ChunkStream
-from atft_core.data.indexing import factorize_sorted
-from atft_core.data.leak import screen_days, spacing_of, summarise, suspect_message
 from atft_core.errors import DatasetError, Problem
 
-log = logging.getLogger("atft_core.data.grid_build")
+log = logging.getLogger("atft_core.data.cache.grid_build")
 
 # Values per parquet record batch read (~24 MB as float32): below glibc's largest mmap threshold
 # (32 MB), so each batch's arrays reuse freed heap memory instead of being mapped and page-faulted in

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atft_core.config import CacheConfig
-from atft_core.data import build_kernels
+from atft_core.data.cache import build_kernels
 
 _MAD_SCALE = build_kernels.MAD_SCALE
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.data import build_kernels
+from atft_core.data.cache import build_kernels
+from atft_core.data.cache.normalise import parallel_map
 from atft_core.ic import centred_ranks, daily_ic
 
 MIN_STOCKS = 10  # days with fewer names give no RankIC
@@ -50,8 +51,6 @@ def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.n
     ric is NaN on a day with fewer than MIN_STOCKS names or no spread. Same numbers as
     `atft_core.ic.daily_ic` on each (day, feature, horizon) (tested against it).
     """
-    from atft_core.data.normalise import parallel_map
-
     n, _, n_feat = x.shape
     ric = np.full((n, y.shape[2], n_feat), np.nan)
     stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)

@@ -24,11 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from atft_core.config import CacheConfig
-from atft_core.data.grid_file import ALIGN, GridFile
-from atft_core.data.leak import daily_rankics
-from atft_core.data.normalise import DayStats, Scratch, cross_section_days, fill_market, standardise_targets
+from atft_core.data.cache.grid_file import ALIGN, GridFile
+from atft_core.data.cache.leak import daily_rankics
+from atft_core.data.cache.normalise import DayStats, Scratch, cross_section_days, fill_market, standardise_targets
 
-log = logging.getLogger("atft_core.data.grid_build")
+log = logging.getLogger("atft_core.data.cache.grid_build")
 F32 = np.dtype(np.float32)
 # Chunks handed over and not yet normalised: the reader runs ahead by up to this many (a chunk buffer
 # each: 0.1 GB at 16 x 4,000 x 400) instead of waiting for each chunk to be normalised and written.

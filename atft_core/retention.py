@@ -52,7 +52,7 @@ TEMP_PATTERNS: dict[str, tuple[str, ...]] = {
               ".*.tmp",  # exchange.fetch_folder: a cache download
               ".*_exchange.json"),  # exchange.share_folder: the completion marker before its upload
     "runs": (".*_exchange.json",),
-    "demo": ("*.tmp", "*.tmp.*"),  # flows.common / data.demo.generate_demo: the panel and its oracle files
+    "demo": ("*.tmp", "*.tmp.*"),  # flows.common / data.demo.generate.generate_demo: the panel and its oracle files
 }
 
 _DAY, _HOUR = 86400.0, 3600.0

@@ -71,8 +71,8 @@ def bench_day_index(quick: bool) -> list[Row]:
     return [
         Row("day_index", f"day-index build, {label} rows", t_vec, "s", t_loop, "s", t_loop / t_vec,
             "loop time / vectorised time", "< 0.5 s at 10M rows", judge(t_vec < 0.5),
-            note=f"atft_core.data.cache.indexing.day_index on {label} (Date datetime64[D], Code <U5) rows in file order, "
-                 f"4,000 stocks. Baseline: per-row Python dict loop run on a {n_loop / 1e6:g}M-row subset and "
+            note=f"atft_core.data.cache.indexing.day_index on {label} (Date datetime64[D], Code <U5) rows in file "
+                 f"order, 4,000 stocks. Baseline: per-row Python dict loop run on a {n_loop / 1e6:g}M-row subset and "
                  f"scaled x{n // n_loop} (linear); outputs checked equal on that subset." + quick_note),
         Row("day_index_unique", f"day-index build vs np.unique, {label} rows", t_vec, "s", t_uniq, "s",
             t_uniq / t_vec, "np.unique time / day_index time", "> 1x", verdict(same and t_uniq > t_vec),

@@ -212,7 +212,8 @@ def _config(path: str | None):
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from atft_core.data.demo import DemoConfig, generate_demo
+    from atft_core.data.demo.config import DemoConfig
+    from atft_core.data.demo.generate import generate_demo
     overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
                  if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))

@@ -11,7 +11,8 @@ import torch
 from atft_core.config import DataConfig, SplitConfig
 from atft_core.data.cache.build import build_cache
 from atft_core.data.cache.store import open_cache
-from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo
 from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
 from atft_core.evaluate.peer import feature_names, peer_baseline, peer_features

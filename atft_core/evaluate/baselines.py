@@ -6,7 +6,7 @@
   (`atft_core.evaluate.metrics.summarize`). A deep model that cannot beat it has learnt nothing a
   linear regression would not.
 - `DemoOracle` (a `Predictor` too) and `oracle_on_days`: on the demo data, the score of the planted
-  expected return itself (`PATH.oracle.parquet`, written by `atft_core.data.demo`): the best any
+  expected return itself (`PATH.oracle.parquet`, written by `atft_core.data.demo.generate`): the best any
   model can reach. `oracle_baseline` reads the all-days summary (`PATH.oracle.json`).
 """
 
@@ -228,7 +228,7 @@ def oracle_baseline(data_path_or_manifest: str | Path | dict[str, Any] | Cache,
 class DemoOracle:
     """The demo's planted expected return as a `Predictor` (demo panels only; nothing to fit).
 
-    Reads ``mu`` (`PATH.oracle.parquet`: Date, Code, mu, written by `atft_core.data.demo` next to the
+    Reads ``mu`` (`PATH.oracle.parquet`: Date, Code, mu, written by `atft_core.data.demo.generate` next to the
     panel the cache was built from) and places it on the cache grid. ``mu_t`` is the one-day
     conditional expectation known at t, used for every horizon (as the oracle file scores it), so
     `predict` repeats it along H. NaN where the stock had no published mu that day. On any other

@@ -63,7 +63,6 @@ import dataclasses
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from atft_core.data.demo_market import (
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.market import (
     ALPHA,
     BURN_IN,
     EXTREME_THRESHOLD,
@@ -95,17 +95,6 @@ from atft_core.data.demo_market import (
     _Static,
 )
 from atft_core.ic import daily_ic
-
-
-@dataclass
-class DemoConfig:
-    stocks: int = 300
-    days: int = 750
-    features: int = 40
-    seed: int = 0
-    start: str = "2020-01-06"  # first trading day candidate (the first XTKS session on or after it)
-    horizons: tuple[int, ...] = (1, 5, 10, 20)
-    chunk_days: int = 250  # days simulated/written per chunk (bounded memory at real size)
 
 
 def load_oracle(parquet_path: str | Path) -> dict | None:
@@ -187,7 +176,7 @@ def _write_mu(path: Path, dates: np.ndarray, codes: np.ndarray, mu: np.ndarray) 
 
 def trading_days(start: str, days: int) -> np.ndarray:
     """The first `days` XTKS sessions on or after `start`, as datetime64[D]."""
-    import exchange_calendars as xc  # imported lazily: it costs ~0.5 s and only generation needs it
+    import exchange_calendars as xc  # imported lazily: slow to import, and only generation needs it
 
     with warnings.catch_warnings():  # a pandas deprecation inside exchange_calendars, not ours
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray")

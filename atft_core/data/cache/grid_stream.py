@@ -83,7 +83,7 @@ class ChunkStream:
         """days x S x F floats, flat. ``place_like``: a file offset; the view then starts at the same
         place within a 4 KB page, so its write goes to the file with O_DIRECT straight from it (a copy
         through a bounce buffer is a full pass over the grid). Reused rather than allocated: first
-        touching fresh memory (page faults) cost up to ~1 s per 64 x 4,000 x 400 chunk here."""
+        touching fresh memory (page faults) costs about as much as normalising the chunk."""
         with self._lock:
             buf = self._free.pop() if self._free else None
         if buf is None:

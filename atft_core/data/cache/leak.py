@@ -113,7 +113,7 @@ def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
         np.put_along_axis(rt, t_order, t_rank, axis=1)  # back to name order
         order, rank = centred_ranks(feat[rows])  # [Ff, k] each, in sorted order
         # [h, Ff], one horizon at a time: the same sums as (rt[:, order] * rank).sum(axis=2) without its
-        # [h, Ff, k] float64 temporary (7x faster on 4,000 x 400)
+        # [h, Ff, k] float64 temporary, which would dominate the time on a wide panel
         sxy = np.stack([(rt_h[order] * rank).sum(axis=1) for rt_h in rt])
         sxx = np.einsum("ij,ij->i", rank, rank)
         syy = np.einsum("ij,ij->i", rt, rt)

@@ -49,7 +49,7 @@ class CacheConfig:
     min_valid_fraction: float = 0.0  # drop features valid on fewer than this fraction of cells (0 = keep all)
     market_window: int = 0  # market-level features: 0 = expanding stats over past days, N = rolling N days
     # Look-ahead screen: a feature is suspect when |mean daily RankIC| with a forward target exceeds
-    # max(floor, k * noise sd of that mean for this many stocks and days); see cache_leak.leak_suspects.
+    # max(floor, k * noise sd of that mean for this many stocks and days); see atft_core.data.cache.leak.
     leak_rankic_floor: float = 0.2
     leak_noise_k: float = 6.0
     # Days built at once: ~6 chunk buffers of chunk_days x S x F floats are held (16 x 4,000 x 400:

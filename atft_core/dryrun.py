@@ -22,8 +22,8 @@ import numpy as np
 import polars as pl
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import make_split
-from atft_core.data.cache import Cache, open_cache
+from atft_core.data.cache.store import Cache, open_cache
+from atft_core.data.split import make_split
 from atft_core.errors import TrainingError
 from atft_core.evaluate.baselines import dryrun_baselines
 from atft_core.evaluate.controls import control_result, shuffled_target_cache

@@ -45,14 +45,14 @@ LAST_USED = ".last_used"  # hidden: not shared through S3 (publish.run_files ski
 LEASE_PREFIX = ".lease-"
 GC_PREFIX = ".gc-"
 RUN_NAME = re.compile(r"^\d{8}T\d{6}Z-")  # rundir.new_run_dir; other folders under runs/ (hpo/) are not runs
-CACHE_MANIFEST = "manifest.json"  # data.cache.MANIFEST_FILE (not imported: that pulls in polars and pyarrow)
+CACHE_MANIFEST = "manifest.json"  # data.cache.store.MANIFEST_FILE (not imported: that pulls in polars and pyarrow)
 # Temp names each writer uses, per folder of the work root; a match older than tmp_hours is a leftover.
 TEMP_PATTERNS: dict[str, tuple[str, ...]] = {
-    "cache": (".tmp-*",  # data.cache._atomic: a cache build
+    "cache": (".tmp-*",  # data.cache.build._atomic: a cache build
               ".*.tmp",  # exchange.fetch_folder: a cache download
               ".*_exchange.json"),  # exchange.share_folder: the completion marker before its upload
     "runs": (".*_exchange.json",),
-    "demo": ("*.tmp", "*.tmp.*"),  # flows.common / data.demo.generate_demo: the panel and its oracle files
+    "demo": ("*.tmp", "*.tmp.*"),  # flows.common / data.demo.generate.generate_demo: the panel and its oracle files
 }
 
 _DAY, _HOUR = 86400.0, 3600.0

@@ -30,8 +30,9 @@ from pathlib import Path
 import optuna
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import build_cache
-from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.data.cache.build import build_cache
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo
 from atft_core.hpo.config import HpoConfig
 from atft_core.hpo.objective import report_epoch
 from atft_core.hpo.storage import default_storage_url, display_url

@@ -34,7 +34,7 @@ from bench.common import REPO, Row, bench_dir, verdict
 FULL = (4000, 300, 400)
 QUICK = (120, 300, 24)
 
-_BUILD = ("import sys; from atft_core.data.cache import build_cache; "
+_BUILD = ("import sys; from atft_core.data.cache.build import build_cache; "
           "build_cache(sys.argv[1], sys.argv[2], progress=False)")
 _SCAN = ("import sys, polars as pl; lf = pl.scan_parquet(sys.argv[1]); "
          "num = [c for c, t in lf.collect_schema().items() if t.is_numeric()]; "

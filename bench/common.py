@@ -216,7 +216,7 @@ def synthetic_panel(days: int, stocks: int, features: int, seed: int = 0, horizo
 
 def built_cache(data_path: Path, name: str) -> Path:
     """Cache of `data_path` under the bench folder (a hit after the first run)."""
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
 
     return build_cache(data_path, bench_dir() / "caches" / name, progress=False).path
 
@@ -224,7 +224,8 @@ def built_cache(data_path: Path, name: str) -> Path:
 def demo_panel(stocks: int | None = None, days: int | None = None, features: int | None = None,
                seed: int = 0) -> Path:
     """The built-in demo market (defaults = `DemoConfig()`), generated once under the bench folder."""
-    from atft_core.data.demo import DemoConfig, generate_demo
+    from atft_core.data.demo.config import DemoConfig
+    from atft_core.data.demo.generate import generate_demo
 
     d = DemoConfig()
     cfg = DemoConfig(stocks=stocks or d.stocks, days=days or d.days, features=features or d.features, seed=seed)

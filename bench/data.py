@@ -47,7 +47,7 @@ def unique_day_index(dates: np.ndarray, codes: np.ndarray):
 
 
 def bench_day_index(quick: bool) -> list[Row]:
-    from atft_core.data.batches import day_index
+    from atft_core.data.cache.indexing import day_index
 
     n = 1_000_000 if quick else 10_000_000
     n_loop = n // 10
@@ -71,8 +71,8 @@ def bench_day_index(quick: bool) -> list[Row]:
     return [
         Row("day_index", f"day-index build, {label} rows", t_vec, "s", t_loop, "s", t_loop / t_vec,
             "loop time / vectorised time", "< 0.5 s at 10M rows", judge(t_vec < 0.5),
-            note=f"atft_core.data.batches.day_index on {label} (Date datetime64[D], Code <U5) rows in file order, "
-                 f"4,000 stocks. Baseline: per-row Python dict loop run on a {n_loop / 1e6:g}M-row subset and "
+            note=f"atft_core.data.cache.indexing.day_index on {label} (Date datetime64[D], Code <U5) rows in file "
+                 f"order, 4,000 stocks. Baseline: per-row Python dict loop run on a {n_loop / 1e6:g}M-row subset and "
                  f"scaled x{n // n_loop} (linear); outputs checked equal on that subset." + quick_note),
         Row("day_index_unique", f"day-index build vs np.unique, {label} rows", t_vec, "s", t_uniq, "s",
             t_uniq / t_vec, "np.unique time / day_index time", "> 1x", verdict(same and t_uniq > t_vec),
@@ -93,7 +93,7 @@ def _sizes(quick: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 
 
 def bench_cache(quick: bool) -> list[Row]:
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
 
     small, big = _sizes(quick)
     p_small = synthetic_panel(*small)
@@ -120,7 +120,7 @@ def bench_cache(quick: bool) -> list[Row]:
     n_rows = pq.ParquetFile(p_big).metadata.num_rows
     tmp = Path(tempfile.mkdtemp(prefix="atft-bench-build-"))
     try:
-        from atft_core.data.cache import build_cache
+        from atft_core.data.cache.build import build_cache
 
         t0 = time.perf_counter()
         build_cache(p_big, tmp / "cache", progress=False)
@@ -152,7 +152,7 @@ class PerSampleDataset(torch.utils.data.Dataset):
         return {"path": str(self.cache.path), "L": self.L}
 
     def __setstate__(self, state: dict) -> None:
-        from atft_core.data.cache import open_cache
+        from atft_core.data.cache.store import open_cache
 
         self.__init__(open_cache(state["path"]), state["L"])
 
@@ -182,8 +182,9 @@ def per_sample_batch(ds: PerSampleDataset, day: int):
 
 
 def bench_gather(quick: bool) -> list[Row]:
-    from atft_core.data.batches import GridTensors, eligible_days
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
+    from atft_core.data.split import eligible_days
+    from atft_core.train.batches import GridTensors
 
     _, big = _sizes(quick)
     cache = open_cache(built_cache(synthetic_panel(*big), "open"))

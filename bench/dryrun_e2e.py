@@ -28,7 +28,7 @@ TARGET_S = 180.0
 
 def _child(out: Path, quick: bool) -> None:
     from atft_core.config import AtftConfig
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
     from atft_core.dryrun import run_dryrun
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -61,7 +61,9 @@ def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, r
     longer horizons add noise. Missing cells (2 %) are marked invalid, as halts would be.
     """
     from atft_core.config import CacheConfig
-    from atft_core.data.cache import FORMAT_VERSION, MANIFEST_FILE, _publish, _standardise_targets
+    from atft_core.data.cache.build import _publish
+    from atft_core.data.cache.normalise import standardise_targets
+    from atft_core.data.cache.store import FORMAT_VERSION, MANIFEST_FILE
 
     root = root or bench_dir() / "gpu"
     key = f"synthetic-s{stocks}-d{days}-f{features}-seed{seed}"
@@ -88,7 +90,7 @@ def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, r
         y[days - h:, :, k] = np.nan  # forward returns are unknown for the last h days
     y[valid == 0] = np.nan
     x[valid == 0] = 0.0
-    y_z = _standardise_targets(y, CacheConfig().clip)
+    y_z = standardise_targets(y, CacheConfig().clip)
     names = ["returns_1d", *[f"feat_{j:03d}" for j in range(1, features)]]
     dates = np.busday_offset("2014-01-06", np.arange(days), roll="forward").astype("datetime64[D]")
     codes = [f"{1300 + i}0" if i < 8700 else f"{i:05d}" for i in range(stocks)]
@@ -111,7 +113,7 @@ def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, r
 
 
 def demo_source_cache(stocks: int, days: int, features: int, seed: int = 0) -> Path:
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
 
     return build_cache(demo_panel(stocks, days, features, seed), bench_dir() / "gpu" / "demo-caches",
                        progress=True).path
@@ -131,7 +133,7 @@ def _collate_day_batch(samples: list[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 def _to_batch(b: dict[str, torch.Tensor], device: torch.device):
-    from atft_core.data.batches import Batch
+    from atft_core.train.batches import Batch
 
     b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
     return Batch(x=b["x"].float(), static=b["static"], y=b["y"], y_z=b["y_z"], y_mask=b["y_mask"],
@@ -169,7 +171,7 @@ class FeedGrid:
     """
 
     def __init__(self, cache, window: int, device: torch.device, kind: str, workers: int = 1):
-        from atft_core.data.batches import GridTensors
+        from atft_core.train.batches import GridTensors
 
         self.host = GridTensors(cache, window, "cpu")
         self.cache, self.window, self.device, self.kind, self.workers = cache, window, device, kind, workers
@@ -243,7 +245,7 @@ def _sync(device: torch.device) -> None:
 
 
 def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, Any]:
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
     from atft_core.train.gpu_monitor import monitor_for_device
     from atft_core.train.trainer import Trainer, resolve_device
 
@@ -281,7 +283,7 @@ def run_variant(kind: str, cache_path: Path, cfg, out_dir: Path) -> dict[str, An
         res["val_rankic"] = fit.val_metrics[min(fit.val_metrics)]["rankic"] if fit.val_metrics else None
     _sync(device)
     res["wall_s"] = time.perf_counter() - t0
-    from atft_core.data.batches import make_split
+    from atft_core.data.split import make_split
 
     split = make_split(cache, cfg.data)
     stocks_per_day = float(cache.valid[split.train].sum(axis=1).mean())

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     report["wheels"] = install_missing(a.wheels, a.site)
     import torch
 
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
     from atft_core.dryrun import run_dryrun
     from atft_core.train.trainer import resolve_device
     from bench.gpu import synthetic_grid_cache

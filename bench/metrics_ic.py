@@ -34,7 +34,7 @@ def scipy_daily_ic(pred: np.ndarray, target: np.ndarray, min_stocks: int = 20) -
 
 
 def run(quick: bool) -> list[Row]:
-    from atft_core.evaluate.metrics import daily_ic
+    from atft_core.ic import daily_ic
 
     days, stocks = (250, 1000) if quick else (2500, 4000)
     pred, target = ic_grids(days, stocks)
@@ -49,7 +49,7 @@ def run(quick: bool) -> list[Row]:
     return [Row("ic", f"per-day IC+RankIC, {days:,} days x {stocks:,} stocks", t_vec, "s", t_loop, "s", ratio,
                 "scipy loop time / vectorised time", "< 1 s at 2,500 x 4,000 and >= 20x",
                 "INFO" if quick else verdict(t_vec < 1.0 and ratio >= 20),
-                note=f"evaluate.metrics.daily_ic (both metrics, all days at once, float64, 5% NaN, ties), best "
+                note=f"atft_core.ic.daily_ic (both metrics, all days at once, float64, 5% NaN, ties), best "
                      f"of runs. Baseline: scipy.stats.pearsonr + spearmanr per day on {n_loop} evenly spaced "
                      f"days, extrapolated x{days / n_loop:g}; max |difference| on those days {err:.1e}."
                      + (" Quick mode: 1/40 of the cells; the target is for the full size and is not judged here."

@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from atft_core.config import TRAIN_RECIPE, AtftConfig
-from atft_core.data.batches import make_split
-from atft_core.data.cache import build_cache, open_cache
-from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo
+from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
 from atft_core.evaluate.controls import control_result, shuffled_target_cache
 from atft_core.evaluate.metrics import summarize

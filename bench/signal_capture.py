@@ -3,7 +3,7 @@
     python -m bench.signal_capture                       # default config, demo seed 0, validation days
     python -m bench.signal_capture --set model.vsn_gate=softmax --set model.vsn_var_dim=4
 
-The demo's expected return mu is a sum of five unit-variance parts (`atft_core.data.demo_market`):
+The demo's expected return mu is a sum of five unit-variance parts (`atft_core.data.demo.market`):
 an interaction x * sign(gate) (30 % of mu's variance), an extreme-value indicator (15 %), a 10-day
 sum of a daily signal (25 %), a sector-relative part (15 %) and a linear one (15 %). Each part is
 rebuilt here from the demo parquet's `sig_*` columns, and the model's validation predictions are
@@ -24,9 +24,9 @@ import yaml
 from scipy import stats
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import make_split
-from atft_core.data.cache import open_cache
-from atft_core.data.demo_market import EXTREME_THRESHOLD, TEMPORAL_WINDOW
+from atft_core.data.cache.store import open_cache
+from atft_core.data.demo.market import EXTREME_THRESHOLD, TEMPORAL_WINDOW
+from atft_core.data.split import make_split
 from atft_core.evaluate.metrics import summarize
 from atft_core.train.trainer import Trainer
 from bench.signal import apply, demo_cache

@@ -16,7 +16,7 @@ from bench.common import Row, best_of, built_cache, demo_panel, rss_now_mb, synt
 def _demo_setup(quick: bool):
     """(cache, cfg, label): the default demo data and model on CPU; a small demo + tiny model in quick mode."""
     from atft_core.config import AtftConfig
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
 
     if quick:
         cache = open_cache(built_cache(demo_panel(stocks=80, days=160, features=16), "demo"))
@@ -34,7 +34,7 @@ def _demo_setup(quick: bool):
 
 
 def bench_delivery(quick: bool, trainer=None, label: str = "") -> list[Row]:
-    from atft_core.data.batches import DayBatchSampler
+    from atft_core.train.batches import DayBatchSampler
     from atft_core.train.prefetch import Prefetcher
     from atft_core.train.trainer import Trainer
 
@@ -187,7 +187,7 @@ def _epochs_rss(trainer, epochs: int, leaky: bool) -> list[float]:
 
 
 def bench_memory(quick: bool) -> list[Row]:
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
     from atft_core.train.trainer import Trainer
 
     cache = open_cache(built_cache(synthetic_panel(120, 60, 8, horizons=(1, 5)), "tiny"))

@@ -76,7 +76,8 @@ def _config(path: str | None) -> AtftConfig:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from atft_core.data.demo import DemoConfig, generate_demo
+    from atft_core.data.demo.config import DemoConfig
+    from atft_core.data.demo.generate import generate_demo
     overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
                  if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))
@@ -86,7 +87,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
     from atft_core.data.source import S3Options
     cfg = _config(args.config).with_overrides(profile=args.profile)
     # the training settings decide how much history is enough: a too-short file stops here, nothing written
@@ -224,7 +225,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from atft_core.data.cache import build_cache, open_cache
+    from atft_core.data.cache.build import build_cache
+    from atft_core.data.cache.store import open_cache
     from atft_core.data.source import S3Options
     from atft_core.train.predictor import find_day, load_model, predict_on_day, prediction_table
 

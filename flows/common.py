@@ -53,7 +53,8 @@ def resolve_data_path(data_path: str | None, root: WorkRoot) -> str:
         return str(root.resolve_data(data_path))
     demo = demo_data_path(root)
     if not demo.exists():
-        from atft_core.data.demo import DemoConfig, generate_demo
+        from atft_core.data.demo.config import DemoConfig
+        from atft_core.data.demo.generate import generate_demo
 
         demo.parent.mkdir(parents=True, exist_ok=True)
         tmp = demo.with_name(f".{demo.name}.{os.getpid()}.tmp")

@@ -1,7 +1,7 @@
 """Build (or find) the Arrow cache for the input panel.
 
 Two layers of caching, on purpose:
-- `atft_core.data.cache.build_cache` names its folder by the input's content fingerprint and the build
+- `atft_core.data.cache.build.build_cache` names its folder by the input's content fingerprint and the build
   parameters, so a rebuild of the same input is a cheap hit even outside Prefect;
 - this task's Prefect cache key is the same two things (content fingerprint + build parameters +
   where the cache lives), so a repeated run shows the task as Cached in the UI and, for an s3://
@@ -22,7 +22,8 @@ from prefect.context import TaskRunContext
 
 from atft_core import __version__ as core_version
 from atft_core.config import CacheConfig, DataConfig
-from atft_core.data.cache import FORMAT_VERSION, build_cache, params_key
+from atft_core.data.cache.build import build_cache, params_key
+from atft_core.data.cache.store import FORMAT_VERSION
 from atft_core.data.source import S3Options, fingerprint_files, resolve_input
 from atft_core.errors import DatasetError
 

@@ -73,7 +73,8 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """A small demo panel (60 stocks x 260 days x 16 features): seconds to build and train on."""
-    from atft_core.data.demo import DemoConfig, generate_demo
+    from atft_core.data.demo.config import DemoConfig
+    from atft_core.data.demo.generate import generate_demo
 
     path = tmp_path_factory.mktemp("demo") / "demo.parquet"
     generate_demo(path, DemoConfig(stocks=60, days=260, features=16))

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atft_core.data.cache import build_cache
+from atft_core.data.cache.build import build_cache
 from flows.cli import main
 from tests.panels import make_panel, write
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from atft_core.config import DataConfig, SplitConfig
-from atft_core.data.batches import make_split
-from atft_core.data.cache import Cache, _standardise_targets
+from atft_core.data.cache.normalise import standardise_targets
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import comparison_markdown, fit_ridge, oracle_baseline, ridge_baseline
 from atft_core.evaluate.controls import control_verdict, noise_band, null_band, shuffled_target_cache
-from atft_core.evaluate.metrics import daily_ic
+from atft_core.ic import daily_ic
 
 DATA = DataConfig(window=1, min_stocks=20, split=SplitConfig(val_days=60, test_days=0))  # ridge on validation
 
@@ -41,7 +42,7 @@ def synthetic_cache(tmp_path: Path, *, days: int = 200, stocks: int = 80, featur
     manifest = {"fingerprint": "synthetic", "source": str(tmp_path / "synthetic.parquet"), "horizons": [1, 5],
                 "dates": [str(np.datetime64("2022-01-03") + i) for i in range(days)],
                 "codes": [f"{1300 + i}0" for i in range(stocks)], "features": [f"f{j}" for j in range(features)]}
-    return Cache(path=tmp_path, manifest=manifest, x=x, y=y, y_z=_standardise_targets(y, 5.0), valid=valid,
+    return Cache(path=tmp_path, manifest=manifest, x=x, y=y, y_z=standardise_targets(y, 5.0), valid=valid,
                  static=np.zeros((stocks, 2), dtype=np.int64))
 
 

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from atft_core.config import SplitConfig
-from atft_core.data.batches import DayBatchSampler, GridTensors, day_index, eligible_days, walk_forward_split
-from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.indexing import day_index
+from atft_core.data.cache.store import open_cache
+from atft_core.data.split import eligible_days, walk_forward_split
 from atft_core.errors import DatasetError
+from atft_core.train.batches import DayBatchSampler, GridTensors
 from tests.panels import make_panel, write
 
 

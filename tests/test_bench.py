@@ -69,8 +69,9 @@ def test_gpu_script_runs_on_cpu_quick(bench_env):
 
 
 def test_synthetic_grid_cache_opens_and_trains(tmp_path):
-    from atft_core.data.batches import GridTensors, eligible_days
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
+    from atft_core.data.split import eligible_days
+    from atft_core.train.batches import GridTensors
     from bench.gpu import synthetic_grid_cache
 
     path = synthetic_grid_cache(30, 80, 6, root=tmp_path)
@@ -84,7 +85,7 @@ def test_synthetic_grid_cache_opens_and_trains(tmp_path):
 
 
 def test_day_index_equals_np_unique_and_the_loop():
-    from atft_core.data.batches import day_index
+    from atft_core.data.cache.indexing import day_index
 
     dates, codes = index_rows(20_000, stocks=300)
     perm = np.random.default_rng(0).permutation(len(dates))

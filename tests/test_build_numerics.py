@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from atft_core.data import build_kernels
-from atft_core.data.leak import MIN_STOCKS, daily_rankics
-from atft_core.data.normalise import _MAD_SCALE, _mad_sorted, _median_sorted, cross_section_days, fill_market
-from atft_core.evaluate.metrics import daily_ic
+from atft_core.data.cache import build_kernels
+from atft_core.data.cache.leak import MIN_STOCKS, daily_rankics
+from atft_core.data.cache.normalise import _MAD_SCALE, _mad_sorted, _median_sorted, cross_section_days, fill_market
+from atft_core.ic import daily_ic
 
 
 def _with_gaps(rng: np.random.Generator, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -200,7 +200,7 @@ def test_compiled_gather_equals_the_numpy_gather(monkeypatch):
     without a validity bitmap, and rows whose stocks skip (no row that day) and whose day changes mid-batch."""
     import pyarrow as pa
 
-    from atft_core.data import grid_build
+    from atft_core.data.cache import grid_build
 
     rng = np.random.default_rng(3)
     days, stocks = 3, 300
@@ -238,7 +238,7 @@ def test_float_values_equal_pyarrows_to_numpy(dtype):
     NaN, sliced columns, no nulls, all nulls, empty."""
     import pyarrow as pa
 
-    from atft_core.data.arrow_numpy import float_values
+    from atft_core.data.cache.arrow_numpy import float_values
 
     rng = np.random.default_rng(5)
     v = rng.standard_normal(100).astype(dtype)
@@ -257,7 +257,7 @@ def test_build_asks_numpy_for_small_pages_and_sets_the_switch_back():
     """numpy's huge-page switch is process-wide: off while the grid is streamed, as it was after."""
     from numpy._core.multiarray import _set_madvise_hugepage
 
-    from atft_core.data.grid_build import _small_pages
+    from atft_core.data.cache.grid_build import _small_pages
 
     before = _set_madvise_hugepage(True)
     try:

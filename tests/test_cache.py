@@ -16,7 +16,9 @@ import polars as pl
 import pytest
 
 from atft_core.config import CacheConfig
-from atft_core.data.cache import MANIFEST_FILE, build_cache, open_cache, past_only_zscore
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.normalise import past_only_zscore
+from atft_core.data.cache.store import MANIFEST_FILE, open_cache
 from atft_core.errors import DatasetError
 from tests.panels import make_panel, write
 
@@ -174,7 +176,7 @@ def test_planted_lookahead_column_is_flagged(tmp_path):
 
 _BUILD_SCRIPT = textwrap.dedent("""
     import sys
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
     build_cache(sys.argv[1], sys.argv[2], progress=False)
 """)
 
@@ -183,7 +185,7 @@ def test_a_hit_found_while_building_stops_the_build_and_keeps_the_cache(tmp_path
     """The content hash runs beside the build; when it names a cache that exists, the build stops."""
     import threading
 
-    import atft_core.data.cache as cache_mod
+    import atft_core.data.cache.build as cache_mod
 
     path = write(make_panel(days=120, stocks=60, features=12), tmp_path / "p.parquet")
     cache_dir = tmp_path / "cache"
@@ -307,7 +309,7 @@ def test_grid_file_holds_more_than_2_31_values_per_column(tmp_path):
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    from atft_core.data.grid_file import column_values, create_grid_file
+    from atft_core.data.cache.grid_file import column_values, create_grid_file
 
     f32 = np.dtype(np.float32)
     grid = create_grid_file(tmp_path / "g.arrow", 2500, 4000, {"x": (f32, 400), "valid": (np.dtype(np.uint8), 0)})

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
 from atft_core.train.checkpoint import CheckpointMismatch, load_checkpoint, restore
 from atft_core.train.trainer import Trainer
 from flows.cli import main

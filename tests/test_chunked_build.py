@@ -9,8 +9,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from atft_core.config import CacheConfig
-from atft_core.data.cache import build_cache, open_cache
-from atft_core.data.normalise import standardise_targets
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.normalise import standardise_targets
+from atft_core.data.cache.store import open_cache
 from tests.panels import make_panel
 
 
@@ -67,7 +68,7 @@ def test_market_features_guessed_wrong_from_the_first_chunk_are_corrected(tmp_pa
     path = tmp_path / "p.parquet"
     df.sort("Date", "Code").write_parquet(path)
     a = build_cache(path, tmp_path / "a", CacheConfig(chunk_days=10_000), progress=False)
-    with caplog.at_level("INFO", logger="atft_core.data.grid_build"):
+    with caplog.at_level("INFO", logger="atft_core.data.cache.grid_build"):
         b = build_cache(path, tmp_path / "b", CacheConfig(chunk_days=3), progress=False)
     assert any("building again" in r.getMessage() and "corrected" in r.getMessage() for r in caplog.records)
     ca, cb = open_cache(a.path), open_cache(b.path)
@@ -80,7 +81,7 @@ def test_market_features_guessed_wrong_from_the_first_chunk_are_corrected(tmp_pa
 def test_compiled_and_numpy_builds_give_the_same_cache(tmp_path, monkeypatch):
     """The numba kernels (gather, day statistics and z-scores) against the numpy path hosts without numba take,
     through the whole build: shuffled rows, chunks split across batches, an integer feature, infinite values."""
-    from atft_core.data import build_kernels
+    from atft_core.data.cache import build_kernels
 
     df = _panel().with_columns(
         (pl.col("feat_2") * 100).round().cast(pl.Int32).alias("int_feat"),

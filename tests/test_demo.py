@@ -1,7 +1,7 @@
 """The demo market: real calendar, sane keys, honest targets, seed-reproducible, chunk-invariant,
 and a planted signal that is really there (and mostly out of reach of a last-day linear model).
 
-Signal checks use scipy's spearmanr per day, independently of atft_core.evaluate.metrics.
+Signal checks use scipy's spearmanr per day, independently of atft_core.ic.
 """
 
 from __future__ import annotations
@@ -17,15 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from atft_core.data.demo import (
-    MARKET_FEATURES,
-    SECTIONS,
-    SECTOR33,
-    SIGNAL_FEATURES,
-    DemoConfig,
-    generate_demo,
-    load_oracle,
-)
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo, load_oracle
+from atft_core.data.demo.market import MARKET_FEATURES, SECTIONS, SECTOR33, SIGNAL_FEATURES
 
 SMALL = DemoConfig(stocks=120, days=300, features=40, seed=0, chunk_days=100)
 

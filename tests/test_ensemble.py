@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from atft_core.config_rules import config_problems
-from atft_core.data.cache import open_cache
+from atft_core.data.cache.store import open_cache
 from atft_core.dryrun import run_dryrun
 from atft_core.train.checkpoint import load_checkpoint
 from atft_core.train.ensemble import member_configs

@@ -274,7 +274,7 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
     from prefect.artifacts import Artifact
 
     from atft_core.config import AtftConfig
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
     from flows.common import Deadlines
     from flows.hpo_stage import HpoStageFailed, hpo_worker_flow, run_hpo_stage
 

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from atft_core.data import grid_file
-from atft_core.data.grid_file import create_grid_file
+from atft_core.data.cache import grid_file
+from atft_core.data.cache.grid_file import create_grid_file
 
 LAYOUT = {"x": (np.dtype(np.float32), 13), "valid": (np.dtype(np.uint8), 0), "y": (np.dtype(np.float32), 4)}
 

@@ -76,7 +76,7 @@ def space(tmp_path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_demo, tmp_path_factory) -> Path:
-    from atft_core.data.cache import build_cache
+    from atft_core.data.cache.build import build_cache
 
     return build_cache(tiny_demo, tmp_path_factory.mktemp("cache"), progress=False).path
 

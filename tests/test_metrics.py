@@ -1,4 +1,4 @@
-"""atft_core.evaluate.metrics against scipy and a plain-Python reference, day by day."""
+"""atft_core.ic and atft_core.evaluate.metrics against scipy and a plain-Python reference, day by day."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from atft_core.evaluate.metrics import (
-    SignalMetrics,
-    daily_ic,
-    long_short,
-    rank_average,
-    summarize,
-    summarize_horizons,
-)
+from atft_core.evaluate.metrics import SignalMetrics, summarize, summarize_horizons
+from atft_core.ic import daily_ic, long_short, rank_average
 
 
 def _panel(seed: int = 0, days: int = 40, stocks: int = 80, missing: float = 0.15):
@@ -191,12 +185,12 @@ def test_full_panel_size_runs():
 
 
 def test_day_blocks_do_not_change_results(monkeypatch):
-    from atft_core.evaluate import metrics
+    from atft_core import ic as ic_module
 
     pred, target = _panel(seed=7, days=23, stocks=50)
     whole = summarize(pred, target, min_stocks=20)
     ic, rankic = daily_ic(pred, target, min_stocks=20)
-    monkeypatch.setattr(metrics, "BLOCK_DAYS", 4)
+    monkeypatch.setattr(ic_module, "BLOCK_DAYS", 4)
     ic_b, rankic_b = daily_ic(pred, target, min_stocks=20)
     np.testing.assert_array_equal(ic, ic_b)
     np.testing.assert_array_equal(rankic, rankic_b)

@@ -9,12 +9,14 @@ import polars as pl
 import torch
 
 from atft_core.config import DataConfig, SplitConfig
-from atft_core.data.batches import make_split
-from atft_core.data.cache import build_cache, open_cache
-from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo
+from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import oracle_on_days, ridge_baseline
-from atft_core.evaluate.metrics import daily_ic
 from atft_core.evaluate.peer import feature_names, peer_baseline, peer_features
+from atft_core.ic import daily_ic
 from atft_core.model.cross_section import CrossSectionContext, group_mean, sector_relative
 from atft_core.train.targets import rank_gauss
 from tests.test_baselines import synthetic_cache
@@ -48,8 +50,8 @@ def test_peer_finds_a_nonlinear_signal_ridge_cannot(tmp_path):
     y = cache.y.copy()
     y[:, :, 0] = np.where(np.isfinite(y[:, :, 0]), 0.01 * (2.0 * signal + np.random.default_rng(0).standard_normal(
         signal.shape)), np.nan)
-    from atft_core.data.cache import _standardise_targets
-    cache = dataclasses.replace(cache, y=y, y_z=_standardise_targets(y, 5.0))
+    from atft_core.data.cache.normalise import standardise_targets
+    cache = dataclasses.replace(cache, y=y, y_z=standardise_targets(y, 5.0))
     split = make_split(cache, DATA)
     peer = peer_baseline(cache, split, min_stocks=20)
     ridge = ridge_baseline(cache, split, min_stocks=20)

@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 
 from atft_core.config import AtftConfig, DataConfig, SplitConfig
-from atft_core.data.batches import make_split
-from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
+from atft_core.data.split import make_split
 from atft_core.evaluate.baselines import DemoOracle, RidgeModel, fit_ridge, oracle_on_days, ridge_baseline
 from atft_core.evaluate.metrics import summarize
 from atft_core.evaluate.peer import PeerConfig, PeerModel, fit_peer, peer_baseline

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from atft_core.data.batches import DayBatchSampler, GridTensors, eligible_days
-from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
+from atft_core.data.split import eligible_days
+from atft_core.train.batches import DayBatchSampler, GridTensors
 from atft_core.train.prefetch import Prefetcher, PrefetchError, cache_nbytes, fits_on_device
 from tests.panels import make_panel, write
 

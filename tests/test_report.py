@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from atft_core.data.cache import build_cache
+from atft_core.data.cache.build import build_cache
 from atft_core.evaluate.report import build_report, equity_curve, max_drawdown, turnover
 from flows.cli import main
 
@@ -201,7 +201,8 @@ def test_cli_report_and_its_input_errors(tmp_path, capsys):
 
 
 def test_cache_build_flags_a_planted_look_ahead_column_by_name(tmp_path):
-    from atft_core.data.demo import DemoConfig, generate_demo
+    from atft_core.data.demo.config import DemoConfig
+    from atft_core.data.demo.generate import generate_demo
 
     demo = tmp_path / "demo.parquet"
     generate_demo(demo, DemoConfig(stocks=60, days=120, features=16, seed=3))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from atft_core.data import cache as cache_mod
+from atft_core.data.cache import build as cache_build
+from atft_core.data.cache import store as cache_store
 from atft_core.errors import ConfigError
 from atft_core.process_record import start_time
 from atft_core.retention import (
@@ -109,15 +110,15 @@ def test_open_cache_and_a_cache_hit_stamp_the_cache_as_used(root, tmp_path):
     from tests.panels import make_panel, write
 
     panel = write(make_panel(), tmp_path / "p.parquet")
-    built = cache_mod.build_cache(panel, root.cache, progress=False)
+    built = cache_build.build_cache(panel, root.cache, progress=False)
     stamp = built.path / LAST_USED
     assert stamp.exists()  # born used
     _age(stamp, 30 * 24)
     assert collect(root, dry_run=True).removed  # 30 days unused: gc would remove it
-    cache_mod.open_cache(built.path)
+    cache_store.open_cache(built.path)
     assert time.time() - stamp.stat().st_mtime < 60
     _age(stamp, 30 * 24)
-    assert cache_mod.build_cache(panel, root.cache, progress=False).hit
+    assert cache_build.build_cache(panel, root.cache, progress=False).hit
     assert time.time() - stamp.stat().st_mtime < 60
     assert not collect(root).removed
 
@@ -256,5 +257,5 @@ def test_config_rejects_every_bad_value_at_once():
 
 
 def test_gc_knows_the_names_the_cache_writers_use():
-    assert cache_mod.MANIFEST_FILE == CACHE_MANIFEST
-    assert f"{cache_mod._TMP_PREFIX}*" in TEMP_PATTERNS["cache"]
+    assert cache_store.MANIFEST_FILE == CACHE_MANIFEST
+    assert f"{cache_build._TMP_PREFIX}*" in TEMP_PATTERNS["cache"]

@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from atft_core.data.batches import GridTensors
-from atft_core.data.cache import open_cache
+from atft_core.data.cache.store import open_cache
+from atft_core.train.batches import GridTensors
 from flows.cli import main
 from tests.cli_output import has_traceback
 from tests.panels import make_panel, write

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from atft_core.config import CacheConfig
-from atft_core.data.cache import build_cache
+from atft_core.data.cache.build import build_cache
 from atft_core.data.source import S3Options, resolve_input
 from atft_core.errors import DatasetError
 

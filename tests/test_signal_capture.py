@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from atft_core.data.demo import DemoConfig, generate_demo
-from atft_core.data.demo_market import ALPHA, SIGNAL_SHARES
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo
+from atft_core.data.demo.market import ALPHA, SIGNAL_SHARES
 from bench.signal_capture import PARTS, planted_parts
 
 

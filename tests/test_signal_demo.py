@@ -10,8 +10,9 @@ is `python -m bench.signal --goals` (docs/signal.md): a benchmark, not a test.
 from __future__ import annotations
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import build_cache
-from atft_core.data.demo import DemoConfig, generate_demo
+from atft_core.data.cache.build import build_cache
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo
 from atft_core.dryrun import run_dryrun
 
 

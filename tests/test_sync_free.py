@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import GridTensors
-from atft_core.data.cache import build_cache, open_cache
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
 from atft_core.model import build_model
 from atft_core.model.graph import build_edges_fixed
+from atft_core.train.batches import GridTensors
 from atft_core.train.loss import compute_loss
 from atft_core.train.syncs import SyncCounter
 from atft_core.train.trainer import Trainer, resolve_device

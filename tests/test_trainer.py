@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.cache import build_cache, open_cache
-from atft_core.data.demo import DemoConfig, generate_demo, load_oracle
+from atft_core.data.cache.build import build_cache
+from atft_core.data.cache.store import open_cache
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.generate import generate_demo, load_oracle
 from atft_core.dryrun import run_dryrun
 from atft_core.errors import TrainingError
-from atft_core.evaluate.metrics import daily_ic
+from atft_core.ic import daily_ic
 from atft_core.train.trainer import Trainer, resolve_device, rss_mb
 
 

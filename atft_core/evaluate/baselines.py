@@ -6,7 +6,7 @@
   (`atft_core.evaluate.metrics.summarize`). A deep model that cannot beat it has learnt nothing a
   linear regression would not.
 - `DemoOracle` (a `Predictor` too) and `oracle_on_days`: on the demo data, the score of the planted
-  expected return itself (`PATH.oracle.parquet`, written by `atft_core.data.demo`): the best any
+  expected return itself (`PATH.oracle.parquet`, written by `atft_core.data.demo.generate`): the best any
   model can reach. `oracle_baseline` reads the all-days summary (`PATH.oracle.json`).
 """
 
@@ -18,15 +18,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import Split
 from atft_core.evaluate.metrics import summarize
-
-if TYPE_CHECKING:
-    from atft_core.data.batches import Split
 
 log = logging.getLogger("atft_core.evaluate.baselines")
 
@@ -230,7 +228,7 @@ def oracle_baseline(data_path_or_manifest: str | Path | dict[str, Any] | Cache,
 class DemoOracle:
     """The demo's planted expected return as a `Predictor` (demo panels only; nothing to fit).
 
-    Reads ``mu`` (`PATH.oracle.parquet`: Date, Code, mu, written by `atft_core.data.demo` next to the
+    Reads ``mu`` (`PATH.oracle.parquet`: Date, Code, mu, written by `atft_core.data.demo.generate` next to the
     panel the cache was built from) and places it on the cache grid. ``mu_t`` is the one-day
     conditional expectation known at t, used for every horizon (as the oracle file scores it), so
     `predict` repeats it along H. NaN where the stock had no published mu that day. On any other

@@ -7,7 +7,7 @@ everything else (the days, the names, the feature distributions, each day's retu
 model trained on it and scored on the *real* validation targets must land inside the noise band around
 0; if it does not, something other than the features' signal reaches the score.
 
-The look-ahead check on single features lives in the cache build (`atft_core.data.cache._leak_suspects`):
+The look-ahead check on single features lives in the cache build (`atft_core.data.cache.leak`):
 it flags, by name, every feature whose mean daily RankIC with a forward target is implausibly high.
 """
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from atft_core.data.cache import Cache
-
-if TYPE_CHECKING:
-    from atft_core.data.batches import Split
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import Split
+from atft_core.ic import daily_ic
 
 
 def shuffled_target_cache(cache: Cache, seed: int = 0, days: np.ndarray | None = None) -> Cache:
@@ -99,13 +98,12 @@ def null_band(cache: Cache, train_days: np.ndarray, val_days: np.ndarray, horizo
 
     This draws `n_draws` linear predictors exactly as a ridge fit to targets independent of the
     features is distributed, ``w ~ N(0, (X'X)^-1)`` with X'X from `train_days` (the scale does not
-    matter for RankIC), scores each on the real targets of `val_days` with `metrics.daily_ic`, and
+    matter for RankIC), scores each on the real targets of `val_days` with `atft_core.ic.daily_ic`, and
     returns ``2 * std`` (ddof=1) of their mean RankICs: the spread of both terms together (the
     sampling noise and the chance loading on real signal). Exact for the ridge control, an
     approximation for a deep model. NaN with fewer than 2 scorable draws.
     """
     from atft_core.evaluate.baselines import centred_gram, chunk_days
-    from atft_core.evaluate.metrics import daily_ic
 
     g = centred_gram(cache, train_days, horizon_index)
     F = g.xx.shape[0]
@@ -163,8 +161,6 @@ def control_result(cache: Cache, split: Split, val_pred: np.ndarray, val_days: n
     the model trained on `shuffled_target_cache(cache, seed, days=split.train)` predicted. Returns
     `control_verdict` (band = the wider of `noise_band` and `null_band`) plus ic and the seed.
     """
-    from atft_core.evaluate.metrics import daily_ic
-
     val_days = np.asarray(val_days, dtype=np.int64)
     pred = val_pred[:, :, horizon_index] if np.ndim(val_pred) == 3 else val_pred
     target = np.where(cache.valid[val_days], cache.y[val_days, :, horizon_index], np.nan)

@@ -10,7 +10,7 @@ Criteria (thresholds from `GateConfig`):
 - ``val_rankic > min_rankic``: mean daily validation RankIC. An undefined (NaN / missing) RankIC
   fails: NaN compares False with everything and must never slip through as a pass;
 - ``no_lookahead``: no input feature is a look-ahead suspect of the cache's leak screen
-  (`atft_core.data.leak`), unless ``lookahead_allow`` names it with a reason;
+  (`atft_core.data.cache.leak`), unless ``lookahead_allow`` names it with a reason;
 - ``plausible_rankic``: ``val_rankic < max_rankic`` (0.30): above it a daily equity model almost
   surely sees the future, so the run fails as "implausibly high: check for look-ahead";
 - ``loss_finite``, ``completed`` (no crash), ``train_days > 0`` (a run that trained on nothing

@@ -21,15 +21,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from atft_core.data.cache import Cache
-from atft_core.evaluate.metrics import rank_average, summarize
-
-if TYPE_CHECKING:
-    from atft_core.data.batches import Split
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import Split
+from atft_core.evaluate.metrics import summarize
+from atft_core.ic import rank_average
 
 log = logging.getLogger("atft_core.evaluate.peer")
 

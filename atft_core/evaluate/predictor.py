@@ -22,8 +22,8 @@ import numpy as np
 from atft_core.evaluate.metrics import summarize_horizons
 
 if TYPE_CHECKING:
-    from atft_core.data.batches import Split
-    from atft_core.data.cache import Cache
+    from atft_core.data.cache.store import Cache
+    from atft_core.data.split import Split
 
 
 @runtime_checkable

@@ -11,8 +11,8 @@ and writes ``report.json`` plus PNG plots:
   Sharpe / IR and maximum drawdown;
 - turnover of the top and bottom deciles.
 
-Every per-day number comes from `atft_core.evaluate.metrics` (the one definition of IC, RankIC and
-long-short); the only things computed here are what the metrics module has no notion of (deciles,
+Every per-day number comes from `atft_core.ic` (the one definition of IC, RankIC and
+long-short); the only things computed here are what it has no notion of (deciles,
 equity curve, drawdown, turnover), all vectorised over the grid.
 
 Conventions:
@@ -20,7 +20,7 @@ Conventions:
 - decile of a name = floor(10 * (r - 1) / n), r its average rank (1..n) among the day's scored
   names: tied predictions share a decile; "mean target per decile" is the mean over days of each
   day's decile mean;
-- the long-short series is `metrics.long_short` (top 10 % minus bottom 10 %, ties at the leg
+- the long-short series is `atft_core.ic.long_short` (top 10 % minus bottom 10 %, ties at the leg
   boundaries split evenly); for a horizon of h days it is an h-day return, turned into a daily rate
   ``ls / h`` (the return of a book rebalanced 1/h each day, as alphalens does) before compounding:
   equity_t = prod_{u<=t} (1 + rate_u), with days that have no long-short counted as flat;
@@ -43,7 +43,8 @@ import numpy as np
 import polars as pl
 
 from atft_core.errors import DatasetError, Problem
-from atft_core.evaluate.metrics import TRADING_DAYS_PER_YEAR, daily_ic, long_short, rank_average, summarize
+from atft_core.evaluate.metrics import TRADING_DAYS_PER_YEAR, summarize
+from atft_core.ic import daily_ic, long_short, rank_average
 
 N_BUCKETS = 10
 ROLLING_DAYS = 20

@@ -143,7 +143,7 @@ def free_memory() -> None:
 
 @functools.lru_cache(maxsize=2)
 def _open_cache(path: str):
-    from atft_core.data.cache import open_cache
+    from atft_core.data.cache.store import open_cache
 
     return open_cache(path)  # memory-mapped: every trial of this worker shares the pages
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
 
 log = logging.getLogger("atft_core.train.checkpoint")
 

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import Split, make_split
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import Split, make_split
 from atft_core.train.trainer import EpochCallback, Trainer, TrainResult, score_days
 
 log = logging.getLogger("atft_core.train.ensemble")

@@ -96,7 +96,7 @@ def _gather(x: Tensor, idx: Tensor, fill: float | bool) -> Tensor:
 def _average_ranks(y: Tensor, m: Tensor) -> Tensor:
     """Average ranks (1-based, ties share their mean rank) along dim 1 among entries where m.
 
-    Same convention as `atft_core.evaluate.metrics.rank_average`. y, m: [G, N, H]; returns [G, N, H] float,
+    Same convention as `atft_core.ic.rank_average`. y, m: [G, N, H]; returns [G, N, H] float,
     arbitrary where not m. No gradient (used for the target only).
     """
     N = y.shape[1]

@@ -22,10 +22,11 @@ import polars as pl
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import GridTensors, Split
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import Split
 from atft_core.model import build_model
 from atft_core.train import checkpoint
+from atft_core.train.batches import GridTensors
 from atft_core.train.checkpoint import CheckpointMismatch
 from atft_core.train.trainer import Trainer, predict_days, resolve_device, resolve_static_shapes
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from atft_core.data.batches import Batch
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
+from atft_core.train.batches import Batch
 
 __all__ = ["Prefetcher", "PrefetchError", "cache_nbytes", "fits_on_device", "batch_to"]
 

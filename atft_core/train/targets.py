@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtri
 
-from atft_core.evaluate.metrics import rank_average
+from atft_core.ic import rank_average
 
 TARGET_TRANSFORMS = ("zscore", "rank")
 

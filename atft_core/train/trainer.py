@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from atft_core.config import AtftConfig
-from atft_core.data.batches import DayBatchSampler, GridTensors, Split, make_split
-from atft_core.data.cache import Cache
+from atft_core.data.cache.store import Cache
+from atft_core.data.split import Split, make_split
 from atft_core.errors import TrainingError
 from atft_core.evaluate.predictor import score_predictions
 from atft_core.model import ModelOutput, build_model
 from atft_core.train import checkpoint
+from atft_core.train.batches import DayBatchSampler, GridTensors
 from atft_core.train.loss import compute_loss
 from atft_core.train.prefetch import Prefetcher, batch_to, fits_on_device
 from atft_core.train.schedule import WarmupCosine

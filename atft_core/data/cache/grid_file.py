@@ -89,8 +89,8 @@ class GridFile:
         """Write values for days day0, day0+1, ... (shape [c, S, ...]) into array ``name``.
 
         The aligned middle of the region bypasses the page cache (`_write_direct`): a grid as large
-        as RAM written through it cost ~1.5 s of CPU per GB here (page allocation and reclaim, with
-        the panel being read evicted), and no reader needs it cached now.
+        as RAM written through it costs CPU in page allocation and reclaim, evicts the panel being
+        read, and no reader needs it cached during the build.
         """
         data = np.ascontiguousarray(values)
         off = self.byte_offset(name, day0)

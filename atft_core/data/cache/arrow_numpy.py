@@ -1,4 +1,4 @@
-"""Arrow float columns as numpy arrays without pyarrow's `to_numpy`, which imports pandas (0.18 s here).
+"""Arrow float columns as numpy arrays without pyarrow's `to_numpy`, which imports pandas (slow).
 
 The cache build converts only float columns (the targets of each record batch; the feature columns
 too where numba is missing), and importing pandas for that cost the build as much as its keys' checks.

@@ -4,18 +4,17 @@
   feature-major ([c, F, S]), nulls and infinite values as NaN: no numpy copy of each column, no
   row-major copy of the batch, no transposes before the sort.
 - `copy_present`: a day's block with NaN for the stocks without a row, the sort's input, in one pass.
-- `day`: after numpy's SIMD sort of a day's feature rows (the one step numpy does best: 2.5-3.3 ms
-  of a 4,000 x 400 day), one pass reads the day's statistics, median and MAD off the sorted rows
-  (the MAD by a binary search over the two ascending runs of deviations: no second sort), one writes
-  the clipped z-scores along memory, and a tiled transpose puts them in the cache's [S, F] rows:
-  ~2.2 ms, against ~15 ms for the numpy steps (NaN masks, statistics, arithmetic, transposes).
+- `day`: after numpy's SIMD sort of a day's feature rows (the one step numpy does best), one pass
+  reads the day's statistics, median and MAD off the sorted rows (the MAD by a binary search over the
+  two ascending runs of deviations: no second sort), one writes the clipped z-scores along memory,
+  and a tiled transpose puts them in the cache's [S, F] rows, where the numpy steps (NaN masks,
+  statistics, arithmetic, transposes) each pass over the day again.
 - `subset_rankics`: the leak screen's RankIC of each feature with each horizon's target from one
   argsort per feature, however many distinct sets of names the horizons are known on.
 
 Each gives the numpy path's numbers (tests/test_build_numerics.py, tests/test_chunked_build.py).
-Compiled by numba on first call and cached in __pycache__ next to this file (~2 s once, then
-milliseconds). `AVAILABLE` is False where numba is not installed (the GPU host's image): the numpy
-path runs there.
+Compiled by numba on first call and cached in __pycache__ next to this file (once, then loaded).
+`AVAILABLE` is False where numba is not installed (the GPU host's image): the numpy path runs there.
 """
 
 from __future__ import annotations
@@ -99,7 +98,7 @@ def day(block, ordered, valid, clip, out, n_out, total_out, lo_out, hi_out, nonz
             else:
                 a = mid + 1
         n = a
-        acc = np.zeros(8)  # eight running sums: one long chain of dependent adds is 4x slower
+        acc = np.zeros(8)  # eight running sums: one long chain of dependent adds would stall on each add's latency
         for s in range(0, n - n % 8, 8):
             for u in range(8):
                 acc[u] += row[s + u]

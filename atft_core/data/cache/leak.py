@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from atft_core.data import build_kernels
+from atft_core.data.cache import build_kernels
+from atft_core.data.cache.normalise import parallel_map
+from atft_core.ic import centred_ranks, daily_ic
 
 MIN_STOCKS = 10  # days with fewer names give no RankIC
 # Days screened, evenly spaced: 64, fewer on a wide panel so that days x S x F x H stays near
@@ -47,10 +49,8 @@ def daily_rankics(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> tuple[np.n
 
     x [n, S, F], y [n, S, H], valid [n, S] for n screened days -> (ric [n, H, F], stocks [n, H, F]);
     ric is NaN on a day with fewer than MIN_STOCKS names or no spread. Same numbers as
-    `atft_core.evaluate.metrics.daily_ic` on each (day, feature, horizon) (tested against it).
+    `atft_core.ic.daily_ic` on each (day, feature, horizon) (tested against it).
     """
-    from atft_core.data.normalise import parallel_map
-
     n, _, n_feat = x.shape
     ric = np.full((n, y.shape[2], n_feat), np.nan)
     stocks = np.zeros((n, y.shape[2], n_feat), dtype=np.int64)
@@ -98,8 +98,6 @@ def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
     average rank times the target's centred rank at that name. The others (NaN somewhere) go through
     `daily_ic`, which drops the missing pairs.
     """
-    from atft_core.evaluate.metrics import daily_ic
-
     n_feat, k = feat.shape
     finite = np.isfinite(feat)
     count = finite.sum(axis=1)
@@ -115,7 +113,7 @@ def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
         np.put_along_axis(rt, t_order, t_rank, axis=1)  # back to name order
         order, rank = centred_ranks(feat[rows])  # [Ff, k] each, in sorted order
         # [h, Ff], one horizon at a time: the same sums as (rt[:, order] * rank).sum(axis=2) without its
-        # [h, Ff, k] float64 temporary (7x faster on 4,000 x 400)
+        # [h, Ff, k] float64 temporary, which would dominate the time on a wide panel
         sxy = np.stack([(rt_h[order] * rank).sum(axis=1) for rt_h in rt])
         sxx = np.einsum("ij,ij->i", rank, rank)
         syy = np.einsum("ij,ij->i", rt, rt)
@@ -128,33 +126,6 @@ def _rankic_block(feat: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
     for kh in range(target.shape[0]) if len(part) else ():
         _, ric[kh, part] = daily_ic(feat[part], np.broadcast_to(target[kh], (len(part), k)), min_stocks=MIN_STOCKS)
     return ric, stocks
-
-
-def centred_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise sort of a [R, k] (all finite) -> (order [R, k], average rank - (k + 1) / 2 [R, k] float64).
-
-    rank[r, p] belongs to the name order[r, p]: ties share the mean of their positions' ranks. The tie
-    runs are found on the flattened rows, where a run never crosses into the next row (each row's first
-    position starts a run), so the running max / min are 1-D scans instead of per-row ones.
-    """
-    n_rows, k = a.shape
-    order = np.argsort(a, axis=1)
-    s = np.take_along_axis(a, order, axis=1)
-    starts = np.ones((n_rows, k), dtype=bool)  # position p starts a tie run
-    np.not_equal(s[:, 1:], s[:, :-1], out=starts[:, 1:])
-    flat = np.arange(n_rows * k, dtype=np.int64 if n_rows * k >= 2**30 else np.int32)
-    first = np.where(starts.ravel(), flat, 0)
-    np.maximum.accumulate(first, out=first)  # first position of each position's run
-    ends = np.ones((n_rows, k), dtype=bool)  # position p ends a run
-    ends[:, :-1] = starts[:, 1:]
-    last = np.where(ends.ravel(), flat, n_rows * k)[::-1]
-    last = np.minimum.accumulate(last)[::-1]  # last position of each position's run
-    first += last
-    rank = first.reshape(n_rows, k).astype(np.float64)
-    rank *= 0.5
-    # mean 0-based position of the run, minus the row's start and its centre (k - 1) / 2
-    rank -= (np.arange(n_rows, dtype=np.float64) * k + (k - 1) / 2.0)[:, None]
-    return order, rank
 
 
 def summarise(ric: np.ndarray, stocks: np.ndarray, feats: list[str], horizons: tuple[int, ...], spacing: float,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atft_core.config import CacheConfig
-from atft_core.data import build_kernels
+from atft_core.data.cache import build_kernels
 
 _MAD_SCALE = build_kernels.MAD_SCALE
 
@@ -108,7 +108,7 @@ def cross_section_days(raw: np.ndarray, valid: np.ndarray, clip: float, out: np.
     out z-scored too: `fill_market` overwrites them once their past-only statistics are known.
 
     Days run on threads. ``compiled`` (default: when numba is installed) uses `build_kernels`,
-    ~4x faster on 4,000 x 400 days than the numpy steps, with the same numbers. ``scratch``: [F, S]
+    faster than the numpy steps, with the same numbers. ``scratch``: [F, S]
     buffers kept from one call to the next (a caller normalising chunk after chunk passes its own).
     """
     days, n_feat, n_stocks = raw.shape
@@ -158,8 +158,8 @@ def fill_market(x: np.ndarray, valid: np.ndarray, market: np.ndarray, market_z: 
 
 class Scratch:
     """Buffers of one shape handed to threads and taken back. Fresh ones cost: numpy asks for huge
-    pages on arrays this large (6.4 MB at 400 x 4,000), and the VM here zeroes each new one at ~1 GB/s:
-    made anew for every chunk they were 0.9 GB of the 2.2 GB of huge pages faulted in by a build."""
+    pages on arrays this large (6.4 MB at 400 x 4,000), and each new one is zeroed page by page: made
+    anew for every chunk they would be a large share of the pages a build faults in."""
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape, self.free, self.lock = shape, [], threading.Lock()
@@ -203,7 +203,7 @@ def _median_sorted(s: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Row medians [R, 1] of rows sorted ascending with NaN last (np.sort), ``n`` [R] finite values each.
 
     Equals np.nanmedian(row) (mean of the two middle values; NaN for a row with none): a SIMD sort of
-    float32 rows is ~3x faster than partitioning them, and numpy's nanmedian loops in Python per row.
+    float32 rows is faster than partitioning them, and numpy's nanmedian loops in Python per row.
     """
     last = s.shape[1] - 1
     lo = np.clip((n - 1) // 2, 0, last)[:, None]

@@ -48,7 +48,7 @@ Oracle (`PATH.oracle.json`, and `PATH.oracle.parquet` with Date, Code, mu: the p
 return per row, so the oracle can be scored on exactly the days a model is scored on): the generator
 parameters, which features carry the signal and which
 are market-level, and per horizon the mean daily IC / RankIC of mu_t (the one-day conditional
-expectation, known at t) against target_h, from `atft_core.evaluate.metrics.daily_ic`. mu_t is used for
+expectation, known at t) against target_h, from `atft_core.ic.daily_ic`. mu_t is used for
 every horizon because it is the achievable predictor: summing future mu would use information
 from after t.
 
@@ -63,7 +63,6 @@ import dataclasses
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from atft_core.data.demo_market import (
+from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.market import (
     ALPHA,
     BURN_IN,
     EXTREME_THRESHOLD,
@@ -94,17 +94,7 @@ from atft_core.data.demo_market import (
     _Simulator,
     _Static,
 )
-
-
-@dataclass
-class DemoConfig:
-    stocks: int = 300
-    days: int = 750
-    features: int = 40
-    seed: int = 0
-    start: str = "2020-01-06"  # first trading day candidate (the first XTKS session on or after it)
-    horizons: tuple[int, ...] = (1, 5, 10, 20)
-    chunk_days: int = 250  # days simulated/written per chunk (bounded memory at real size)
+from atft_core.ic import daily_ic
 
 
 def load_oracle(parquet_path: str | Path) -> dict | None:
@@ -186,7 +176,7 @@ def _write_mu(path: Path, dates: np.ndarray, codes: np.ndarray, mu: np.ndarray) 
 
 def trading_days(start: str, days: int) -> np.ndarray:
     """The first `days` XTKS sessions on or after `start`, as datetime64[D]."""
-    import exchange_calendars as xc  # imported lazily: it costs ~0.5 s and only generation needs it
+    import exchange_calendars as xc  # imported lazily: slow to import, and only generation needs it
 
     with warnings.catch_warnings():  # a pandas deprecation inside exchange_calendars, not ours
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
@@ -255,8 +245,6 @@ def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list
 
 def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, mu: np.ndarray,
             targets: np.ndarray, horizons: tuple[int, ...], n_rows: int) -> dict[str, Any]:
-    from atft_core.evaluate.metrics import daily_ic  # the project's one IC definition
-
     min_stocks = min(20, max(3, cfg.stocks // 2))
     per_h: dict[str, dict[str, float]] = {}
     for k, h in enumerate(horizons):

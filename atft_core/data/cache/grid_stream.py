@@ -24,11 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from atft_core.config import CacheConfig
-from atft_core.data.grid_file import ALIGN, GridFile
-from atft_core.data.leak import daily_rankics
-from atft_core.data.normalise import DayStats, Scratch, cross_section_days, fill_market, standardise_targets
+from atft_core.data.cache.grid_file import ALIGN, GridFile
+from atft_core.data.cache.leak import daily_rankics
+from atft_core.data.cache.normalise import DayStats, Scratch, cross_section_days, fill_market, standardise_targets
 
-log = logging.getLogger("atft_core.data.grid_build")
+log = logging.getLogger("atft_core.data.cache.grid_build")
 F32 = np.dtype(np.float32)
 # Chunks handed over and not yet normalised: the reader runs ahead by up to this many (a chunk buffer
 # each: 0.1 GB at 16 x 4,000 x 400) instead of waiting for each chunk to be normalised and written.
@@ -83,7 +83,7 @@ class ChunkStream:
         """days x S x F floats, flat. ``place_like``: a file offset; the view then starts at the same
         place within a 4 KB page, so its write goes to the file with O_DIRECT straight from it (a copy
         through a bounce buffer is a full pass over the grid). Reused rather than allocated: first
-        touching fresh memory (page faults) cost up to ~1 s per 64 x 4,000 x 400 chunk here."""
+        touching fresh memory (page faults) costs about as much as normalising the chunk."""
         with self._lock:
             buf = self._free.pop() if self._free else None
         if buf is None:

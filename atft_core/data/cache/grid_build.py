@@ -30,20 +30,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atft_core.config import CacheConfig, DataConfig
-from atft_core.data import build_kernels
-from atft_core.data.arrow_numpy import float_values
+from atft_core.data.cache import build_kernels
+from atft_core.data.cache.arrow_numpy import float_values
+from atft_core.data.cache.grid_file import GridFile, create_grid_file
+from atft_core.data.cache.grid_stream import ChunkStream
+from atft_core.data.cache.indexing import factorize_sorted
+from atft_core.data.cache.leak import screen_days, spacing_of, summarise, suspect_message
 from atft_core.data.contract import Contract, date_expr, value_warnings
-from atft_core.data.grid_file import GridFile, create_grid_file
-from atft_core.data.grid_stream import ChunkStream
-from atft_core.data.indexing import factorize_sorted
-from atft_core.data.leak import screen_days, spacing_of, summarise, suspect_message
 from atft_core.errors import DatasetError, Problem
 
-log = logging.getLogger("atft_core.data.grid_build")
+log = logging.getLogger("atft_core.data.cache.grid_build")
 
 # Values per parquet record batch read (~24 MB as float32): below glibc's largest mmap threshold
 # (32 MB), so each batch's arrays reuse freed heap memory instead of being mapped and page-faulted in
-# anew; with 128 MB batches that was 2.2M page faults and 13 s of system time on 4,000 x 1,150 x 400.
+# anew (larger batches spend their time in page faults).
 _BATCH_CELLS = 6 << 20
 F32 = np.dtype(np.float32)
 _WHOLE_GROUP_BYTES = 512 << 20  # parquet row groups read whole up to this size (see `_reader`)
@@ -94,7 +94,7 @@ def plan_grid(lf: pl.LazyFrame, contract: Contract, source: str, require: DataCo
 def _check_unique(valid: np.ndarray, day_idx: np.ndarray, stock_idx: np.ndarray, dates: np.ndarray, codes: list[str],
                   contract: Contract, source: str) -> None:
     """Each stock at most once a day: fewer cells than rows means duplicate (date, code) keys. From the
-    grid's own indices (a polars group-by over the keys took 0.25 s of the build's serial first phase)."""
+    grid's own indices: a polars group-by over the keys would add to the build's serial first phase."""
     if int(valid.sum()) == len(day_idx):
         return
     per_cell = np.bincount(day_idx.astype(np.int64) * valid.shape[1] + stock_idx, minlength=valid.size)
@@ -136,7 +136,7 @@ def _static_ids(keys: pl.DataFrame, col: str, day_idx: np.ndarray, stock_idx: np
 def _factorize(values: pl.Series) -> tuple[list[str], np.ndarray]:
     """(sorted distinct strings, each row's index in them: -1 where null), without a Python string per row.
 
-    A join against the few thousand distinct values: 10x faster than np.unique over 4.6M strings.
+    A join against the few thousand distinct values, far cheaper than np.unique over millions of strings.
     """
     vocab = values.drop_nulls().unique().sort()
     table = pl.DataFrame({"v": vocab, "i": np.arange(len(vocab), dtype=np.int64)})
@@ -206,10 +206,9 @@ def _small_pages() -> Iterator[None]:
     """numpy's new arrays of 4 MB and more without transparent huge pages (numpy asks for them by default),
     set back after.
 
-    Huge pages come zeroed 2 MB at a time from memory the kernel must find contiguous: on this VM that
-    cost ~4 s of system time in a 1,150 x 4,000 x 400 build (16.4-16.8 s against 13.9 s without), for
-    buffers that are allocated once and then reused. numpy's switch is process-wide and private: a
-    numpy without it builds with huge pages, only slower.
+    Huge pages come zeroed 2 MB at a time from memory the kernel must find contiguous: a cost in system
+    time that buys nothing for buffers that are allocated once and then reused. numpy's switch is
+    process-wide and private: a numpy without it builds with huge pages, only slower.
     """
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
@@ -350,8 +349,8 @@ def _batches(files: tuple[Path, ...], columns: list[str], batch_rows: int) -> It
     """The files' record batches, decoded into memory from the system allocator.
 
     pyarrow's default pool (mimalloc) hands each batch's freed buffers back to the OS, so the next
-    batch page-faults them in again: 0.9M faults and ~4 s of system time over a 6.7 GB panel here.
-    malloc keeps them for reuse. The pool is pyarrow's process-wide default: set back when done.
+    batch page-faults them in again (system time that grows with the panel). malloc keeps them for
+    reuse. The pool is pyarrow's process-wide default: set back when done.
     """
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
@@ -363,16 +362,14 @@ def _batches(files: tuple[Path, ...], columns: list[str], batch_rows: int) -> It
 
 
 def _reader(path: Path) -> pq.ParquetFile:
-    """Row groups up to `_WHOLE_GROUP_BYTES` are read a column chunk at a time (3x faster than buffered
-    reads on 150-day x 2,000 x 200 groups); larger ones through a 256 KB buffer per column, which holds
-    ~0.1 GB over 400 columns instead of the group (2x faster than whole chunks on 250-day x 4,000 x 400
-    groups, and than polars' streaming batches, which also held 5-6 GB there). 1 MB buffers decoded
-    1,150 such days in 6.1-7.2 s against 4.3-4.7 s (system time 3.9-5.2 s against 2.3-2.5).
+    """Row groups up to `_WHOLE_GROUP_BYTES` are read a column chunk at a time (faster than buffered
+    reads); larger ones through a 256 KB buffer per column, which holds ~0.1 GB over 400 columns instead
+    of the whole group (faster than whole chunks or polars' streaming batches, which also hold GBs;
+    larger buffers are slower).
 
-    Not through a memory map, though that saves the copy into the buffers (~1.8 s of CPU over those
-    1,150 days): each of the 400 column readers keeps its current page mapped, and where the page
-    cache holds the file in large folios every touch maps whole folios, so the mapped pages reached
-    0.45-1.8 GB of RSS depending on how the file had been cached, however often they were dropped.
+    Not through a memory map, though that saves the copy into the buffers: each of the column readers
+    keeps its current page mapped, and where the page cache holds the file in large folios every touch
+    maps whole folios, so the mapped pages grow the RSS by GBs depending on how the file was cached.
     """
     meta = pq.read_metadata(path)
     largest = max((meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)), default=0)

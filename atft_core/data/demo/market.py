@@ -1,19 +1,18 @@
 """The simulated market behind the demo panel: stock statics, GARCH returns, features and targets.
 
-`atft_core.data.demo` drives it (configuration, chunked writing, the oracle); this module holds the
-market itself, so each file stays about one thing. Every day draws from its own (seed, stream, day)
-generator, which is what lets the demo be written in chunks of days with the same result.
+`atft_core.data.demo.generate` drives it (chunked writing, the oracle); this module holds the
+market itself. Every day draws from its own (seed, stream, day) generator, which is what lets the
+demo be written in chunks of days with the same result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from atft_core.data.demo import DemoConfig
+from atft_core.data.demo.config import DemoConfig
 
 # The 33 TSE sector codes with rough listed-company counts (sector sizes are very uneven).
 SECTOR33: dict[str, int] = {

@@ -1,0 +1,16 @@
+"""The demo panel's size and seed: what `atft_core.data.demo.generate` simulates and the market reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DemoConfig:
+    stocks: int = 300
+    days: int = 750
+    features: int = 40
+    seed: int = 0
+    start: str = "2020-01-06"  # first trading day candidate (the first XTKS session on or after it)
+    horizons: tuple[int, ...] = (1, 5, 10, 20)
+    chunk_days: int = 250  # days simulated/written per chunk (bounded memory at real size)

@@ -50,6 +50,7 @@ from flows import hpo_stage
 from flows.common import Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
 from flows.gpu_stage import run_gpu_stage
 from tasks.cache import cached_build
+from tasks.expected_errors import install_log_filter
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
 from tasks.publish import mirror_run, publish_report
 from tasks.retention import retention_task
@@ -116,6 +117,7 @@ def atft_pipeline(
     resume_from: a checkpoint.pt to continue training from (same panel layout, else a clear error).
     ensemble: models trained from seeds seed..seed+K-1 whose mean is the prediction (HPO trials train one).
     """
+    install_log_filter()
     logger = get_run_logger()
     # The environment is read here and nowhere below.
     target = ArtifactTarget.from_env()

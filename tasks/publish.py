@@ -22,7 +22,6 @@ from prefect.cache_policies import NO_CACHE
 
 from atft_core.evaluate.plots import plot_gpu, plot_training
 from atft_core.publish import ArtifactTarget, redact, run_files, upload_run_dir
-from tasks import expected_errors  # noqa: F401 - installs the filter: a PublishError logs no traceback
 
 # Run files worth a link of their own on the run page (the rest are listed in `run-files`).
 _LINKED = ("gate.json", "metrics.csv", "stage.json", "run.json")

@@ -71,7 +71,7 @@ def test_gpu_script_runs_on_cpu_quick(bench_env):
 def test_synthetic_grid_cache_opens_and_trains(tmp_path):
     from atft_core.data.batches import GridTensors, eligible_days
     from atft_core.data.cache import open_cache
-    from bench.gpu import synthetic_grid_cache
+    from bench.synthetic_cache import synthetic_grid_cache
 
     path = synthetic_grid_cache(30, 80, 6, root=tmp_path)
     assert synthetic_grid_cache(30, 80, 6, root=tmp_path) == path  # reused

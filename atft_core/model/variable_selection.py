@@ -60,16 +60,14 @@ class VariableSelectionNetwork(nn.Module):
 
     Why not TFT's softmax: it makes variables compete, and a variable whose effect is purely
     non-linear (an interaction, an even function: no marginal linear signal) is crowded out by the
-    linear ones early in training and then never learnt. Measured on demo seed 0 (validation): the
-    planted interaction's capture 0.07 -> 0.12, val RankIC 0.097 -> 0.101 (sigmoid).
+    linear ones early in training and then never learnt; a gate per variable lets it grow on its own.
 
     Why signed, the default: the gate is the one place where the model multiplies two variables. The
     selector reads every variable, so ``w_x = 2 tanh(g(...))`` may follow the sign of another one, and
     ``w_x e_x`` is then ``x * sign(gate)``: an interaction that flips a variable's sign. A positive gate
     can only scale x up and down, ``x (1 + c sign(gate))``, which correlates with the interaction at
-    most 0.71 (c -> 1) and adds a linear x that is not there. Measured on the tuning seeds (3-epoch
-    runs, validation): the interaction's capture 0.05 / 0.14 -> 0.38 / 0.32, val RankIC
-    0.115 / 0.115 -> 0.127 / 0.126 (`bench/signal_recipes.md`).
+    most 0.71 (c -> 1) and adds a linear x that is not there. On the demo the signed gate captures
+    the planted interaction that the positive one misses (the comparison is in `bench/signal_recipes.md`).
 
     Batching, for F ~ 400 variables: the per-variable GRNs are stacked weights (``[F, C, 2d]``,
     ``[F, d, d]``, ``[F, d, 2d]``) applied with batched matmuls over the F axis, so a forward is a handful of kernels,
@@ -105,7 +103,7 @@ class VariableSelectionNetwork(nn.Module):
             raise ValueError(f"gate must be one of {', '.join(VSN_GATES)}, got {gate!r}")
         self.n_vars, self.d_in, self.d_var, self.gate = n_vars, d_in, d_var, gate
         # Skip | first layer, and GLU value | gate, each share one stacked weight: on CPU one bmm
-        # with a 2d-wide output is ~40 % cheaper than two d-wide ones, split included.
+        # with a 2d-wide output is cheaper than two d-wide ones, split included.
         self.w_in = nn.Parameter(torch.empty(n_vars, d_in, 2 * d_var))
         self.w_hidden = nn.Parameter(torch.empty(n_vars, d_var, d_var))
         self.w_glu = nn.Parameter(torch.empty(n_vars, d_var, 2 * d_var))

@@ -4,10 +4,10 @@
     python -m bench.gpu --device cpu --quick  # tiny, on CPU: checks the script end to end (CI)
 
 1. Builds a synthetic cache of `--stocks` x `--days` x `--features` (default 4,000 x 2,500 x 64).
-   Default `--source grid`: a direct synthetic grid writer that fills the cache's arrays with numpy
-   (random features, a planted signal on two of them, per-day standardised targets, 2 % missing
-   cells) and publishes them with the cache module's own writer, in seconds. `--source demo`
-   instead runs the demo market generator and `build_cache` on its parquet (the real build path;
+   Default `--source grid` (`bench.synthetic_cache`): a direct synthetic grid writer that fills the
+   cache's arrays with numpy (random features, a planted signal on two of them, per-day standardised
+   targets, 2 % missing cells) and publishes them with the cache module's own writer, in seconds.
+   `--source demo` instead runs the demo market generator and `build_cache` on its parquet (the real build path;
    minutes at this size). Either way the cache is reused on the next run.
 2. Runs three variants of the same training, each `--epochs` epochs of at most `--max-train-days`
    days (time-bounded) plus validation on `--val-days` days:
@@ -28,95 +28,24 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.common import bench_dir, demo_panel, fmt_num, machine_info, tiny_config
+from bench.common import bench_dir, fmt_num, machine_info, tiny_config
+from bench.synthetic_cache import demo_source_cache, synthetic_grid_cache
 
 log = logging.getLogger("bench.gpu")
 VARIANTS = ("resident", "prefetch", "dataloader")
 UTIL_TARGET = 0.90
-
-
-# --------------------------------------------------------------------------------------------------
-# the cache
-
-
-def synthetic_grid_cache(stocks: int, days: int, features: int, seed: int = 0, root: Path | None = None,
-                         horizons: tuple[int, ...] = (1, 5, 10, 20), missing: float = 0.02) -> Path:
-    """Write (once) a cache in the atft format straight from numpy, without a parquet or a build.
-
-    Features are i.i.d. N(0, 1) (already "normalised"); the 1-day-ahead return has a planted part
-    0.1 * feat_0 + 0.1 * (mean of feat_1 over the last 5 days), so a model can find something;
-    longer horizons add noise. Missing cells (2 %) are marked invalid, as halts would be.
-    """
-    from atft_core.config import CacheConfig
-    from atft_core.data.cache.build import _publish
-    from atft_core.data.cache.normalise import standardise_targets
-    from atft_core.data.cache.store import FORMAT_VERSION, MANIFEST_FILE
-
-    root = root or bench_dir() / "gpu"
-    key = f"synthetic-s{stocks}-d{days}-f{features}-seed{seed}"
-    final = root / key
-    if (final / MANIFEST_FILE).exists():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    x = np.empty((days, stocks, features), dtype=np.float32)
-    chunk = max(1, 2**26 // max(1, stocks * features))
-    for a in range(0, days, chunk):  # bounded temporaries at the full size
-        b = min(days, a + chunk)
-        x[a:b] = rng.standard_normal((b - a, stocks, features), dtype=np.float32)
-    valid = (rng.random((days, stocks)) >= missing).astype(np.uint8)
-    csum = np.cumsum(np.concatenate([np.zeros((1, stocks), np.float64), x[:, :, min(1, features - 1)]]), axis=0)
-    lag5 = (csum[1:] - csum[np.maximum(np.arange(1, days + 1) - 5, 0)]) / 5.0  # mean over the last <= 5 days
-    signal = 0.1 * x[:, :, 0] + 0.1 * lag5
-    h_max = max(horizons)
-    y = np.full((days, stocks, len(horizons)), np.nan, dtype=np.float32)
-    for k, h in enumerate(horizons):
-        noise = rng.standard_normal((days, stocks), dtype=np.float32) * np.sqrt(h)
-        y[:, :, k] = 0.01 * (signal + noise)
-        y[days - h:, :, k] = np.nan  # forward returns are unknown for the last h days
-    y[valid == 0] = np.nan
-    x[valid == 0] = 0.0
-    y_z = standardise_targets(y, CacheConfig().clip)
-    names = ["returns_1d", *[f"feat_{j:03d}" for j in range(1, features)]]
-    dates = np.busday_offset("2014-01-06", np.arange(days), roll="forward").astype("datetime64[D]")
-    codes = [f"{1300 + i}0" if i < 8700 else f"{i:05d}" for i in range(stocks)]
-    fingerprint = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-    manifest = {
-        "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": f"synthetic:{key}",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "build_params": dataclasses.asdict(CacheConfig()), "warnings": [],
-        "shape": {"days": days, "stocks": stocks, "features": features, "horizons": len(horizons)},
-        "features": names, "horizons": list(horizons), "targets": [f"target_{h}d" for h in horizons],
-        "market_features": [], "feature_kinds": {n: "cross_sectional" for n in names},
-        "dates": [str(d) for d in dates], "codes": codes,
-        "section_vocab": ["Growth", "Prime", "Standard"], "sector_vocab": [f"{c:04d}" for c in range(50, 3350, 100)],
-        "section_id": (np.arange(stocks) % 3).tolist(), "sector_id": (np.arange(stocks) % 33).tolist(),
-        "leak_suspects": [], "rows": int(valid.sum()), "synthetic": {"seed": seed, "missing": missing, "h_max": h_max},
-    }
-    path = _publish(root, final, manifest, {"x": x, "y": y, "y_z": y_z, "valid": valid})
-    log.info("synthetic grid cache %s written in %.1f s", path, time.perf_counter() - t0)
-    return path
-
-
-def demo_source_cache(stocks: int, days: int, features: int, seed: int = 0) -> Path:
-    from atft_core.data.cache.build import build_cache
-
-    return build_cache(demo_panel(stocks, days, features, seed), bench_dir() / "gpu" / "demo-caches",
-                       progress=True).path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,6 +144,10 @@ class FeedGrid:
                 raise RuntimeError("DataLoader batch out of order")
             return batch
         return batch_to(self.host.gather(days), self.device)
+
+    def __getattr__(self, name: str):
+        # everything else (the grid's shapes, its host-side validity) is the host grid's
+        return getattr(self.host, name)
 
 
 class FeedSampler:
@@ -332,7 +265,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda | cpu | auto (cpu only checks the script)")
@@ -352,6 +285,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="TrainConfig.compile for every variant")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/gpu_results.json)")
     p.add_argument("--work-dir", type=Path, default=None, help="caches and run folders (default .atft/bench/gpu)")
+    return p
+
+
+def _config(a: argparse.Namespace, model: str, epochs: int):
+    """The training config every variant runs: model size, epochs, day caps and device from the arguments."""
+    from atft_core.config import AtftConfig, ModelConfig
+
+    if model == "tiny":
+        cfg = tiny_config(a.device, max_epochs=epochs, window=20)
+    else:
+        cfg = AtftConfig()
+        if model == "reference":
+            cfg.model = ModelConfig.reference()
+    cfg.train.device = a.device
+    cfg.train.max_epochs = epochs
+    cfg.train.progress = False
+    cfg.train.patience = 10**6
+    cfg.train.compile = a.compile
+    cfg.train.max_train_days = a.max_train_days or (3 if a.quick else 300)
+    cfg.data.split.val_days = a.val_days or (5 if a.quick else 60)
+    cfg.data.split.test_days = 0
+    return cfg
+
+
+def _run_variants(variants: list[str], cache_path: Path, cfg, work: Path) -> list[dict[str, Any]]:
+    runs_dir = work / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = []
+    for kind in variants:
+        log.info("variant %s ...", kind)
+        r = run_variant(kind, cache_path, cfg, runs_dir)
+        log.info("variant %s: %s", kind, {k: v for k, v in r.items() if k not in ("gpu_reason",)})
+        results.append(r)
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("atft_core.train.trainer", "atft_core.model", "atft_core.model.atft_gat_fan"):
@@ -379,32 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     t_cache = time.perf_counter() - t0
     log.info("cache %s ready in %.1f s", cache_path, t_cache)
 
-    from atft_core.config import AtftConfig, ModelConfig
-
-    if model == "tiny":
-        cfg = tiny_config(a.device, max_epochs=epochs, window=20)
-    else:
-        cfg = AtftConfig()
-        if model == "reference":
-            cfg.model = ModelConfig.reference()
-    cfg.train.device = a.device
-    cfg.train.max_epochs = epochs
-    cfg.train.progress = False
-    cfg.train.patience = 10**6
-    cfg.train.compile = a.compile
-    cfg.train.max_train_days = a.max_train_days or (3 if a.quick else 300)
-    cfg.data.split.val_days = a.val_days or (5 if a.quick else 60)
-    cfg.data.split.test_days = 0
-
-    runs_dir = work / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = []
-    for kind in variants:
-        log.info("variant %s ...", kind)
-        r = run_variant(kind, cache_path, cfg, runs_dir)
-        log.info("variant %s: %s", kind, {k: v for k, v in r.items() if k not in ("gpu_reason",)})
-        results.append(r)
-    shutil.rmtree(runs_dir, ignore_errors=True)
-
+    cfg = _config(a, model, epochs)
+    results = _run_variants(variants, cache_path, cfg, work)
     table = format_table(results)
     machine = machine_info()
     report = {"machine": machine, "cache": {"path": str(cache_path), "stocks": stocks, "days": days,
@@ -423,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU monitor: {results[0].get('gpu_reason')}")
     print(f"wrote {out}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

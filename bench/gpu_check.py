@@ -189,7 +189,7 @@ def estimate_memory(features: int, window: int, stocks: tuple[int, int] = (96, 1
             "method": f"autograd-saved tensors at {stocks} stocks, linear in stocks, fp32 (bf16 autocast saves less)"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bench.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (cpu: small sizes, under a minute)")
@@ -204,20 +204,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tests-timeout", type=float, default=200.0)
     p.add_argument("--no-tests", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="leave out the static+compile path on CUDA")
-    a = p.parse_args(argv)
+    return p
+
+
+def _write(report: dict[str, Any], out: Path) -> None:
+    """Rewrite the JSON: called after every stage, so a stage cut short leaves the earlier ones."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+
+
+def _bench_path(report: dict[str, Any], out: Path, kind: str, cache, cfg, timed_days: int) -> None:
+    """Measure one training path into ``report["bench"]`` (an error entry if it fails) and rewrite the JSON."""
+    try:
+        report["bench"].append(measure(kind, cache, cfg, warm_days=4 * cfg.data.days_per_batch,
+                                       timed_days=timed_days, sync_steps=6))
+    except Exception as exc:  # noqa: BLE001 - one path failing (e.g. compile) must not hide the others
+        report["bench"].append({"path": kind, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+    ok = [r for r in report["bench"] if "days_per_s" in r]
+    report["fastest_path"] = max(ok, key=lambda r: r["days_per_s"])["path"] if ok else None
+    _write(report, out)
+
+
+def _dryrun(cache_path: Path, cfg, work: Path, model: str) -> dict[str, Any]:
+    """`run_dryrun` on the cache: its timing and the gate's GPU criterion."""
+    from atft_core.dryrun import run_dryrun
+
+    t1 = time.perf_counter()
+    res = run_dryrun(cache_path, cfg, work / "dryrun")
+    crit = {c.name: c for c in res.gate.criteria}["gpu_util_mean"]
+    return {
+        "seconds": round(time.perf_counter() - t1, 1), "gate_passed": res.gate.passed,
+        "gate_gpu_util": crit.value, "gate_gpu_criterion": crit.passed, "gate_gpu_note": crit.note,
+        "epoch_seconds": res.metrics.get("epoch_seconds"),
+        "train_days_per_epoch": res.metrics.get("train_days_per_epoch"),
+        "val_rankic": res.metrics.get("val_rankic"), "gpu_mem_peak_mb": res.gpu.get("mem_peak_mb"),
+        "torch_max_allocated_mb": res.gpu.get("torch_max_allocated_mb"),
+        "static_shapes": cfg.train.static_shapes, "model": model,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-    def write() -> None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(report, indent=1, default=str))
-
     report["wheels"] = install_missing(a.wheels, a.site)
     import torch
 
     from atft_core.data.cache.store import open_cache
-    from atft_core.dryrun import run_dryrun
     from atft_core.train.trainer import resolve_device
-    from bench.gpu import synthetic_grid_cache
+    from bench.synthetic_cache import synthetic_grid_cache
 
     device = resolve_device(a.device)
     cuda = device.type == "cuda"
@@ -229,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
                    "forbidden_imports": sorted(m for m in FORBIDDEN if m in sys.modules),
                    "size": {"stocks": stocks, "days": days, "features": features,
                             "model": "tiny" if small else a.model}})
-    write()
+    _write(report, a.out)
     t0 = time.perf_counter()
     if cuda and not a.no_tests:
         report["tests"] = run_tests(a.tests_timeout)
-        write()
+        _write(report, a.out)
     work = a.work_dir or Path("/tmp/atft-gpu-check")
     t_cache = time.perf_counter()
     cache_path = synthetic_grid_cache(stocks, days, features, root=work / "caches")
@@ -242,43 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _configs(str(device), small, a.model)
     timed = a.timed_days or (200 if cuda else 12)
     report["bench"] = []
-
-    def bench(kind: str) -> None:
-        try:
-            report["bench"].append(measure(kind, cache, cfg, warm_days=4 * cfg.data.days_per_batch,
-                                           timed_days=timed, sync_steps=6))
-        except Exception as exc:  # noqa: BLE001 - one path failing (e.g. compile) must not hide the others
-            report["bench"].append({"path": kind, "error": f"{type(exc).__name__}: {exc}"[:2000]})
-        ok = [r for r in report["bench"] if "days_per_s" in r]
-        report["fastest_path"] = max(ok, key=lambda r: r["days_per_s"])["path"] if ok else None
-        write()
-
-    bench("eager")
-    bench("static")
+    _bench_path(report, a.out, "eager", cache, cfg, timed)
+    _bench_path(report, a.out, "static", cache, cfg, timed)
     report["reference_memory_estimate"] = None if cuda else estimate_memory(features=300, window=cfg.data.window)
-    t1 = time.perf_counter()
-    res = run_dryrun(cache_path, cfg, work / "dryrun")
-    crit = {c.name: c for c in res.gate.criteria}["gpu_util_mean"]
-    report["dryrun"] = {
-        "seconds": round(time.perf_counter() - t1, 1), "gate_passed": res.gate.passed,
-        "gate_gpu_util": crit.value, "gate_gpu_criterion": crit.passed, "gate_gpu_note": crit.note,
-        "epoch_seconds": res.metrics.get("epoch_seconds"),
-        "train_days_per_epoch": res.metrics.get("train_days_per_epoch"),
-        "val_rankic": res.metrics.get("val_rankic"), "gpu_mem_peak_mb": res.gpu.get("mem_peak_mb"),
-        "torch_max_allocated_mb": res.gpu.get("torch_max_allocated_mb"),
-        "static_shapes": cfg.train.static_shapes, "model": "tiny" if small else a.model,
-    }
-    write()
+    report["dryrun"] = _dryrun(cache_path, cfg, work, "tiny" if small else a.model)
+    _write(report, a.out)
     if cuda and not a.no_compile:  # last: compiling can take minutes, the rest is written by then
-        bench("static+compile")
+        _bench_path(report, a.out, "static+compile", cache, cfg, timed)
     report["forbidden_imports"] = sorted(m for m in FORBIDDEN if m in sys.modules)
     report["total_s"] = round(time.perf_counter() - t0, 1)
-    write()
+    _write(report, a.out)
     print(json.dumps({k: v for k, v in report.items() if k != "tests"}, indent=1, default=str))
     if "tests" in report:
         print("tests:", report["tests"]["summary"])
     return 0 if (report.get("tests", {}).get("passed", True) and not report["forbidden_imports"]) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

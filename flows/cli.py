@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from tasks.expected_errors import install_log_filter  # here: it loads torch, which `--help` never needs
+
+    install_log_filter()
     try:
         _absolute_paths(args, WorkRoot.from_env())
         return COMMANDS[args.command](args)

@@ -31,6 +31,7 @@ from tasks.exchange import (
     share_results_task,
     worker_work_dir,
 )
+from tasks.expected_errors import install_log_filter
 from tasks.train import train_dryrun_task
 
 GPU_STAGE_TIMEOUT_S = 4 * 3600  # the stage's own flow timeout: a hung training ends Failed, never Running
@@ -48,6 +49,7 @@ def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_ur
 
     The device is checked first: a run meant for a GPU (the gate requires one: a deployment run unless
     it says require_gpu=false) fails at once, naming this host, where there is none."""
+    install_log_filter()
     check_gpu_host(str((config.get("train") or {}).get("device", "auto")),
                    require_gpu=bool((config.get("gate") or {}).get("require_gpu")))
     if not exchange_uri:

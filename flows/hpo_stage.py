@@ -57,7 +57,7 @@ from tasks.exchange import (
     share_results_task,
     worker_work_dir,
 )
-from tasks.expected_errors import expected
+from tasks.expected_errors import expected, install_log_filter
 from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
@@ -84,6 +84,7 @@ def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
     `output_dir` are the pipeline host's paths and only their names are used here.
     `require_gpu`: fail at once on a host without a CUDA GPU (the pipeline passes its gate's setting;
     only an explicit require_gpu=false lets a gpu-pool run train on a CPU)."""
+    install_log_filter()
     check_gpu_host(str((config.get("train") or {}).get("device", "auto")), require_gpu)
     if not exchange_uri:
         return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed, n_trials)
@@ -257,6 +258,7 @@ def atft_hpo(data_path: str | None = None, output_dir: str | None = None, n_tria
     """Writes `output_dir/hpo.json`, `trials.csv` and plots; the default storage is `output_dir/optuna.db`.
 
     Relative paths are under the work root (ATFT_HOME); output_dir None is `<work root>/runs/hpo`."""
+    install_log_filter()
     root = WorkRoot.from_env()
     out = root.resolve(output_dir, root.runs / "hpo")
     cfg = AtftConfig.load(root.resolve_data(config_path)).with_overrides(max_epochs=max_epochs, device=device)

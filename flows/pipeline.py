@@ -61,6 +61,7 @@ from flows.params import (
     Profile,
 )
 from tasks.cache import cached_build
+from tasks.expected_errors import install_log_filter
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
 from tasks.publish import mirror_run, publish_report
 from tasks.retention import retention_task
@@ -106,7 +107,9 @@ def atft_pipeline(
 
     They stay flat here because a deployment run names them one by one (`-p require_gpu=false`).
     """
-    return _run(PipelineParams(**locals()))
+    params = PipelineParams(**locals())
+    install_log_filter()
+    return _run(params)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ on, the traceback hides the one line that matters: the run's final state ("Finis
 Failed('...')") and the CLI's `error:` line already carry the message. So a filter on Prefect's run
 loggers drops those two records for the registered classes; every other exception (a bug) keeps
 its traceback.
+
+Nothing happens on import: the CLI's `main` and each flow's body call `install_log_filter()` (it is
+idempotent), so the filter is in place in whichever process runs the flow, a deployment worker's
+included.
 """
 
 from __future__ import annotations
@@ -48,12 +52,9 @@ class ExpectedErrorFilter(logging.Filter):
         return True
 
 
-def install() -> None:
-    """Idempotent: one filter per Prefect run logger."""
+def install_log_filter() -> None:
+    """Put an `ExpectedErrorFilter` on each Prefect run logger (idempotent: one filter per logger)."""
     for name in _RUN_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ExpectedErrorFilter) for f in logger.filters):
             logger.addFilter(ExpectedErrorFilter())
-
-
-install()

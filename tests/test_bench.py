@@ -72,7 +72,7 @@ def test_synthetic_grid_cache_opens_and_trains(tmp_path):
     from atft_core.data.cache.store import open_cache
     from atft_core.data.split import eligible_days
     from atft_core.train.batches import GridTensors
-    from bench.gpu import synthetic_grid_cache
+    from bench.synthetic_cache import synthetic_grid_cache
 
     path = synthetic_grid_cache(30, 80, 6, root=tmp_path)
     assert synthetic_grid_cache(30, 80, 6, root=tmp_path) == path  # reused

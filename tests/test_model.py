@@ -18,18 +18,12 @@ from torch.utils._pytree import tree_flatten
 from atft_core.config import ModelConfig
 from atft_core.model import ATFTGATFAN, ModelOutput, build_model
 from atft_core.model.atft_gat_fan import resolve_return_feature
-from atft_core.model.blocks import (
-    GLU,
-    AddNorm,
-    FrequencyAdaptiveNorm,
-    GatedResidualNetwork,
-    InterpretableMultiHeadAttention,
-    PiecewiseLinearEncoding,
-    StaticCovariateEncoder,
-    TemporalFusionBlock,
-    VariableSelectionNetwork,
-)
+from atft_core.model.fan import FrequencyAdaptiveNorm
+from atft_core.model.gated import GLU, AddNorm, GatedResidualNetwork
 from atft_core.model.graph import GraphAttentionLayer, build_edges, scatter_softmax
+from atft_core.model.static import StaticCovariateEncoder
+from atft_core.model.temporal import InterpretableMultiHeadAttention, TemporalFusionBlock
+from atft_core.model.variable_selection import PiecewiseLinearEncoding, VariableSelectionNetwork
 
 
 @pytest.fixture(autouse=True)

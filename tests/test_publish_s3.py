@@ -125,6 +125,7 @@ def test_mirror_task_fails_loudly_in_a_flow(prefect_harness, tmp_path, s3_bucket
     no traceback (a PublishError is an answer); no secret reaches the logs."""
     from prefect import flow
 
+    from tasks.expected_errors import install_log_filter
     from tasks.publish import mirror_run
 
     run = _run_dir(tmp_path)
@@ -132,6 +133,7 @@ def test_mirror_task_fails_loudly_in_a_flow(prefect_harness, tmp_path, s3_bucket
 
     @flow(name="mirror-check")
     def mirror_check(run_dir: str, target: ArtifactTarget):
+        install_log_filter()  # as every flow of the pipeline does
         return mirror_run(run_dir, target)
 
     target = ArtifactTarget(bucket=s3_bucket, endpoint_url=closed, attempts=2, connect_timeout_s=1)

@@ -2,7 +2,7 @@
 
 Like qlib's ``Model.fit(dataset)`` / ``predict(dataset, segment)``: settings go to the constructor,
 data only to `fit` and `predict`, and every predictor answers the same question on the same data
-object. Shapes use the letters of `atft_core.model.blocks`: D days asked for, S stocks of the cache,
+object. Shapes use the letters of `atft_core.model`: D days asked for, S stocks of the cache,
 H horizons of the cache (``cache.horizons``, in that order).
 
 Who satisfies it:

@@ -37,8 +37,6 @@ from atft_core.hpo.space import SearchSpace, trial_config
 # worker processes receive it by reference when the Objective is pickled.
 Score = Callable[[optuna.Trial, AtftConfig, Path], float]
 
-_report_seconds = 0.0  # time in trial.report + should_prune, this process (storage calls, for the bench)
-
 
 class TrialFailed(RuntimeError):
     """A trial that cannot be scored: recorded as FAIL with its reason; the study goes on."""
@@ -46,15 +44,11 @@ class TrialFailed(RuntimeError):
 
 def report_epoch(trial: optuna.Trial, epoch: int, value: float | None, max_epochs: int) -> None:
     """Report one epoch's validation RankIC; raise TrialPruned when the pruner says stop."""
-    global _report_seconds
     if value is None or not math.isfinite(value):
         return  # no RankIC this epoch (too few stocks): nothing the pruner could compare
-    t0 = time.perf_counter()
     trial.report(float(value), epoch)
     # After the last epoch there is nothing left to save: the trial is complete, not pruned.
-    prune = epoch < max_epochs - 1 and trial.should_prune()
-    _report_seconds += time.perf_counter() - t0
-    if prune:
+    if epoch < max_epochs - 1 and trial.should_prune():
         raise optuna.TrialPruned(f"pruned after epoch {epoch}: validation RankIC {value:+.4f}")
 
 
@@ -94,12 +88,12 @@ class Objective:
             trial.set_user_attr(WORKER_ATTR, self.worker)
             trial.set_user_attr(PROCESS_ATTR, this_process())
         t0 = time.perf_counter()
-        report0, sampled = _report_seconds, None
+        timed, sampled = _TimedTrial(trial), None
         try:
             params = self.space.suggest(trial)
             sampled = time.perf_counter()
             cfg = trial_config(self.base_cfg, params, self.max_epochs)
-            value = float(self.score(trial, cfg, Path(self.cache_path)))
+            value = float(self.score(timed, cfg, Path(self.cache_path)))
             if not math.isfinite(value):  # optuna would fail it without a reason; it is no score either
                 raise TrialFailed(f"the objective returned {value}")
             return value
@@ -116,7 +110,34 @@ class Objective:
         finally:
             end = time.perf_counter()
             self.timings[trial.number] = {"objective_s": end - t0, "sample_s": (sampled or end) - t0,
-                                          "report_s": _report_seconds - report0}
+                                          "report_s": timed.report_s}
+
+
+class _TimedTrial:
+    """The trial a score function sees: Optuna's, with the seconds spent in ``report`` and
+    ``should_prune`` (storage calls made during training) counted in ``report_s``, so a trial's
+    timings can tell storage time from training time (`Objective.timings`)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self._trial = trial
+        self.report_s = 0.0
+
+    def report(self, value: float, step: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._trial.report(value, step)
+        finally:
+            self.report_s += time.perf_counter() - t0
+
+    def should_prune(self) -> bool:
+        t0 = time.perf_counter()
+        try:
+            return self._trial.should_prune()
+        finally:
+            self.report_s += time.perf_counter() - t0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
 
 
 def failure(exc: BaseException) -> tuple[str, str] | None:

@@ -11,16 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atft_core.config import ModelConfig
-from atft_core.model.blocks import (
-    CurrentDayMLP,
-    FrequencyAdaptiveNorm,
-    PiecewiseLinearEncoding,
-    StaticCovariateEncoder,
-    TemporalFusionBlock,
-    VariableSelectionNetwork,
-)
 from atft_core.model.cross_section import CrossSectionContext, sector_relative
+from atft_core.model.current_day import CurrentDayMLP
+from atft_core.model.fan import FrequencyAdaptiveNorm
 from atft_core.model.graph import GraphAttentionLayer, build_edges_fixed
+from atft_core.model.static import StaticCovariateEncoder
+from atft_core.model.temporal import TemporalFusionBlock
+from atft_core.model.variable_selection import PiecewiseLinearEncoding, VariableSelectionNetwork
 
 __all__ = ["ATFTGATFAN", "RETURN_FEATURE_CANDIDATES", "ModelOutput", "build_model", "resolve_return_feature"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from atft_core.model.blocks import GLU, AddNorm
+from atft_core.model.gated import GLU, AddNorm
 
 # day_id * stride + sector id + 1 is a unique (day, sector) key for any sector id below the stride;
 # a constant keeps the key free of a host read of the largest id.

@@ -7,15 +7,13 @@ the changes the ablations measure. Averaging K runs removes that part of the err
 Members differ in ``train.seed`` (member k trains with ``seed + k``: batch order, initial weights,
 dropout) and, with ``train.ensemble_alternate_encoding`` (off by default), in how they read their
 inputs: even members use the configured piecewise-linear code of each value
-(`PiecewiseLinearEncoding`), odd members the raw values only. With the sigmoid VSN gates of round 3
-the two learnt different parts of the demo's signal (the code the extreme-value part, the raw values
-the interaction) and a mix beat either kind (`python -m bench.signal --recipes`, tuning seeds 0 / 4,
-validation: two 3-epoch members 0.124 / 0.121 alternating against 0.114 / 0.116 both coded). With the
-signed gates (round 4, the default) a coded member learns both, and three coded members scored
-0.129 / 0.133 against 0.127 / 0.132 alternating, so members now share the encoding.
+(`PiecewiseLinearEncoding`), odd members the raw values only. Alternating pays when the two kinds
+learn different parts of the signal, as they do with sigmoid VSN gates (the code the extreme-value
+part, the raw values the interaction); with the default signed gates a coded member learns both, so
+by default members share the encoding (`python -m bench.signal --recipes`; `bench/signal_recipes.md`).
 Validation still picks each member's epoch. The ensemble's prediction is the members' mean in
 the model's own units (they share the target scale, so a plain mean ranks the same as a mean of
-ranks, measured), and its metrics are computed from that mean exactly as a single model's are.
+ranks in practice), and its metrics are computed from that mean exactly as a single model's are.
 
 Member 0 is the run ``ensemble = 1`` would make, bit for bit, and writes ``checkpoint.pt``; member k
 writes ``checkpoint.member{k}.pt`` next to it, with its own config inside (an odd member's says

@@ -1,6 +1,6 @@
 """Training loop: every training day every epoch, validation without a graph, early stopping.
 
-Guards against the failures of the system this replaces:
+Guards against the ways a training loop fails silently:
 - every training day is seen each epoch (a cap exists only as `TrainConfig.max_train_days`);
 - days are reshuffled each epoch from (seed, epoch), whole days per batch;
 - validation runs under `torch.no_grad()`, predictions are detached and copied into one

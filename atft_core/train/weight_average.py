@@ -2,8 +2,8 @@
 
 Why: daily cross-sectional returns are mostly noise, so the weights after any one step carry that
 step's noise; the validation curve of the plain weights peaks after 1-3 epochs and then falls. An
-average over the last few hundred steps keeps what the steps agree on. Measured on demo seed 0's
-validation days (the only seed defaults are chosen on): see `bench/signal.py` and the README.
+average over the last few hundred steps keeps what the steps agree on. The default decay is chosen
+on demo seed 0's validation days (the only seed defaults are chosen on); `bench/signal.py` measures it.
 
 Updating is in-place tensor arithmetic on the device with a decay computed on the host from the
 step count, so it adds no host-device sync to a training step.

@@ -226,7 +226,7 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
 
     from atft_core.data.cache import build_cache
     from atft_core.data.roles import with_profile
-    from atft_core.data.source import S3Options
+    from atft_core.s3.client import S3Options
     cfg = _config(args.config)
     cache_cfg = dataclasses.replace(cfg.cache, columns=with_profile(cfg.cache.columns, args.profile))
     # the training settings decide how much history is enough: a too-short file stops here, nothing written
@@ -380,7 +380,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from atft_core.data.cache import build_cache, open_cache
-    from atft_core.data.source import S3Options
+    from atft_core.s3.client import S3Options
     from atft_core.train.predictor import find_day, load_model, predict_on_day, prediction_table
 
     predictor = load_model(args.checkpoint)  # missing or not an atft checkpoint: one error line, exit 2

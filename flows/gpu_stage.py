@@ -9,7 +9,7 @@ persistence: the folder is what both processes share and what a person reads lat
 ATFT_ARTIFACT_URI set, a run on the gpu pool shares no disk with the pipeline: the pipeline uploads
 the cache and passes the bucket (`exchange_uri`); the stage fetches the cache into its host's work
 folder (ATFT_WORK_DIR), trains into its own copy of the run folder and uploads it, failed or not;
-the pipeline downloads it back before the gate (atft_core.exchange has the layout).
+the pipeline downloads it back before the gate (atft_core.s3 has the layout).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
-from atft_core.publish import ArtifactTarget
+from atft_core.s3.client import S3Options
 from flows.common import Deadlines, GpuStageFailed, check_gpu_host, wait_for_runs
 from tasks.exchange import (
     exchange_target,
@@ -63,7 +63,7 @@ def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_ur
 
 
 def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path,
-                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> dict[str, Any]:
+                  deadlines: Deadlines = Deadlines(), exchange: S3Options | None = None) -> dict[str, Any]:
     """Run the stage on `deployment` (and wait, within `deadlines`) or in-process; return what it wrote.
 
     exchange: on the gpu pool, move the cache and the results through this bucket (no shared disk).

@@ -26,7 +26,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from atft_core.config import AtftConfig
-from atft_core.data.source import S3Options
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
 from atft_core.hpo.storage import (
@@ -38,7 +37,7 @@ from atft_core.hpo.storage import (
     storage_kind,
 )
 from atft_core.hpo.worker import share, worker_file, worker_seed
-from atft_core.publish import ArtifactTarget
+from atft_core.s3.client import S3Options
 from atft_core.workroot import WorkRoot
 from flows.common import (
     Deadlines,
@@ -116,7 +115,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto",
-                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> dict[str, Any]:
+                  deadlines: Deadlines = Deadlines(), exchange: S3Options | None = None) -> dict[str, Any]:
     """Queue `n_trials` trials, run them on `workers` workers, publish; the summary (also `run_dir/hpo.json`).
 
     `deadlines`: how long worker runs on the gpu pool may wait to start and run; past them they are
@@ -223,7 +222,7 @@ def batch_key(batch: dict[str, Any]) -> str:
 
 def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any]], run_dir: Path,
                  key: str, deadlines: Deadlines = Deadlines(),
-                 exchange: ArtifactTarget | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                 exchange: S3Options | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """K runs of the worker deployment, started together, awaited together (within the gpu pool's
     deadlines); reports via the run folder (through `exchange` when set)."""
     from prefect.deployments import run_deployment
@@ -267,7 +266,7 @@ def atft_hpo(data_path: str | None = None, output_dir: str | None = None, n_tria
                          study_name=study_name, storage=root.resolve_storage(storage), workers=parallel,
                          pruner=pruner, seed=seed,
                          timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage,
-                         exchange=ArtifactTarget.from_env())
+                         exchange=S3Options.artifacts_from_env())
 
 
 def run_hpo(**params: Any) -> dict[str, Any]:

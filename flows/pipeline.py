@@ -40,11 +40,12 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, t
 
 import atft_core
 from atft_core.config import AtftConfig, validate_config
-from atft_core.data.source import S3Options
 from atft_core.provenance import code_version, package_versions
-from atft_core.publish import ArtifactTarget, check_reachable, redact, redact_url
+from atft_core.redact import redact, redact_url
 from atft_core.retention import in_use
 from atft_core.rundir import find_run_dir, new_run_dir, read_json, write_json
+from atft_core.s3.client import S3Options
+from atft_core.s3.folders import check_reachable
 from atft_core.workroot import WorkRoot
 from flows import hpo_stage
 from flows.common import Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
@@ -118,7 +119,7 @@ def atft_pipeline(
     """
     logger = get_run_logger()
     # The environment is read here and nowhere below.
-    target = ArtifactTarget.from_env()
+    target = S3Options.artifacts_from_env()
     s3 = S3Options.from_env()
     root = WorkRoot.from_env()
     out, cache_root = root.resolve(output_dir, root.runs), root.resolve(cache_dir, root.cache)
@@ -195,7 +196,7 @@ def _collect_garbage(root: WorkRoot) -> None:
         get_run_logger().warning("retention step failed (the night's results are intact): %s", exc)
 
 
-def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, failed: bool) -> None:
+def _save_run(run_dir: Path, target: S3Options | None, *, report: bool, failed: bool) -> None:
     """Report (when not yet published) and S3 mirror of whatever the run folder holds.
 
     On a run that is already failing, a publishing error is logged, never raised: it must not
@@ -212,7 +213,7 @@ def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, fai
         get_run_logger().error("saving the failed run's folder %s also failed: %s", run_dir, redact(str(exc)))
 
 
-def _provenance(params: dict[str, Any], cfg: AtftConfig, target: ArtifactTarget | None) -> dict[str, Any]:
+def _provenance(params: dict[str, Any], cfg: AtftConfig, target: S3Options | None) -> dict[str, Any]:
     """run.json: who/what/when of this run. URLs are redacted: an Optuna storage URL may hold a password."""
     params = {k: (redact_url(v) if isinstance(v, str) and "://" in v else v) for k, v in params.items()}
     return {

@@ -14,8 +14,7 @@ import logging
 from typing import TypeVar
 
 from atft_core.errors import ConfigError, DatasetError
-from atft_core.exchange import ExchangeError
-from atft_core.publish import PublishError
+from atft_core.s3.folders import ExchangeError, PublishError
 from atft_core.train.checkpoint import CheckpointMismatch
 
 E = TypeVar("E", bound=type[BaseException])

@@ -299,7 +299,7 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
 
 def test_a_results_bucket_that_does_not_exist_fails_the_run_before_the_cache_build(tiny_demo, tiny_config, tmp_path,
                                                                                    s3_endpoint, monkeypatch):
-    from atft_core.publish import PublishError
+    from atft_core.s3.folders import PublishError
     from flows.pipeline import atft_pipeline
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)

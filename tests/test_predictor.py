@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from atft_core.config import DataConfig, AtftConfig, SplitConfig
+from atft_core.config import AtftConfig, DataConfig, SplitConfig
 from atft_core.data.batches import make_split
 from atft_core.data.cache import build_cache, open_cache
 from atft_core.evaluate.baselines import DemoOracle, RidgeModel, fit_ridge, oracle_on_days, ridge_baseline

@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
-from atft_core.publish import redact_url
+from atft_core.redact import redact_url
 
 JOURNAL_PREFIX = "journal:"
 PASSWORD_PLACEHOLDER = "${OPTUNA_DB_PASSWORD}"  # the dashboard command's stand-in for a literal password

@@ -404,11 +404,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_hpo(args: argparse.Namespace) -> int:
     check_inputs(args)
-    from flows.hpo_stage import hpo_storage, run_hpo
+    from atft_core.hpo.storage import storage_for_workers
+    from flows.hpo_stage import run_hpo
 
     # A storage the workers cannot share is bad input: refused here, before any flow run starts.
-    hpo_storage(args.storage, Path(args.output_dir), args.parallel, args.n_trials,
-                on_pool=args.gpu_stage == "deployment")
+    storage_for_workers(args.storage, Path(args.output_dir), args.parallel, args.n_trials,
+                        on_pool=args.gpu_stage == "deployment")
     summary = run_hpo(data_path=args.data_path or str(demo_data_path()), output_dir=args.output_dir,
                       n_trials=args.n_trials, max_epochs=args.max_epochs, study_name=args.study_name,
                       storage=args.storage, parallel=args.parallel, cache_dir=args.cache_dir, config_path=args.config,

@@ -40,6 +40,7 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, t
 
 import atft_core
 from atft_core.config import AtftConfig, validate_config
+from atft_core.hpo.storage import check_study_storage
 from atft_core.provenance import code_version, package_versions
 from atft_core.redact import redact, redact_url
 from atft_core.retention import in_use
@@ -48,8 +49,9 @@ from atft_core.s3.client import S3Options
 from atft_core.s3.folders import check_reachable
 from atft_core.workroot import WorkRoot
 from flows import hpo_stage
-from flows.common import Deadlines, GpuDispatch, build_config, gpu_deployment_for, resolve_data_path
+from flows.common import build_config, resolve_data_path
 from flows.gpu_stage import run_gpu_stage
+from flows.remote_stage import Deadlines, GpuDispatch, gpu_deployment_for
 from tasks.cache import cached_build
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
 from tasks.publish import mirror_run, publish_report
@@ -140,8 +142,8 @@ def atft_pipeline(
     # The HPO workers on the gpu pool check their device by the same rule as the gate's stage.
     hpo_cfg = dataclasses.replace(hpo_cfg, gate=dataclasses.replace(hpo_cfg.gate, require_gpu=cfg.gate.require_gpu))
     if mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
-        hpo_stage.check_study_storage(storage, root.studies, hpo_workers, n_trials or hpo_stage.DEFAULT_TRIALS,
-                                      on_pool=gpu_deployment is not None, shared_disk=target is None)
+        check_study_storage(storage, root.studies, hpo_workers, n_trials or hpo_stage.DEFAULT_TRIALS,
+                            on_pool=gpu_deployment is not None, shared_disk=target is None)
     if target is not None:
         check_reachable(target)  # before the cache build: a wrong bucket is named now, not after the training
     data = resolve_data_path(data_path, root)

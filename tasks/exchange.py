@@ -6,7 +6,6 @@ reads the pipeline host's paths, so the same deployments work with or without a 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -14,29 +13,6 @@ from prefect.cache_policies import NO_CACHE
 
 from atft_core.s3.client import S3Options
 from atft_core.s3.folders import cache_key, fetch_cache, fetch_folder, run_key, share_folder
-from atft_core.workroot import WorkRoot
-
-WORK_DIR_ENV = "ATFT_WORK_DIR"  # a gpu worker's folder for fetched caches and its copies of run folders
-
-
-def worker_work_dir() -> Path:
-    """Where this gpu worker keeps fetched caches and run folders: ATFT_WORK_DIR, else the work root
-    (ATFT_HOME, atft_core.workroot).
-
-    Read by the stage flows at their boundary; a stable folder, not the flow run's temporary
-    clone, so a cache is downloaded once per host.
-    """
-    if os.environ.get(WORK_DIR_ENV):
-        return Path(os.environ[WORK_DIR_ENV]).expanduser().resolve()
-    return WorkRoot.from_env().home
-
-
-def exchange_target(uri: str) -> S3Options:
-    """The pipeline's bucket (a flow parameter), reached with this worker's own endpoint and credentials."""
-    target = S3Options.artifacts_from_env(uri=uri)
-    if target is None:
-        raise ValueError("exchange_uri is empty: pass s3://bucket/prefix or leave it out")
-    return target
 
 
 @task(name="share-cache", cache_policy=NO_CACHE, persist_result=False,

@@ -162,7 +162,7 @@ def test_a_cache_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, 
 
 
 def test_a_study_file_of_another_host_is_refused_by_a_remote_worker(tmp_path):
-    from flows.hpo_stage import StudyNotReachable, check_study_reachable
+    from atft_core.hpo.storage import StudyNotReachable, check_study_reachable
 
     check_study_reachable("postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/optuna")  # any host
     (tmp_path / "optuna.db").write_bytes(b"")

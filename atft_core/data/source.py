@@ -40,12 +40,12 @@ class LocalInput:
 def fingerprint_files(files: tuple[Path, ...], root: Path | None = None) -> str:
     """xxh3-128 over (relative name, bytes) of every file: content-keyed, order-stable.
 
-    Not a cryptographic hash (a cache key, not a signature): ~10x faster than blake2b, so hashing a
-    6.7 GB panel takes about as long as reading it, not 10 s more.
+    Not a cryptographic hash (a cache key, not a signature): far faster than blake2b, so hashing a
+    panel takes about as long as reading it.
 
     Remembered within the process for files whose identity (device, inode, size, mtime in ns) has not
     changed, as make and rsync judge a file: a Prefect run hashes the panel for the build task's cache
-    key and again inside the build, and the second read of a 6.7 GB file would cost seconds. As git
+    key and again inside the build, and the second read of a large panel would cost seconds. As git
     does with "racily clean" files, nothing modified in the last seconds is remembered: file times
     tick coarsely, so a rewrite of the same size right after could keep the same stamp.
     """
@@ -90,7 +90,7 @@ def _hash_files(files: tuple[Path, ...], root: Path | None) -> str:
 
 def _hash_window(h, fh, start: int, length: int) -> None:
     """Hash bytes [start, start + length) of the open file: mapped where possible (hashed in the page
-    cache: 0.86 s of CPU for 6.7 GB against 1.31 s through a read buffer), else read. A window at a time,
+    cache, with less CPU than copying through a read buffer), else read. A window at a time,
     so the mapped pages held are one window's, not the file's."""
     try:
         window = mmap.mmap(fh.fileno(), length, prot=mmap.PROT_READ, offset=start)

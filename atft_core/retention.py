@@ -41,7 +41,7 @@ from atft_core.workroot import WorkRoot
 
 log = logging.getLogger("atft_core.retention")
 
-LAST_USED = ".last_used"  # hidden: not shared through S3 (publish.run_files skips dot files), not in listings
+LAST_USED = ".last_used"  # hidden: not shared through S3 (s3.folders.run_files skips dot files), not in listings
 LEASE_PREFIX = ".lease-"
 GC_PREFIX = ".gc-"
 RUN_NAME = re.compile(r"^\d{8}T\d{6}Z-")  # rundir.new_run_dir; other folders under runs/ (hpo/) are not runs

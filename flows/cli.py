@@ -88,7 +88,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
     from atft_core.data.cache.build import build_cache
-    from atft_core.data.source import S3Options
+    from atft_core.s3.client import S3Options
     cfg = _config(args.config).with_overrides(profile=args.profile)
     # the training settings decide how much history is enough: a too-short file stops here, nothing written
     build = build_cache(args.data_path, args.cache_dir, cfg.cache, s3=S3Options.from_env(), require=cfg.data)
@@ -227,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from atft_core.data.cache.build import build_cache
     from atft_core.data.cache.store import open_cache
-    from atft_core.data.source import S3Options
+    from atft_core.s3.client import S3Options
     from atft_core.train.predictor import find_day, load_model, predict_on_day, prediction_table
 
     predictor = load_model(args.checkpoint)  # missing or not an atft checkpoint: one error line, exit 2
@@ -252,11 +252,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_hpo(args: argparse.Namespace) -> int:
     cfg = _config(args.config).with_overrides(max_epochs=args.max_epochs, device=args.device).validated()
     check_inputs(cfg, data_path=args.data_path, storage=args.storage)
-    from flows.hpo_stage import hpo_storage, run_hpo
+    from atft_core.hpo.storage import storage_for_workers
+    from flows.hpo_stage import run_hpo
 
     # A storage the workers cannot share is bad input: refused here, before any flow run starts.
-    hpo_storage(args.storage, Path(args.output_dir), args.parallel, args.n_trials,
-                on_pool=args.gpu_stage == "deployment")
+    storage_for_workers(args.storage, Path(args.output_dir), args.parallel, args.n_trials,
+                        on_pool=args.gpu_stage == "deployment")
     summary = run_hpo(data_path=args.data_path or str(demo_data_path()), output_dir=args.output_dir,
                       n_trials=args.n_trials, max_epochs=args.max_epochs, study_name=args.study_name,
                       storage=args.storage, parallel=args.parallel, cache_dir=args.cache_dir, config_path=args.config,

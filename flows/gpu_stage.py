@@ -6,10 +6,8 @@ a notebook) it runs in-process as an ordinary subflow, so the same code path wor
 
 Either way the result travels through the run folder (`stage.json`), not through Prefect's result
 persistence: the folder is what both processes share and what a person reads later. With
-ATFT_ARTIFACT_URI set, a run on the gpu pool shares no disk with the pipeline: the pipeline uploads
-the cache and passes the bucket (`exchange_uri`); the stage fetches the cache into its host's work
-folder (ATFT_WORK_DIR), trains into its own copy of the run folder and uploads it, failed or not;
-the pipeline downloads it back before the gate (atft_core.exchange has the layout).
+ATFT_ARTIFACT_URI set, a run on the gpu pool shares no disk with the pipeline: the cache and the
+run folder travel through the bucket (flows.remote_stage).
 """
 
 from __future__ import annotations
@@ -20,17 +18,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
-from atft_core.publish import ArtifactTarget
+from atft_core.s3.client import S3Options
 from atft_core.stage_result import StageResult
-from flows.common import Deadlines, GpuStageFailed, check_gpu_host, wait_for_runs
-from tasks.exchange import (
-    exchange_target,
-    fetch_cache_task,
-    fetch_results_task,
-    share_cache_task,
-    share_results_task,
-    worker_work_dir,
-)
+from flows.remote_stage import Deadlines, GpuStageFailed, PoolRun, check_gpu_host, on_worker, run_on_pool
 from tasks.expected_errors import install_log_filter
 from tasks.train import train_dryrun_task
 
@@ -54,47 +44,23 @@ def gpu_stage(cache_path: str, config: dict[str, Any], run_dir: str, exchange_ur
                    require_gpu=bool((config.get("gate") or {}).get("require_gpu")))
     if not exchange_uri:
         return train_dryrun_task(cache_path, config, run_dir)
-    target = exchange_target(exchange_uri)
-    work = worker_work_dir()  # the environment is read here, at the flow boundary
-    local_run = work / "runs" / Path(run_dir).name
-    local_run.mkdir(parents=True, exist_ok=True)
-    cache = fetch_cache_task(Path(cache_path).name, target, str(work))
-    try:
-        return train_dryrun_task(cache, config, str(local_run))
-    finally:  # a failed training's logs and partial files reach the pipeline's report too
-        share_results_task(str(local_run), target, local_run.name)
+    return on_worker(exchange_uri, cache_path, run_dir, lambda cache, run: train_dryrun_task(cache, config, run))
 
 
 def run_gpu_stage(deployment: str | None, cache_path: str, config: dict[str, Any], run_dir: Path,
-                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> StageResult:
+                  deadlines: Deadlines = Deadlines(), exchange: S3Options | None = None) -> StageResult:
     """Run the stage on `deployment` (and wait, within `deadlines`) or in-process; return what it wrote.
 
     exchange: on the gpu pool, move the cache and the results through this bucket (no shared disk).
     """
-    params: dict[str, Any] = {"cache_path": str(cache_path), "config": config, "run_dir": str(run_dir)}
-    if deployment is not None and exchange is not None:
-        share_cache_task(str(cache_path), exchange)
-        params["exchange_uri"] = exchange.uri
     if deployment is None:
         gpu_stage(cache_path=str(cache_path), config=config, run_dir=str(run_dir))
-    else:
-        from prefect.deployments import run_deployment
-
-        logger = get_run_logger()
-        logger.info("starting %s; waiting at most %.0fs for a gpu worker to start it, %.0fs in all", deployment,
-                    deadlines.start_s, deadlines.total_s)
-        child = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=f"gpu-{run_dir.name}")
-        [state] = wait_for_runs([child], deadlines)
-        if exchange is not None:
-            try:  # failed or not: a failed stage's partial files go in the report
-                fetch_results_task(exchange, str(run_dir))
-            except Exception as exc:
-                if state.is_completed():
-                    raise
-                logger.error("could not fetch the failed stage's files: %s", exc)
-        if not state.is_completed():
-            raise GpuStageFailed(f"GPU stage run '{child.name}' on pool {child.work_pool_name!r} ended "
-                                 f"{state.name}: {state.message or 'see its logs'}")
-        logger.info("GPU stage run '%s' completed on pool %r", child.name, child.work_pool_name)
+        return StageResult.read(run_dir)
+    params: dict[str, Any] = {"cache_path": str(cache_path), "config": config, "run_dir": str(run_dir)}
+    [(child, state)] = run_on_pool(deployment, [PoolRun(f"gpu-{run_dir.name}", params)], cache_path=str(cache_path),
+                                   run_dir=run_dir, deadlines=deadlines, exchange=exchange)
+    if not state.is_completed():
+        raise GpuStageFailed(f"GPU stage run '{child.name}' on pool {child.work_pool_name!r} ended "
+                             f"{state.name}: {state.message or 'see its logs'}")
+    get_run_logger().info("GPU stage run '%s' completed on pool %r", child.name, child.work_pool_name)
     return StageResult.read(run_dir)
-

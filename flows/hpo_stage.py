@@ -17,7 +17,6 @@ set, worker runs on the pool fetch the cache and return their reports through S3
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -26,52 +25,31 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from atft_core.config import AtftConfig
-from atft_core.data.source import S3Options
-from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
-from atft_core.hpo.storage import (
-    JOURNAL_PREFIX,
-    check_workers,
-    default_storage_url,
-    display_url,
-    refuse_literal_password,
-    storage_kind,
-)
-from atft_core.hpo.worker import share, worker_file, worker_seed
-from atft_core.publish import ArtifactTarget
+from atft_core.hpo.storage import check_study_reachable, display_url, storage_for_workers
+from atft_core.hpo.worker import batch_key, trains_on_gpu, worker_file, worker_params, worker_seed
+from atft_core.s3.client import S3Options
 from atft_core.workroot import WorkRoot
-from flows.common import (
+from flows.common import resolve_data_path
+from flows.params import DEFAULT_TRIALS, GpuDispatch
+from flows.remote_stage import (
     Deadlines,
-    GpuDispatch,
+    PoolRun,
     check_gpu_host,
     gpu_deployment_for,
-    resolve_data_path,
-    wait_for_runs,
+    on_worker,
+    run_on_pool,
 )
 from tasks.cache import cached_build
-from tasks.exchange import (
-    exchange_target,
-    fetch_cache_task,
-    fetch_results_task,
-    share_cache_task,
-    share_results_task,
-    worker_work_dir,
-)
 from tasks.expected_errors import expected, install_log_filter
 from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
 HPO_WORKER_DEPLOYMENT = "atft-hpo-worker/gpu"
-DEFAULT_TRIALS = 5
 
 
 @expected
 class HpoStageFailed(RuntimeError):
     """Some HPO workers failed; the study (and every trial they finished) is intact in storage."""
-
-
-@expected
-class StudyNotReachable(RuntimeError):
-    """A worker on another host was given a study file that exists only on the pipeline's host."""
 
 
 @flow(name="atft-hpo-worker", timeout_seconds=Deadlines.total_s,
@@ -89,34 +67,16 @@ def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
     if not exchange_uri:
         return hpo_worker_task(cache_path, config, hpo, output_dir, worker_index, sampler_seed, n_trials)
     check_study_reachable(str(hpo.get("storage") or ""))
-    target = exchange_target(exchange_uri)
-    work = worker_work_dir()
-    local_run = work / "runs" / Path(output_dir).name
-    cache = fetch_cache_task(Path(cache_path).name, target, str(work))
-    try:
-        return hpo_worker_task(cache, config, hpo, str(local_run), worker_index, sampler_seed, n_trials)
-    finally:
-        share_results_task(str(local_run / "workers"), target, local_run.name, "workers")
-
-
-def check_study_reachable(url: str) -> None:
-    """A study file (SQLite, journal) must exist on this host; a database server is reachable from any."""
-    kind = storage_kind(url)
-    if kind == "server":
-        return
-    path = Path(url[len(JOURNAL_PREFIX):] if kind == "journal" else url[len("sqlite:///"):])
-    if not path.exists():
-        raise StudyNotReachable(f"the study storage {display_url(url)} is a file on the pipeline's host, which this "
-                                "gpu worker cannot see: give the run a PostgreSQL storage "
-                                "(-p storage='postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host:5432/optuna'; "
-                                "README: Adding GPU hosts)")
+    return on_worker(exchange_uri, cache_path, output_dir, results="workers",
+                     work=lambda cache, run: hpo_worker_task(cache, config, hpo, run, worker_index, sampler_seed,
+                                                             n_trials))
 
 
 def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n_trials: int | None,
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto",
-                  deadlines: Deadlines = Deadlines(), exchange: ArtifactTarget | None = None) -> dict[str, Any]:
+                  deadlines: Deadlines = Deadlines(), exchange: S3Options | None = None) -> dict[str, Any]:
     """Queue `n_trials` trials, run them on `workers` workers, publish; the summary (also `run_dir/hpo.json`).
 
     `deadlines`: how long worker runs on the gpu pool may wait to start and run; past them they are
@@ -133,8 +93,8 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n
     n_trials = DEFAULT_TRIALS if n_trials is None else n_trials
     deployment = None if dispatch == "deployment" else gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)
     # Refused before anything is queued (and, when asked for the pool, before looking its deployment up).
-    url, k = hpo_storage(storage, study_dir or run_dir, workers, n_trials,
-                         on_pool=dispatch == "deployment" or deployment is not None)
+    url, k = storage_for_workers(storage, study_dir or run_dir, workers, n_trials,
+                                 on_pool=dispatch == "deployment" or deployment is not None)
     if dispatch == "deployment":
         deployment = gpu_deployment_for(dispatch, HPO_WORKER_DEPLOYMENT)  # raises when it does not exist
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +102,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n
                     pruner=pruner, seed=seed, max_epochs=config.train.max_epochs, timeout_s=timeout_s, parallel=k,
                     search_space=search_space)
     batch = prepare_hpo_task(hpo.to_dict())
-    if deployment is None and k > 1 and _trains_on_gpu(config.train.device):
+    if deployment is None and k > 1 and trains_on_gpu(config.train.device):
         # One training per GPU: parallel trials on a GPU machine need one gpu worker per GPU.
         logger.warning("%d in-process HPO workers would share this GPU: running 1. For parallel trials start one "
                        "gpu worker per GPU (`make up`) and run from a deployment", k)
@@ -150,10 +110,13 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n
     args = {"cache_path": str(cache["path"]), "config": config.to_dict(), "hpo": hpo.to_dict(),
             "output_dir": str(run_dir)}
     if deployment is not None:
-        runs = [{"worker_index": i, "sampler_seed": worker_seed(seed, batch["first_number"], i),
-                 "n_trials": share(batch["queued"], k, i), "require_gpu": bool(config.gate.require_gpu)}
-                for i in range(k)]
-        reports, errors = _run_on_pool(deployment, args, runs, run_dir, batch_key(batch), deadlines, exchange)
+        tag = batch_key(batch)
+        runs = [PoolRun(f"hpo-{run_dir.name}-w{i}", {**args, **params, "require_gpu": bool(config.gate.require_gpu)},
+                        f"{tag}-w{i}")
+                for i, params in enumerate(worker_params(seed, batch["first_number"], batch["queued"], k))]
+        done = run_on_pool(deployment, runs, cache_path=args["cache_path"], run_dir=run_dir, deadlines=deadlines,
+                           exchange=exchange, results="workers")
+        reports, errors = _worker_reports(run_dir, done)
     elif k == 1:
         reports, errors = [hpo_worker_task(**args, worker_index=0, n_trials=batch["queued"],
                                            sampler_seed=worker_seed(seed, batch["first_number"], 0))], []
@@ -170,82 +133,15 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n
     return {key: value for key, value in summary.items() if key != "trials"}  # the table is an artifact
 
 
-def hpo_storage(storage: str | None, study_dir: Path, workers: int, n_trials: int, *,
-                on_pool: bool) -> tuple[str, int]:
-    """(storage URL, number of workers) for a stage; ValueError for a storage the workers cannot share.
-
-    The default is `study_dir/optuna.db`, or `study_dir/optuna.log` for K > 1 local processes.
-    """
-    k = max(1, min(workers, n_trials))
-    url = storage or default_storage_url(study_dir, processes=1 if on_pool else k)
-    refuse_literal_password(url)
-    check_workers(url, pool_workers=k if on_pool else 1, processes=1 if on_pool else k)
-    return url, k
-
-
-def check_study_storage(storage: str | None, study_dir: Path, workers: int, n_trials: int, *, on_pool: bool,
-                        shared_disk: bool) -> str:
-    """The pipeline's HPO storage, checked before the cache build and the gate (an hour of work that a
-    storage the workers cannot reach would waste). Raises ConfigError; returns the URL.
-
-    `shared_disk`: False when the pool's workers may sit on other hosts (results travel through S3),
-    where a study file on this host is out of their reach.
-    """
-    try:
-        url, _ = hpo_storage(storage, study_dir, workers, n_trials, on_pool=on_pool)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        raise ConfigError([str(exc)], hint="see README: HPO storage") from None
-    if on_pool and not shared_disk and storage_kind(url) != "server":
-        raise ConfigError([f"the study storage {display_url(url)} is a file on this host, and the gpu workers "
-                           "share no disk with it (ATFT_ARTIFACT_URI is set: results travel through S3)"],
-                          hint="give the run a PostgreSQL storage (-p storage='postgresql+psycopg2://optuna:"
-                               "${OPTUNA_DB_PASSWORD}@db-host:5432/optuna'; README: Adding GPU hosts)")
-    return url
-
-
-def _trains_on_gpu(device: str) -> bool:
-    if device == "cpu":
-        return False
-    import torch
-
-    return device == "cuda" or torch.cuda.is_available()
-
-
-def batch_key(batch: dict[str, Any]) -> str:
-    """Names one batch of queued trials (storage, study, the batch's own tag). A retried nightly queues a
-    new batch, so its worker runs get new idempotency keys and really run (the parent's run id would
-    hand back the old, finished worker runs and leave the new trials queued)."""
-    where = hashlib.blake2b(str(batch["storage_url"]).encode(), digest_size=6).hexdigest()
-    return f"hpo-{where}-{batch['study_name']}-{batch['batch']}"
-
-
-def _run_on_pool(deployment: str, args: dict[str, Any], runs: list[dict[str, Any]], run_dir: Path,
-                 key: str, deadlines: Deadlines = Deadlines(),
-                 exchange: ArtifactTarget | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """K runs of the worker deployment, started together, awaited together (within the gpu pool's
-    deadlines); reports via the run folder (through `exchange` when set)."""
-    from prefect.deployments import run_deployment
-
-    logger = get_run_logger()
-    if exchange is not None:
-        share_cache_task(args["cache_path"], exchange)
-        args = {**args, "exchange_uri": exchange.uri}
-    runs = [run_deployment(deployment, parameters={**args, **run}, timeout=0,
-                           flow_run_name=f"hpo-{run_dir.name}-w{i}", idempotency_key=f"{key}-w{i}")
-            for i, run in enumerate(runs)]
-    logger.info("started %d HPO worker run(s) on %s; waiting for the gpu pool", len(runs), deployment)
-    states = dict(enumerate(wait_for_runs(runs, deadlines)))
-    if exchange is not None:
-        fetch_results_task(exchange, str(run_dir), "workers")
+def _worker_reports(run_dir: Path, done: list[tuple[Any, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The reports of the pool's worker runs that completed (from the run folder), and why the others did not."""
     reports, errors = [], []
-    for i, run in enumerate(runs):
+    for i, (run, state) in enumerate(done):
         path = worker_file(run_dir, i, "json")
-        if states[i].is_completed() and path.exists():
+        if state.is_completed() and path.exists():
             reports.append(json.loads(path.read_text()))
         else:
-            errors.append(f"worker run '{run.name}' ended {states[i].name}: {states[i].message or 'see its logs'}")
+            errors.append(f"worker run '{run.name}' ended {state.name}: {state.message or 'see its logs'}")
     return reports, errors
 
 
@@ -268,7 +164,7 @@ def atft_hpo(data_path: str | None = None, output_dir: str | None = None, n_tria
                          study_name=study_name, storage=root.resolve_storage(storage), workers=parallel,
                          pruner=pruner, seed=seed,
                          timeout_s=timeout_s, search_space=search_space, dispatch=gpu_stage,
-                         exchange=ArtifactTarget.from_env())
+                         exchange=S3Options.artifacts_from_env())
 
 
 def run_hpo(**params: Any) -> dict[str, Any]:

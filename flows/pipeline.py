@@ -40,15 +40,17 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, t
 
 import atft_core
 from atft_core.config import AtftConfig
-from atft_core.data.source import S3Options
+from atft_core.hpo.storage import check_study_storage
 from atft_core.provenance import code_version, package_versions
-from atft_core.publish import ArtifactTarget, check_reachable, redact, redact_url
+from atft_core.redact import redact, redact_url
 from atft_core.retention import in_use
 from atft_core.rundir import find_run_dir, new_run_dir, write_json
+from atft_core.s3.client import S3Options
+from atft_core.s3.folders import check_reachable
 from atft_core.stage_result import StageResult
 from atft_core.workroot import WorkRoot
 from flows import hpo_stage
-from flows.common import Deadlines, gpu_deployment_for, resolve_data_path
+from flows.common import resolve_data_path
 from flows.gpu_stage import run_gpu_stage
 from flows.params import (
     DEFAULT_TRIALS,
@@ -60,6 +62,7 @@ from flows.params import (
     PipelineParams,
     Profile,
 )
+from flows.remote_stage import Deadlines, gpu_deployment_for
 from tasks.cache import cached_build
 from tasks.expected_errors import install_log_filter
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
@@ -123,7 +126,7 @@ class _Plan:
     cfg: AtftConfig
     hpo_cfg: AtftConfig
     storage: str | None
-    target: ArtifactTarget | None
+    target: S3Options | None
     s3: S3Options
     gpu_deployment: str | None
     deadlines: Deadlines
@@ -145,11 +148,11 @@ def _plan(p: PipelineParams) -> _Plan:
         # A run from a deployment, or one training on the gpu pool, is meant for a GPU.
         require_gpu = current_deployment.id is not None or gpu_deployment is not None
         cfg = cfg.with_overrides(require_gpu=require_gpu)
-    target = ArtifactTarget.from_env()
+    target = S3Options.artifacts_from_env()
     storage = root.resolve_storage(p.storage)
     if p.mode == "hpo":  # a study the workers cannot share is refused before the cache build and the gate
-        hpo_stage.check_study_storage(storage, root.studies, p.hpo_workers, p.n_trials or DEFAULT_TRIALS,
-                                      on_pool=gpu_deployment is not None, shared_disk=target is None)
+        check_study_storage(storage, root.studies, p.hpo_workers, p.n_trials or DEFAULT_TRIALS,
+                            on_pool=gpu_deployment is not None, shared_disk=target is None)
     if target is not None:
         check_reachable(target)  # before the cache build: a wrong bucket is named now, not after the training
     return _Plan(root=root, out=root.resolve(p.output_dir, root.runs), cache_root=root.resolve(p.cache_dir, root.cache),
@@ -207,7 +210,7 @@ def _collect_garbage(root: WorkRoot) -> None:
         get_run_logger().warning("retention step failed (the night's results are intact): %s", exc)
 
 
-def _save_run(run_dir: Path, target: ArtifactTarget | None, *, report: bool, failed: bool) -> None:
+def _save_run(run_dir: Path, target: S3Options | None, *, report: bool, failed: bool) -> None:
     """Report (when not yet published) and S3 mirror of whatever the run folder holds.
 
     On a run that is already failing, a publishing error is logged, never raised: it must not

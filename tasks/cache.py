@@ -24,8 +24,9 @@ from atft_core import __version__ as core_version
 from atft_core.config import CacheConfig, DataConfig
 from atft_core.data.cache.build import build_cache, params_key
 from atft_core.data.cache.store import FORMAT_VERSION
-from atft_core.data.source import S3Options, fingerprint_files, resolve_input
+from atft_core.data.source import fingerprint_files, resolve_input
 from atft_core.errors import DatasetError
+from atft_core.s3.client import S3Options
 
 _REMOTE_RETRY_DELAYS = [10, 60]  # seconds: a network blip, then a longer outage
 

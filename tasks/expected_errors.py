@@ -18,14 +18,15 @@ import logging
 from typing import TypeVar
 
 from atft_core.errors import ConfigError, DatasetError
-from atft_core.exchange import ExchangeError
-from atft_core.publish import PublishError
+from atft_core.hpo.storage import StudyNotReachable
+from atft_core.s3.folders import ExchangeError, PublishError
 from atft_core.train.checkpoint import CheckpointMismatch
 
 E = TypeVar("E", bound=type[BaseException])
 
 # S3 failures too: their message already names the endpoint, the bucket and what to check.
-EXPECTED: list[type[BaseException]] = [DatasetError, ConfigError, CheckpointMismatch, ExchangeError, PublishError]
+EXPECTED: list[type[BaseException]] = [DatasetError, ConfigError, CheckpointMismatch, ExchangeError, PublishError,
+                                       StudyNotReachable]
 _RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 # The records that repeat the exception with its traceback; the state lines after them stay.
 _REPEATS = ("Task run failed with exception", "Encountered exception during execution")

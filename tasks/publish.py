@@ -21,7 +21,9 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from atft_core.evaluate.plots import plot_gpu, plot_training
-from atft_core.publish import ArtifactTarget, redact, run_files, upload_run_dir
+from atft_core.redact import redact
+from atft_core.s3.client import S3Options
+from atft_core.s3.folders import run_files, upload_run_dir
 from atft_core.stage_result import StageResult
 from tasks import expected_errors  # noqa: F401 - installs the filter: a PublishError logs no traceback
 
@@ -65,7 +67,7 @@ def publish_report(run_dir: str, stage: StageResult) -> dict[str, str]:
 
 @task(name="mirror-to-s3", cache_policy=NO_CACHE, persist_result=False,
       description="Upload the run folder to ATFT_ARTIFACT_URI; fails loudly, keeps the local copy.")
-def mirror_run(run_dir: str, target: ArtifactTarget) -> list[str]:
+def mirror_run(run_dir: str, target: S3Options) -> list[str]:
     # No task-level retries: botocore retries each request (one part of a large file alone), so a
     # task retry would only re-send files that are already up.
     logger = get_run_logger()

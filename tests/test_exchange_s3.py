@@ -1,4 +1,4 @@
-"""Folders between hosts through S3 (atft_core.exchange), against a real S3 HTTP server on loopback (moto),
+"""Folders between hosts through S3 (atft_core.s3.folders), against a real S3 HTTP server on loopback (moto),
 with a fault-injecting proxy in front of it where a test needs the server to fail."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from atft_core.exchange import (
+from atft_core.s3.client import S3Options
+from atft_core.s3.folders import (
     MANIFEST,
     ExchangeError,
     cache_key,
@@ -21,13 +22,12 @@ from atft_core.exchange import (
     run_key,
     share_folder,
 )
-from atft_core.publish import ArtifactTarget
 from tasks.expected_errors import is_expected
 from tests.s3_faults import DROP, FaultyS3
 
 
-def _target(bucket: str, endpoint: str) -> ArtifactTarget:
-    return ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": f"s3://{bucket}/team", "AWS_ENDPOINT_URL": endpoint})
+def _target(bucket: str, endpoint: str) -> S3Options:
+    return S3Options.artifacts_from_env({"ATFT_ARTIFACT_URI": f"s3://{bucket}/team", "AWS_ENDPOINT_URL": endpoint})
 
 
 def _cache(root: Path) -> Path:
@@ -112,7 +112,7 @@ def test_a_503_and_a_dropped_connection_are_retried_and_the_cache_comes_down_who
     target = _target(s3_bucket, s3_endpoint)
     cache = _cache(tmp_path / "cpu-host")
     share_folder(cache, target, cache_key(target, cache.name), manifest=True)
-    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.exchange"):
+    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.s3"):
         proxy.fail("GET", "list-type=2", status=503)
         proxy.fail("GET", "shards/x.arrow", status=DROP)
         got = fetch_cache(dataclasses.replace(target, endpoint_url=proxy.url), cache.name, tmp_path / "gpu-host")
@@ -162,7 +162,7 @@ def test_a_cache_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, 
 
 
 def test_a_study_file_of_another_host_is_refused_by_a_remote_worker(tmp_path):
-    from flows.hpo_stage import StudyNotReachable, check_study_reachable
+    from atft_core.hpo.storage import StudyNotReachable, check_study_reachable
 
     check_study_reachable("postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/optuna")  # any host
     (tmp_path / "optuna.db").write_bytes(b"")

@@ -167,8 +167,8 @@ def test_run_dirs_are_never_reused(tmp_path):
 
 
 def test_flow_modules_import_without_a_circle():
-    """Stage flows import only flows.common; the pipeline composes them (its parameters in flows.params);
-    nothing imports the pipeline back."""
+    """Stage flows import only flows.common and flows.remote_stage; the pipeline composes them (its parameters
+    in flows.params); nothing imports the pipeline back."""
     import ast
 
     root = Path(__file__).resolve().parents[1] / "flows"
@@ -182,6 +182,8 @@ def test_flow_modules_import_without_a_circle():
                 names.update(a.name for a in node.names)
         imports[path.stem] = {n.split(".")[1] for n in names if n.startswith("flows.")}
     assert imports["common"] == imports["params"] == set()
-    assert imports["gpu_stage"] == imports["hpo_stage"] == {"common"}
-    assert imports["pipeline"] == {"common", "gpu_stage", "hpo_stage", "params"}
+    assert imports["remote_stage"] == {"params"}
+    assert imports["gpu_stage"] == {"remote_stage"}
+    assert imports["hpo_stage"] == {"common", "remote_stage", "params"}
+    assert imports["pipeline"] == {"common", "gpu_stage", "hpo_stage", "remote_stage", "params"}
     assert not any("pipeline" in deps for name, deps in imports.items() if name != "cli")

@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from atft_core.rundir import find_run_dir
-from flows.common import GPU_DEPLOYMENT, GpuStageFailed
+from flows.remote_stage import GPU_DEPLOYMENT, GpuStageFailed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -175,7 +175,8 @@ def test_a_retried_nightly_starts_new_hpo_worker_runs(tmp_path):
     from prefect.deployments import run_deployment
 
     from atft_core.hpo.study import HpoConfig, default_storage_url, prepare_study
-    from flows.hpo_stage import HPO_WORKER_DEPLOYMENT, batch_key, hpo_worker_flow
+    from atft_core.hpo.worker import batch_key
+    from flows.hpo_stage import HPO_WORKER_DEPLOYMENT, hpo_worker_flow
 
     hpo_worker_flow.to_deployment(name="gpu").apply()
     cfg = HpoConfig(n_trials=2, study_name="nightly", storage=default_storage_url(tmp_path))
@@ -275,8 +276,8 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
 
     from atft_core.config import AtftConfig
     from atft_core.data.cache.build import build_cache
-    from flows.common import Deadlines
     from flows.hpo_stage import HpoStageFailed, hpo_worker_flow, run_hpo_stage
+    from flows.remote_stage import Deadlines
 
     hpo_worker_flow.to_deployment(name="gpu").apply(work_pool_name="gpu")
     cfg = AtftConfig.from_yaml(str(tiny_config))
@@ -299,7 +300,7 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
 
 def test_a_results_bucket_that_does_not_exist_fails_the_run_before_the_cache_build(tiny_demo, tiny_config, tmp_path,
                                                                                    s3_endpoint, monkeypatch):
-    from atft_core.publish import PublishError
+    from atft_core.s3.folders import PublishError
     from flows.pipeline import atft_pipeline
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)

@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 
-from atft_core.publish import ArtifactTarget, PublishError, redact, redact_url, upload_run_dir
+from atft_core.redact import redact, redact_url
+from atft_core.s3.client import S3Options
+from atft_core.s3.folders import PublishError, upload_run_dir
 from tests.prefect_fixtures import FAKE_KEY_ID, FAKE_SECRET, flow_run_logs, free_port
 from tests.s3_faults import FaultyS3
 
@@ -34,8 +36,8 @@ def _keys(endpoint: str, bucket: str) -> dict[str, bytes]:
 
 def test_upload_lands_under_prefix(tmp_path, s3_endpoint, s3_bucket):
     run = _run_dir(tmp_path)
-    target = ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": f"s3://{s3_bucket}/nightly/atft/",
-                                      "AWS_ENDPOINT_URL": s3_endpoint})
+    target = S3Options.artifacts_from_env({"ATFT_ARTIFACT_URI": f"s3://{s3_bucket}/nightly/atft/",
+                                           "AWS_ENDPOINT_URL": s3_endpoint})
     uris = upload_run_dir(run, target)
 
     prefix = f"nightly/atft/{run.name}"
@@ -46,18 +48,18 @@ def test_upload_lands_under_prefix(tmp_path, s3_endpoint, s3_bucket):
 
 
 def test_target_from_env():
-    assert ArtifactTarget.from_env({}) is None
-    t = ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": "s3://bkt", "AWS_REGION": "ap-northeast-1"})
+    assert S3Options.artifacts_from_env({}) is None
+    t = S3Options.artifacts_from_env({"ATFT_ARTIFACT_URI": "s3://bkt", "AWS_REGION": "ap-northeast-1"})
     assert (t.bucket, t.prefix, t.region, t.endpoint_url) == ("bkt", "", "ap-northeast-1", None)
     assert t.uri == "s3://bkt"
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
-        ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": "https://user:hunter22@example.com/x"})
+        S3Options.artifacts_from_env({"ATFT_ARTIFACT_URI": "https://user:hunter22@example.com/x"})
     try:
-        ArtifactTarget.parse("https://user:hunter22@example.com/x")
+        S3Options.parse("https://user:hunter22@example.com/x")
     except ValueError as exc:
         assert "hunter22" not in str(exc)
     with pytest.raises(ValueError, match="AWS_MAX_ATTEMPTS must be a whole number >= 1"):
-        ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": "s3://bkt", "AWS_MAX_ATTEMPTS": "0"})
+        S3Options.artifacts_from_env({"ATFT_ARTIFACT_URI": "s3://bkt", "AWS_MAX_ATTEMPTS": "0"})
 
 
 def test_redaction():
@@ -74,9 +76,9 @@ def test_a_failed_part_is_sent_again_alone_not_the_whole_file(tmp_path, s3_endpo
     run.mkdir(parents=True)
     payload = os.urandom(12 << 20)
     (run / "model.pt").write_bytes(payload)
-    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.publish"):
+    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.s3"):
         proxy.fail("PUT", "partNumber=2", status=503)
-        target = ArtifactTarget(bucket=s3_bucket, prefix="p", endpoint_url=proxy.url, part_bytes=5 << 20)
+        target = S3Options(bucket=s3_bucket, prefix="p", endpoint_url=proxy.url, part_bytes=5 << 20)
         assert upload_run_dir(run, target) == [f"s3://{s3_bucket}/p/{run.name}/model.pt"]
 
     parts = [(parse_qs(urlsplit(path).query)["partNumber"][0], status) for _, path, status in proxy.requests("PUT")]
@@ -89,8 +91,8 @@ def test_a_failed_part_is_sent_again_alone_not_the_whole_file(tmp_path, s3_endpo
 
 def test_a_missing_bucket_fails_at_once_without_retries(tmp_path, s3_endpoint, s3_bucket, caplog):
     run = _run_dir(tmp_path)
-    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.publish"):
-        target = ArtifactTarget(bucket=f"{s3_bucket}-missing", endpoint_url=proxy.url)
+    with FaultyS3(s3_endpoint) as proxy, caplog.at_level(logging.WARNING, logger="atft_core.s3"):
+        target = S3Options(bucket=f"{s3_bucket}-missing", endpoint_url=proxy.url)
         with pytest.raises(PublishError, match="after 1 attempt.*NoSuchBucket") as err:
             upload_run_dir(run, target)
     assert len(proxy.seen) == 1 and proxy.seen[0][2] == 404  # one request, its 404 not retried
@@ -102,8 +104,8 @@ def test_forced_failure_retries_then_fails_clearly(tmp_path, s3_bucket, caplog):
     run = _run_dir(tmp_path)
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens here: every connection is refused
     # AWS_MAX_ATTEMPTS, the AWS SDKs' own variable, sets the tries per request
-    target = ArtifactTarget.from_env({"ATFT_ARTIFACT_URI": f"s3://{s3_bucket}/p", "AWS_ENDPOINT_URL": closed,
-                                      "AWS_MAX_ATTEMPTS": "3"})
+    target = S3Options.artifacts_from_env({"ATFT_ARTIFACT_URI": f"s3://{s3_bucket}/p", "AWS_ENDPOINT_URL": closed,
+                                           "AWS_MAX_ATTEMPTS": "3"})
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     with caplog.at_level(logging.INFO), pytest.raises(PublishError) as err:
@@ -132,11 +134,11 @@ def test_mirror_task_fails_loudly_in_a_flow(prefect_harness, tmp_path, s3_bucket
     closed = f"http://127.0.0.1:{free_port()}"
 
     @flow(name="mirror-check")
-    def mirror_check(run_dir: str, target: ArtifactTarget):
+    def mirror_check(run_dir: str, target: S3Options):
         install_log_filter()  # as every flow of the pipeline does
         return mirror_run(run_dir, target)
 
-    target = ArtifactTarget(bucket=s3_bucket, endpoint_url=closed, attempts=2, connect_timeout_s=1)
+    target = S3Options(bucket=s3_bucket, endpoint_url=closed, attempts=2, connect_timeout_s=1)
     state = mirror_check(str(run), target, return_state=True)
     assert state.is_failed()
     exc = state.result(raise_on_failure=False)

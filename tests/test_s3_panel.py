@@ -13,8 +13,9 @@ import pytest
 
 from atft_core.config import CacheConfig
 from atft_core.data.cache.build import build_cache
-from atft_core.data.source import S3Options, resolve_input
+from atft_core.data.source import resolve_input
 from atft_core.errors import DatasetError
+from atft_core.s3.client import S3Options
 
 
 def _upload(tiny_demo: Path, endpoint: str, bucket: str) -> str:

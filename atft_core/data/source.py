@@ -2,7 +2,7 @@
 
 Remote inputs are downloaded once into a private temporary folder (never into the cache dir, so a
 failed download leaves nothing behind) and then read like local files. The S3 client is the project's
-one (`atft_core.publish.s3_client`): botocore retries each request, or each part of a large object,
+one (`atft_core.s3.client.S3Options.client`): botocore retries each request, or each part of a large object,
 alone; an object whose name would land outside that folder is refused. The fingerprint hashes file
 *content*, so a file rewritten in place with the same size and name is still a cache miss.
 """
@@ -22,32 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from atft_core.errors import DatasetError
-from atft_core.publish import S3_ATTEMPTS, attempts_from_env, local_path, s3_client, transfer_config
+from atft_core.s3.client import S3Options, local_path, transfer_config
 
 log = logging.getLogger("atft_core.data.source")
 
 _HASH_BLOCK = 64 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY (window offsets)
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """Connection settings for s3:// inputs. Built at the edge (CLI / flow) from the environment."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    connect_timeout: float = 5.0
-    max_attempts: int = S3_ATTEMPTS  # tries per HTTP request, the first included
-
-    def client(self):
-        """The S3 client for these settings (`atft_core.publish.s3_client`, the only place one is made)."""
-        return s3_client(self.endpoint_url, self.region, attempts=self.max_attempts,
-                         connect_timeout_s=self.connect_timeout, logger=log)
-
-    @classmethod
-    def from_env(cls) -> "S3Options":
-        return cls(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-                   region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None,
-                   max_attempts=attempts_from_env())
 
 
 @dataclass(frozen=True)
@@ -61,12 +40,12 @@ class LocalInput:
 def fingerprint_files(files: tuple[Path, ...], root: Path | None = None) -> str:
     """xxh3-128 over (relative name, bytes) of every file: content-keyed, order-stable.
 
-    Not a cryptographic hash (a cache key, not a signature): ~10x faster than blake2b, so hashing a
-    6.7 GB panel takes about as long as reading it, not 10 s more.
+    Not a cryptographic hash (a cache key, not a signature): far faster than blake2b, so hashing a
+    panel takes about as long as reading it.
 
     Remembered within the process for files whose identity (device, inode, size, mtime in ns) has not
     changed, as make and rsync judge a file: a Prefect run hashes the panel for the build task's cache
-    key and again inside the build, and the second read of a 6.7 GB file would cost seconds. As git
+    key and again inside the build, and the second read of a large panel would cost seconds. As git
     does with "racily clean" files, nothing modified in the last seconds is remembered: file times
     tick coarsely, so a rewrite of the same size right after could keep the same stamp.
     """
@@ -111,7 +90,7 @@ def _hash_files(files: tuple[Path, ...], root: Path | None) -> str:
 
 def _hash_window(h, fh, start: int, length: int) -> None:
     """Hash bytes [start, start + length) of the open file: mapped where possible (hashed in the page
-    cache: 0.86 s of CPU for 6.7 GB against 1.31 s through a read buffer), else read. A window at a time,
+    cache, with less CPU than copying through a read buffer), else read. A window at a time,
     so the mapped pages held are one window's, not the file's."""
     try:
         window = mmap.mmap(fh.fileno(), length, prot=mmap.PROT_READ, offset=start)
@@ -158,7 +137,7 @@ def _download_s3(uri: str, dest: Path, opts: S3Options) -> tuple[Path, ...]:
     bucket, _, prefix = uri[len("s3://"):].partition("/")
     if not bucket:
         raise DatasetError(uri, "an s3:// URI needs a bucket: s3://bucket/path/to/file.parquet")
-    client = opts.client()
+    client = opts.client(log)
     where = opts.endpoint_url or "the default AWS endpoint"
     try:
         keys = []
@@ -171,7 +150,7 @@ def _download_s3(uri: str, dest: Path, opts: S3Options) -> tuple[Path, ...]:
         files = [_staged(uri, dest, key, prefix) for key in keys]
         for key, local in zip(keys, files):
             local.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(local), Config=transfer_config())
+            client.download_file(bucket, key, str(local), Config=transfer_config(opts.part_bytes))
     except (BotoCoreError, ClientError, Boto3Error) as exc:
         # The message never carries credentials: botocore errors name the endpoint, not the keys.
         raise DatasetError(uri, f"cannot read from S3 endpoint {where}: {exc}. Check AWS_ENDPOINT_URL, "

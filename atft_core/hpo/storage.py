@@ -8,7 +8,9 @@
 
 SQLite has no row locks, so two processes can both claim the same queued trial; the journal file
 appends under a file lock and replays the log, so exactly one process wins each claim; a SQL server
-locks the trial's row. `check_workers` refuses a combination that could run a trial twice.
+locks the trial's row. `check_workers` refuses a combination that could run a trial twice;
+`storage_for_workers` picks the default for a stage's workers and `check_study_storage` /
+`check_study_reachable` refuse, before any work, a study file the workers could not reach.
 A killed worker's trial ends on every storage: by heartbeat on SQL, by asking this host whether the
 worker process still runs on a journal file (`hpo.liveness`).
 
@@ -30,7 +32,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from atft_core.errors import ConfigError
 from atft_core.hpo.config import HpoConfig
-from atft_core.publish import redact_url
+from atft_core.redact import redact_url
 
 JOURNAL_PREFIX = "journal:"
 PASSWORD_PLACEHOLDER = "${OPTUNA_DB_PASSWORD}"  # the dashboard command's stand-in for a literal password
@@ -159,3 +161,55 @@ def refuse_literal_password(url: str) -> None:
         raise ConfigError([f"storage {display_url(url)} carries a literal password"],
                           hint="write it as ${VAR} (e.g. postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db:5432/"
                                "optuna) and set VAR in the environment of this process and of every gpu worker")
+
+
+class StudyNotReachable(RuntimeError):
+    """A worker on another host was given a study file that exists only on the pipeline's host."""
+
+
+def storage_for_workers(storage: str | None, study_dir: Path, workers: int, n_trials: int, *,
+                        on_pool: bool) -> tuple[str, int]:
+    """(storage URL, number of workers) for a stage; ValueError for a storage the workers cannot share.
+
+    The default is `study_dir/optuna.db`, or `study_dir/optuna.log` for K > 1 local processes.
+    """
+    k = max(1, min(workers, n_trials))
+    url = storage or default_storage_url(study_dir, processes=1 if on_pool else k)
+    refuse_literal_password(url)
+    check_workers(url, pool_workers=k if on_pool else 1, processes=1 if on_pool else k)
+    return url, k
+
+
+def check_study_storage(storage: str | None, study_dir: Path, workers: int, n_trials: int, *, on_pool: bool,
+                        shared_disk: bool) -> str:
+    """The pipeline's HPO storage, checked before the cache build and the gate (an hour of work that a
+    storage the workers cannot reach would waste). Raises ConfigError; returns the URL.
+
+    `shared_disk`: False when the pool's workers may sit on other hosts (results travel through S3),
+    where a study file on this host is out of their reach.
+    """
+    try:
+        url, _ = storage_for_workers(storage, study_dir, workers, n_trials, on_pool=on_pool)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError([str(exc)], hint="see README: HPO storage") from None
+    if on_pool and not shared_disk and storage_kind(url) != "server":
+        raise ConfigError([f"the study storage {display_url(url)} is a file on this host, and the gpu workers "
+                           "share no disk with it (ATFT_ARTIFACT_URI is set: results travel through S3)"],
+                          hint="give the run a PostgreSQL storage (-p storage='postgresql+psycopg2://optuna:"
+                               "${OPTUNA_DB_PASSWORD}@db-host:5432/optuna'; README: Adding GPU hosts)")
+    return url
+
+
+def check_study_reachable(url: str) -> None:
+    """A study file (SQLite, journal) must exist on this host; a database server is reachable from any."""
+    kind = storage_kind(url)
+    if kind == "server":
+        return
+    path = Path(url[len(JOURNAL_PREFIX):] if kind == "journal" else url[len("sqlite:///"):])
+    if not path.exists():
+        raise StudyNotReachable(f"the study storage {display_url(url)} is a file on the pipeline's host, which this "
+                                "gpu worker cannot see: give the run a PostgreSQL storage "
+                                "(-p storage='postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host:5432/optuna'; "
+                                "README: Adding GPU hosts)")

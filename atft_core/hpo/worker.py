@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -67,6 +68,30 @@ class WorkerReport:
 def worker_seed(seed: int, first_number: int, worker_index: int) -> int:
     """Distinct per worker and per invocation: same-seeded workers would sample identical trials."""
     return int(np.random.SeedSequence([seed, first_number, worker_index]).generate_state(1)[0])
+
+
+def worker_params(seed: int, first_number: int, queued: int, workers: int) -> list[dict[str, int]]:
+    """What each of `workers` workers gets: its index, its sampler seed and its share of the `queued` trials."""
+    return [{"worker_index": i, "sampler_seed": worker_seed(seed, first_number, i),
+             "n_trials": share(queued, workers, i)} for i in range(workers)]
+
+
+def batch_key(batch: Mapping[str, Any]) -> str:
+    """Names one batch of queued trials (storage, study, the batch's own tag). A retried nightly queues a
+    new batch, so its worker runs get new idempotency keys and really run (the parent's run id would
+    hand back the old, finished worker runs and leave the new trials queued)."""
+    where = hashlib.blake2b(str(batch["storage_url"]).encode(), digest_size=6).hexdigest()
+    return f"hpo-{where}-{batch['study_name']}-{batch['batch']}"
+
+
+def trains_on_gpu(device: str) -> bool:
+    """Whether a training with `device` lands on a CUDA GPU here (one training per GPU: local workers
+    that would share it run one at a time)."""
+    if device == "cpu":
+        return False
+    import torch
+
+    return device == "cuda" or torch.cuda.is_available()
 
 
 def worker_file(output_dir: str | Path, worker_index: int, suffix: str) -> Path:

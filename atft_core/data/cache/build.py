@@ -32,9 +32,10 @@ from atft_core.data.cache.grid_build import BuildStopped, build_grid, plan_grid
 from atft_core.data.cache.grid_file import row_array
 from atft_core.data.cache.store import FORMAT_VERSION, GRID_FILE, MANIFEST_FILE
 from atft_core.data.contract import check_rows, check_schema, read_schema
-from atft_core.data.source import S3Options, fingerprint_files, resolve_input
+from atft_core.data.source import fingerprint_files, resolve_input
 from atft_core.errors import DatasetError
 from atft_core.retention import LAST_USED, mark_used
+from atft_core.s3.client import S3Options
 
 log = logging.getLogger("atft_core.data.cache")
 

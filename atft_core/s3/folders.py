@@ -1,13 +1,5 @@
-"""Folders that travel between hosts through S3, for gpu workers that share no disk with the pipeline.
-
-Layout under the target `s3://bucket/prefix` (ATFT_ARTIFACT_URI):
-
-```
-<prefix>/cache/<cache folder name>/...   a cache folder; its name is its content fingerprint, so it is
-                                         written once and never changes
-<prefix>/cache/<cache folder name>/_exchange.json   uploaded last: the folder is complete
-<prefix>/<run folder name>/...           a run folder: the same keys as the S3 mirror (publish.py)
-```
+"""Folders through S3: the run folder's mirror, and the cache and run folders that travel between the
+pipeline and gpu workers on hosts that share no disk with it (layout: `atft_core.s3`).
 
 The pipeline shares its cache before it hands training to the gpu pool; a gpu worker fetches the
 cache into its own work folder (once per cache), trains into its own copy of the run folder and
@@ -15,10 +7,11 @@ uploads it; the pipeline fetches the run folder back before the gate. A cache is
 its manifest is there, so a worker never trains on half an upload; a download lands in a temporary
 folder renamed into place, so a crash leaves no half cache behind either.
 
-Retries are the S3 client's (`publish.s3_client`): each request, or one part of a large file, is retried
-alone by botocore; what still fails is one `ExchangeError` naming the endpoint and bucket. Object names
-come from another host, so one that would land outside the destination folder (`..`, absolute) is
-refused before anything is downloaded.
+What still fails after botocore's retries is one `PublishError` (mirroring, uploading) or
+`ExchangeError` (a folder another host should have uploaded), naming the endpoint and bucket. The
+local copy is never touched: the run folder stays the source of truth whether or not the mirror
+worked. Object names come from another host, so one that would land outside the destination folder
+(`..`, absolute) is refused before anything is downloaded.
 """
 
 from __future__ import annotations
@@ -27,26 +20,22 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from atft_core.publish import (
-    ArtifactTarget,
-    failure,
-    local_path,
-    make_s3_client,
-    redact,
-    run_files,
-    transfer_config,
-    upload_file,
-)
+from atft_core.redact import redact
+from atft_core.s3.client import S3Options, failure, local_path, transfer_config
 
 T = TypeVar("T")
 
-log = logging.getLogger("atft_core.exchange")
+log = logging.getLogger("atft_core.s3")
 
 MANIFEST = "_exchange.json"
+
+
+class PublishError(RuntimeError):
+    """Mirroring the run folder failed; the local copy is intact and named in the message."""
 
 
 class ExchangeError(RuntimeError):
@@ -54,20 +43,72 @@ class ExchangeError(RuntimeError):
     names a file outside the folder it is fetched into."""
 
 
-def cache_key(target: ArtifactTarget, name: str) -> str:
+def run_files(run_dir: Path) -> list[Path]:
+    """Every regular file of a run folder, sorted; hidden temp files (half-written) are skipped."""
+    return sorted(p for p in Path(run_dir).rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run_dir).parts))
+
+
+def check_reachable(target: S3Options, *, client=None) -> None:
+    """PublishError unless the target's bucket answers (HEAD bucket): asked before a run builds a cache
+    and trains for an hour, so a wrong bucket, endpoint or credential is named at once, not at the end."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or target.client()
+    try:
+        client.head_bucket(Bucket=target.bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise PublishError(f"the results bucket {target.where} (ATFT_ARTIFACT_URI) is not reachable: "
+                           f"{failure(exc, target.attempts)}. Check AWS_ENDPOINT_URL, the bucket name and the "
+                           "credentials before starting the run") from None
+
+
+def upload_run_dir(run_dir: Path, target: S3Options, *, client=None, files: Iterable[Path] | None = None,
+                   logger: logging.Logger | logging.LoggerAdapter = log) -> list[str]:
+    """Upload the run folder's files under `target`; return their s3:// URIs.
+
+    The first file that still fails raises `PublishError` naming the endpoint, the bucket, the file and
+    the attempts made.
+    """
+    run_dir = Path(run_dir)
+    client = client or target.client(logger)
+    uris = [upload_file(client, target, path, target.key_for(run_dir, path), local_copy=run_dir)
+            for path in (run_files(run_dir) if files is None else list(files))]
+    logger.info("mirrored %d file(s) of %s to %s", len(uris), run_dir.name, target.where)
+    return uris
+
+
+def upload_file(client, target: S3Options, path: Path, key: str, *, local_copy: Path) -> str:
+    """Upload one file to `key` of the target's bucket through the transfer manager; its s3:// URI.
+
+    `local_copy`: the folder named in the error as the copy that is kept.
+    """
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.upload_file(str(path), target.bucket, key, Config=transfer_config(target.part_bytes))
+    except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
+        raise PublishError(f"upload of {path.name} to {target.where} {failure(exc, target.attempts)}. "
+                           f"The local copy is kept in {local_copy}. Check AWS_ENDPOINT_URL, the bucket name and "
+                           "the credentials, then re-run") from None
+    return f"s3://{target.bucket}/{key}"
+
+
+def cache_key(target: S3Options, name: str) -> str:
     return "/".join(p for p in (target.prefix, "cache", name) if p)
 
 
-def run_key(target: ArtifactTarget, run_name: str, sub: str = "") -> str:
+def run_key(target: S3Options, run_name: str, sub: str = "") -> str:
     """The run folder's keys (the mirror's), or those of its subfolder `sub` (e.g. "workers")."""
     return "/".join(p for p in (target.prefix, run_name, sub.strip("/")) if p)
 
 
-def is_complete(target: ArtifactTarget, key: str, *, client=None) -> bool:
+def is_complete(target: S3Options, key: str, *, client=None) -> bool:
     """Whether `key` holds a whole folder (its manifest was uploaded, which happens last)."""
     from botocore.exceptions import ClientError
 
-    client = client or make_s3_client(target)
+    client = client or target.client()
     try:
         client.head_object(Bucket=target.bucket, Key=f"{key}/{MANIFEST}")
     except ClientError as exc:
@@ -78,7 +119,7 @@ def is_complete(target: ArtifactTarget, key: str, *, client=None) -> bool:
     return True
 
 
-def share_folder(local: Path, target: ArtifactTarget, key: str, *, manifest: bool = False, skip_complete: bool = False,
+def share_folder(local: Path, target: S3Options, key: str, *, manifest: bool = False, skip_complete: bool = False,
                  client=None, logger: logging.Logger | logging.LoggerAdapter = log) -> int:
     """Upload every file of `local` under `key`; the number of files uploaded.
 
@@ -86,7 +127,7 @@ def share_folder(local: Path, target: ArtifactTarget, key: str, *, manifest: boo
     skip_complete: upload nothing when `key` is already complete (a cache is written once).
     """
     local = Path(local)
-    client = client or make_s3_client(target, logger=logger)
+    client = client or target.client(logger)
     if skip_complete and is_complete(target, key, client=client):
         logger.info("%s is already at %s/%s", local.name, target.uri, key.removeprefix(target.prefix).strip("/"))
         return 0
@@ -105,7 +146,7 @@ def share_folder(local: Path, target: ArtifactTarget, key: str, *, manifest: boo
     return len(files)
 
 
-def fetch_folder(target: ArtifactTarget, key: str, local: Path, *, complete: bool = False, client=None,
+def fetch_folder(target: S3Options, key: str, local: Path, *, complete: bool = False, client=None,
                  logger: logging.Logger | logging.LoggerAdapter = log) -> int:
     """Download every object under `key` into `local`; the number of files.
 
@@ -115,7 +156,7 @@ def fetch_folder(target: ArtifactTarget, key: str, local: Path, *, complete: boo
     or missing `key` gives 0. Either way every name is checked first (`local_path`): one that would
     land outside `local` raises `ExchangeError` and nothing is downloaded.
     """
-    client = client or make_s3_client(target, logger=logger)
+    client = client or target.client(logger)
     local = Path(local)
     objects = _list(client, target, key)
     if not complete:
@@ -152,7 +193,7 @@ def fetch_folder(target: ArtifactTarget, key: str, local: Path, *, complete: boo
     return len(listing)
 
 
-def fetch_cache(target: ArtifactTarget, name: str, work_dir: Path, *, client=None,
+def fetch_cache(target: S3Options, name: str, work_dir: Path, *, client=None,
                 logger: logging.Logger | logging.LoggerAdapter = log) -> Path:
     """`work_dir/cache/<name>`, downloaded on first use: the shared cache folder on this host."""
     local = Path(work_dir) / "cache" / name
@@ -161,7 +202,7 @@ def fetch_cache(target: ArtifactTarget, name: str, work_dir: Path, *, client=Non
     return local
 
 
-def _inside(target: ArtifactTarget, key: str, folder: Path, rel: str) -> Path:
+def _inside(target: S3Options, key: str, folder: Path, rel: str) -> Path:
     """Where object `key/rel` goes in `folder`; `ExchangeError` when that is outside it."""
     path = local_path(folder, rel)
     if path is None:
@@ -171,7 +212,7 @@ def _inside(target: ArtifactTarget, key: str, folder: Path, rel: str) -> Path:
     return path
 
 
-def _list(client, target: ArtifactTarget, key: str) -> dict[str, int]:
+def _list(client, target: S3Options, key: str) -> dict[str, int]:
     """{path below key: size} of the objects under `key`. Keys ending in "/" are folder markers that some
     tools create (a web console's "create folder"): no file, so skipped."""
     def listing() -> dict[str, int]:
@@ -185,7 +226,7 @@ def _list(client, target: ArtifactTarget, key: str) -> dict[str, int]:
     return _s3(target, f"listing {key}", listing)
 
 
-def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
+def _download(client, target: S3Options, key: str, path: Path) -> None:
     """One object to `path`, through a temporary name: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -198,7 +239,7 @@ def _download(client, target: ArtifactTarget, key: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def _s3(target: ArtifactTarget, what: str, call: Callable[[], T]) -> T:
+def _s3(target: S3Options, what: str, call: Callable[[], T]) -> T:
     """`call`, whose failure (botocore has retried what can be retried) is one `ExchangeError`."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError

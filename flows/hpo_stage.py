@@ -40,7 +40,7 @@ from flows.remote_stage import (
     on_worker,
     run_on_pool,
 )
-from tasks.cache import cached_build
+from tasks.cache import CacheRef, cached_build
 from tasks.expected_errors import expected, install_log_filter
 from tasks.hpo import finish_hpo_task, hpo_local_workers_task, hpo_worker_task, prepare_hpo_task, publish_hpo_task
 
@@ -72,7 +72,7 @@ def hpo_worker_flow(cache_path: str, config: dict[str, Any], hpo: dict[str, Any]
                                                              n_trials))
 
 
-def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n_trials: int | None,
+def run_hpo_stage(*, cache: CacheRef, run_dir: Path, config: AtftConfig, n_trials: int | None,
                   study_name: str | None, storage: str | None, workers: int = 1, study_dir: Path | None = None,
                   pruner: str = "median", seed: int = 0, timeout_s: float | None = None,
                   search_space: str | None = None, dispatch: GpuDispatch = "auto",
@@ -107,7 +107,7 @@ def run_hpo_stage(*, cache: dict[str, Any], run_dir: Path, config: AtftConfig, n
         logger.warning("%d in-process HPO workers would share this GPU: running 1. For parallel trials start one "
                        "gpu worker per GPU (`make up`) and run from a deployment", k)
         k = 1
-    args = {"cache_path": str(cache["path"]), "config": config.to_dict(), "hpo": hpo.to_dict(),
+    args = {"cache_path": cache.path, "config": config.to_dict(), "hpo": hpo.to_dict(),
             "output_dir": str(run_dir)}
     if deployment is not None:
         tag = batch_key(batch)

@@ -172,9 +172,9 @@ def _run(p: PipelineParams) -> dict[str, Any]:
     published = failed = False
     try:
         cache = cached_build(plan.data, plan.cache_root, plan.cfg.cache, plan.s3, require=plan.cfg.data)
-        with in_use(run_dir, uses=[cache["path"]]):  # `atft gc` (or another night's) leaves both alone meanwhile
+        with in_use(run_dir, uses=[cache.path]):  # `atft gc` (or another night's) leaves both alone meanwhile
             try:
-                stage = run_gpu_stage(plan.gpu_deployment, cache["path"], plan.cfg.to_dict(), run_dir,
+                stage = run_gpu_stage(plan.gpu_deployment, cache.path, plan.cfg.to_dict(), run_dir,
                                       plan.deadlines, exchange=plan.target)
             except Exception as exc:
                 # The UI's gate artifact says why there is no verdict: not only a red run and a log line.
@@ -198,7 +198,7 @@ def _run(p: PipelineParams) -> dict[str, Any]:
         _save_run(run_dir, plan.target, report=not published, failed=failed)
     gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
     return {"run_dir": str(run_dir), "mode": p.mode, "passed": stage.passed, "gate": stage.gate,
-            "metrics": stage.metrics, "cache": {k: cache[k] for k in ("path", "hit", "fingerprint")},
+            "metrics": stage.metrics, "cache": {"path": cache.path, "hit": cache.hit, "fingerprint": cache.fingerprint},
             "hpo": hpo}
 
 

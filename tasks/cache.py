@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,28 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(exc, DatasetError) or exc.transient
 
 
+@dataclass(frozen=True)
+class CacheRef:
+    """The built cache as the flows pass it on: where it is, and what the build found.
+
+    Rebuilt from the task's plain-JSON result (which stays readable in Prefect's result store when
+    this class changes), so the flows handle one typed value from the build to the training.
+    """
+
+    path: str
+    hit: bool
+    fingerprint: str
+    summary: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_task(cls, result: dict[str, Any]) -> CacheRef:
+        return cls(path=result["path"], hit=bool(result["hit"]), fingerprint=result["fingerprint"],
+                   summary=dict(result.get("summary") or {}), warnings=tuple(result.get("warnings") or ()))
+
+
 def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3Options | None,
-                 require: DataConfig | None = None) -> dict[str, Any]:
+                 require: DataConfig | None = None) -> CacheRef:
     """Run the cache task: retries only for s3:// inputs, and a rebuild when a cached result is stale.
 
     A local file that fails validation will fail the same way again, so it gets no retries; a remote
@@ -117,4 +138,4 @@ def cached_build(data_path: str, cache_dir: str | Path, cfg: CacheConfig, s3: S3
     if not Path(result["path"]).is_dir():
         get_run_logger().warning("cached result points at %s, which no longer exists: rebuilding", result["path"])
         result = run.with_options(refresh_cache=True)(**args)
-    return result
+    return CacheRef.from_task(result)

@@ -135,18 +135,18 @@ def test_cache_task_hits_and_rebuilds(prefect_harness, tiny_demo, tmp_path):
     cache_dir = tmp_path / "cache"
 
     @flow(name="cache-check")
-    def twice() -> list[dict]:
+    def twice() -> list:
         first = cached_build(str(tiny_demo), cache_dir, CacheConfig(), None)
         second = cached_build(str(tiny_demo), cache_dir, CacheConfig(), None)
-        shutil.rmtree(first["path"])  # someone cleans the cache dir: the cached result is now stale
+        shutil.rmtree(first.path)  # someone cleans the cache dir: the cached result is now stale
         third = cached_build(str(tiny_demo), cache_dir, CacheConfig(), None)
         other = cached_build(str(tiny_demo), cache_dir, CacheConfig(clip=3.0), None)
         return [first, second, third, other]
 
     first, second, third, other = twice()
-    assert first["hit"] is False and second == first  # Prefect cache hit: same result, body skipped
-    assert Path(third["path"]).is_dir() and third["path"] == first["path"] and third["hit"] is False
-    assert other["path"] != first["path"]  # different build parameters, different key and folder
+    assert first.hit is False and second == first  # Prefect cache hit: same result, body skipped
+    assert Path(third.path).is_dir() and third.path == first.path and third.hit is False
+    assert other.path != first.path  # different build parameters, different key and folder
 
 
 def test_bad_dataset_reraises(prefect_harness, tmp_path):

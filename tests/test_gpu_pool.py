@@ -278,6 +278,7 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
     from atft_core.data.cache.build import build_cache
     from flows.hpo_stage import HpoStageFailed, hpo_worker_flow, run_hpo_stage
     from flows.remote_stage import Deadlines
+    from tasks.cache import CacheRef
 
     hpo_worker_flow.to_deployment(name="gpu").apply(work_pool_name="gpu")
     cfg = AtftConfig.from_yaml(str(tiny_config))
@@ -285,7 +286,8 @@ def test_hpo_workers_nobody_starts_still_leave_the_hpo_report(gpu_deployment_wit
 
     @flow
     def nightly_hpo_stage():
-        return run_hpo_stage(cache={"path": str(cache.path)}, run_dir=tmp_path / "nobody", config=cfg, n_trials=2,
+        return run_hpo_stage(cache=CacheRef(str(cache.path), cache.hit, cache.fingerprint, cache.summary),
+                             run_dir=tmp_path / "nobody", config=cfg, n_trials=2,
                              study_name="deadline", storage=None, study_dir=tmp_path, dispatch="deployment",
                              deadlines=Deadlines(start_s=1, total_s=60))
 

@@ -124,6 +124,7 @@ def test_hpo_stage_fans_out_worker_runs_on_the_gpu_pool(postgres_url, tmp_path, 
     from prefect.settings import PREFECT_API_URL
 
     from flows.hpo_stage import HPO_WORKER_DEPLOYMENT, hpo_worker_flow, run_hpo_stage
+    from tasks.cache import CacheRef
 
     url, password = postgres_url
     monkeypatch.setenv(PASSWORD_ENV, password)  # the gpu worker's runs fill the placeholder from this
@@ -142,7 +143,8 @@ def test_hpo_stage_fans_out_worker_runs_on_the_gpu_pool(postgres_url, tmp_path, 
 
     @flow(name="hpo-fan-out-test")
     def parent() -> dict:
-        return run_hpo_stage(cache={"path": str(tiny_cache)}, run_dir=out, config=cfg, n_trials=3, study_name="pool",
+        return run_hpo_stage(cache=CacheRef(str(tiny_cache), True, "", {}), run_dir=out, config=cfg, n_trials=3,
+                             study_name="pool",
                              storage=url, workers=2, search_space=str(space), dispatch="deployment")
 
     with open(tmp_path / "worker.log", "wb") as log:

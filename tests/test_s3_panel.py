@@ -33,14 +33,14 @@ def test_s3_panel_builds_then_hits(prefect_harness, tiny_demo, tmp_path, s3_endp
     cache_dir = tmp_path / "cache"
 
     @flow(name="s3-panel")
-    def twice(uri: str) -> list[dict]:
+    def twice(uri: str) -> list:
         s3 = S3Options.from_env()
         return [cached_build(uri, cache_dir, CacheConfig(), s3), cached_build(uri, cache_dir, CacheConfig(), s3)]
 
     state = twice(uri, return_state=True)
     first, second = state.result()
-    assert first["hit"] is False and first["summary"]["stocks"] == 60 and first["summary"]["days"] == 260
-    assert first["fingerprint"] == build_cache(tiny_demo, tmp_path / "local", progress=False).fingerprint
+    assert first.hit is False and first.summary["stocks"] == 60 and first.summary["days"] == 260
+    assert first.fingerprint == build_cache(tiny_demo, tmp_path / "local", progress=False).fingerprint
     assert second == first  # the Prefect cache hit hands back the first result
 
     from prefect.client.orchestration import get_client
@@ -53,7 +53,7 @@ def test_s3_panel_builds_then_hits(prefect_harness, tiny_demo, tmp_path, s3_endp
 
     # Outside Prefect: the same objects again -> the folder named by their content is found.
     again = build_cache(uri, cache_dir, CacheConfig(), s3=S3Options.from_env(), progress=False)
-    assert again.hit is True and str(again.path) == first["path"]
+    assert again.hit is True and str(again.path) == first.path
 
 
 def test_a_panel_object_named_outside_the_download_folder_is_refused(tmp_path, s3_endpoint, s3_bucket, monkeypatch):

@@ -18,7 +18,7 @@ from atft_core.dryrun import run_dryrun
 
 def test_default_dry_run_learns_the_signal_on_held_out_test_days(tmp_path):
     data = tmp_path / "demo.parquet"
-    generate_demo(data, DemoConfig(seed=1))
+    generate_demo(data, DemoConfig(seed=1, market="planted"))
     cfg = AtftConfig()
     cfg.train.progress = False
     result = run_dryrun(build_cache(data, tmp_path / "cache", progress=False, require=cfg.data).path, cfg,

@@ -35,7 +35,8 @@ CORE = ("returns_1d", "returns_5d", "returns_20d", "mom_12_1", "volatility_20d",
         "hl_range_1d", "close_loc_1d", "gap_1d", "volume_z_20d", "volume_ratio_1_60",
         "amihud_20d", "rsi_14d", "max_return_20d", "skew_20d", "mkt_vol_20d")
 MARKET_FEATURES = ("mkt_return_1d", "mkt_return_20d", "mkt_vol_20d")
-EXTRA_WINDOWS = (3, 4, 7, 15, 30, 40, 90, 180, 25, 50, 80, 100, 150, 200, 6, 8, 12, 45, 70, 160)
+_FIRST_EXTRA = (3, 4, 7, 15, 30, 40, 90, 180, 25, 50, 80, 100, 150, 200)
+EXTRA_WINDOWS = _FIRST_EXTRA + tuple(w for w in range(6, 251) if w not in _FIRST_EXTRA)
 EXTRA_FAMILIES = ("returns_{w}d", "ma_gap_{w}d", "volatility_{w}d", "volume_ratio_1_{w}")
 
 

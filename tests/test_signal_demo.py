@@ -1,5 +1,5 @@
-"""Acceptance on the default demo market, held-out test days: the default 2-epoch dry run beats ridge
-clearly and comes near the LightGBM peer, with ridge, the peer and the oracle scored on the same
+"""Acceptance on the planted demo market (`market="planted"`), held-out test days: the default 2-epoch
+dry run beats ridge clearly and comes near the LightGBM peer, with ridge, the peer and the oracle scored on the same
 test days.
 
 Seed 1: the defaults were chosen on the validation days of seeds 0 and 4 only, so these test days are unseen

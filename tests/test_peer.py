@@ -61,7 +61,7 @@ def test_peer_finds_a_nonlinear_signal_ridge_cannot(tmp_path):
 
 def test_oracle_is_scored_on_exactly_the_given_days(tmp_path):
     data = tmp_path / "demo.parquet"
-    generate_demo(data, DemoConfig(stocks=60, days=150, features=16, seed=5))
+    generate_demo(data, DemoConfig(stocks=60, days=150, features=16, seed=5, market="planted"))
     mu = pl.read_parquet(str(data) + ".oracle.parquet")
     assert mu.columns == ["Date", "Code", "mu"] and mu.height == pl.read_parquet(data).height
     cache = open_cache(build_cache(data, tmp_path / "cache", progress=False).path)

@@ -90,3 +90,115 @@ def test_pooling_weighs_every_day_once_and_never_pairs_across_series():
         compare_daily([np.array([np.nan])], [np.array([0.1])])
     with pytest.raises(ValueError, match="same length"):
         paired_daily_difference(np.zeros(3), np.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------- ledger
+
+
+def test_the_ledger_appends_one_line_per_look_and_counts_them(tmp_path):
+    from bench import goal_ledger
+
+    ledger = tmp_path / "goal_ledger.jsonl"
+    assert goal_ledger.count_looks(ledger) == {} and goal_ledger.looks_at_seed("prices", 1, ledger) == 0
+    line = goal_ledger.append_look({"market": "prices", "seeds": [3, 1, 2], "pooled": {"model": 0.06}}, ledger)
+    goal_ledger.append_look({"market": "prices", "seeds": [1, 2, 3]}, ledger)
+    goal_ledger.append_look({"market": "planted", "seeds": [1]}, ledger)
+    assert line["seeds"] == [1, 2, 3] and line["utc"].endswith("+00:00") and "commit" in line and "dirty" in line
+    assert len(line["commit"]) == 40  # the tests run inside the repository
+    assert goal_ledger.count_looks(ledger) == {("prices", (1, 2, 3)): 2, ("planted", (1,)): 1}
+    assert goal_ledger.looks_at_seed("prices", 2, ledger) == 2 and goal_ledger.looks_at_seed("planted", 1, ledger) == 1
+    assert len(ledger.read_text().splitlines()) == 3
+    with pytest.raises(ValueError, match="market and the seeds"):
+        goal_ledger.append_look({"seeds": [1]}, ledger)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--goals", "--seeds", "0,1"], "tuning seeds"),
+    (["--tuning", "--seeds", "2"], "goal seeds"),
+    (["--tuning", "--goals"], "not allowed with"),
+    (["--tuning", "--seeds", "a"], "comma list"),
+    (["--tuning", "--seeds", "0", "--windows", "0"], ">= 1"),
+])
+def test_walk_forward_cli_refuses_seeds_of_the_other_mode_with_exit_2(argv, words, capsys):
+    from bench.walk_forward import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_demo, tmp_path_factory):
+    from atft_core.data.cache.build import build_cache
+
+    return build_cache(tiny_demo, tmp_path_factory.mktemp("wf") / "cache", progress=False).path
+
+
+def _tiny_cfg(tiny_config):
+    from atft_core.config import AtftConfig
+
+    cfg = AtftConfig.from_yaml(tiny_config)
+    cfg.train.max_epochs, cfg.train.device = 1, "cpu"
+    return cfg
+
+
+def _peer_cfg():
+    from atft_core.evaluate.peer import PeerConfig
+
+    return PeerConfig(max_rounds=20, num_threads=1, min_data_in_leaf=50, min_stocks=10)
+
+
+def test_tiny_walk_forward_scores_every_predictor_per_window_seed_and_pooled(tiny_cache, tiny_config):
+    from bench.walk_forward import markdown, run
+
+    cfg = _tiny_cfg(tiny_config)
+    out = {}
+    for mode in ("tuning", "goals"):
+        out[mode] = run("planted", [0], mode, windows=2, window_days=20, days=260, stocks=60, cfg=cfg,
+                        peer_cfg=_peer_cfg(), cache_for=lambda seed: tiny_cache)
+    goals, tuning = out["goals"], out["tuning"]
+    windows = goals["seeds"]["0"]["windows"]
+    assert len(windows) == 2 and all(w["n_days"] == 20 for w in windows)
+    assert windows[0]["last_day"] < windows[1]["first_day"] and windows[1]["train_days"] > windows[0]["train_days"]
+    for w in windows:
+        assert set(w["daily"]) == {"model", "peer", "ridge", "oracle"}
+        assert all(len(v) == 20 for v in w["daily"].values())
+        assert w["cpu_seconds"]["model"] > w["cpu_seconds"]["ridge"] >= 0 and w["cpu_seconds"]["peer"] > 0
+    pooled = goals["pooled"]
+    assert pooled["days"] == 40 and pooled["oracle"] > 0.05  # the planted signal is there
+    diff = np.concatenate([np.array(w["daily"]["model"]) - np.array(w["daily"]["peer"]) for w in windows])
+    d = pooled["model_minus_peer"]
+    assert abs(d["mean"] - np.nanmean(diff)) < 1e-12 and d["lo"] <= d["mean"] <= d["hi"]
+    assert goals["seeds"]["0"]["summary"]["model"] == pooled["model"]  # one seed: pooled is that seed
+    # tuning scores each window's validation days: they end before its test window, minus the embargo
+    for tw, gw in zip(tuning["seeds"]["0"]["windows"], windows):
+        assert tw["last_day"] < gw["first_day"] and tw["n_days"] == 20
+    table = markdown(goals, looks=1)
+    assert "| pooled |" in table and "scored 1 time(s)" in table and "test days scored" in table
+
+
+def test_tuning_reads_nothing_of_its_windows_test_days(tiny_cache, tiny_config):
+    """Garbage on the last window's test days changes no tuning score: the splits carry no test day."""
+    import dataclasses
+
+    from atft_core.data.cache.store import open_cache
+    from atft_core.data.split import make_walk_forward
+    from bench.walk_forward import score_window
+
+    cfg = _tiny_cfg(tiny_config)
+    cache = open_cache(tiny_cache)
+    split = make_walk_forward(cache, cfg.data, 1, 20)[0]
+    rng = np.random.default_rng(0)
+    x, y, y_z = cache.x.copy(), cache.y.copy(), cache.y_z.copy()
+    t = split.test
+    x[t] = rng.standard_normal(x[t].shape)
+    y[t], y_z[t] = rng.standard_normal(y[t].shape), rng.standard_normal(y_z[t].shape)
+    poisoned = dataclasses.replace(cache, x=x, y=y, y_z=y_z)
+    args = (split, cfg, "tuning", _peer_cfg(), ("peer", "ridge"))
+    a, b = score_window(cache, *args), score_window(poisoned, *args)
+    assert a["daily"] == b["daily"]
+    goals = ("goals", _peer_cfg(), ("ridge",))
+    assert score_window(cache, split, cfg, *goals)["daily"] != score_window(poisoned, split, cfg, *goals)["daily"]

@@ -175,6 +175,9 @@ def markdown(results: dict[str, Any], looks: int | None = None) -> str:
             f"{p['members']} x {p['epochs']}-epoch ensemble; peer: LightGBM bag of {p['peer_bag']}, early-stopped on "
             "the same validation days by RankIC. Mean daily 1-day RankIC; model - peer: paired daily difference "
             "with a 95 % moving-block bootstrap interval; CPU seconds of fit + predict over all windows.")
+    if p["mode"] == "tuning" and p["val_days"] > p["window_days"]:
+        head += (f" Validation days ({p['val_days']}) exceed the window ({p['window_days']}): consecutive windows "
+                 "share validation days, so the pooled interval is too narrow.")
     if looks is not None:
         head += f" Goal seeds' test days of this market scored {looks} time(s) (bench/goal_ledger.jsonl)."
     lines = [head, "", "| seed | model | peer | ridge | oracle | model / oracle | model - peer [95 % CI] "

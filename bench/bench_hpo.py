@@ -86,7 +86,7 @@ def measure(*, trials: int, epochs: int, train_days: int, stocks: int, days: int
     with tempfile.TemporaryDirectory(prefix="atft-bench-hpo-") as tmp:
         work = Path(tmp)
         data = work / "demo.parquet"
-        generate_demo(data, DemoConfig(stocks=stocks, days=days, features=16))
+        generate_demo(data, DemoConfig(stocks=stocks, days=days, features=16, market="planted"))
         cache = build_cache(data, work / "cache", progress=False).path
         (work / "space.yaml").write_text(SPACE)
         base = AtftConfig.from_dict({

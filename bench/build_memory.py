@@ -58,9 +58,10 @@ def demo_panel(stocks: int, days: int, features: int) -> Path:
     if not path.exists():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         start = ["--start", "2016-01-04"] if days > 1900 else []  # the default start leaves ~1,900 sessions
-        subprocess.run([sys.executable, "-m", "flows.cli", "demo-data", "--out", str(tmp), "--stocks", str(stocks),
-                        "--days", str(days), "--features", str(features), *start], check=True, env={
-                            **os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+        args = ["demo-data", "--out", str(tmp), "--stocks", str(stocks), "--days", str(days),
+                "--features", str(features), "--market", "planted", *start]
+        subprocess.run([sys.executable, "-m", "flows.cli", *args], check=True, env={
+                       **os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
         tmp.replace(path)
         Path(f"{tmp}.oracle.json").unlink(missing_ok=True)
     return path

@@ -222,14 +222,16 @@ def built_cache(data_path: Path, name: str) -> Path:
 
 
 def demo_panel(stocks: int | None = None, days: int | None = None, features: int | None = None,
-               seed: int = 0) -> Path:
+               seed: int = 0, market: str | None = None) -> Path:
     """The built-in demo market (defaults = `DemoConfig()`), generated once under the bench folder."""
     from atft_core.data.demo.config import DemoConfig
     from atft_core.data.demo.generate import generate_demo
 
     d = DemoConfig()
-    cfg = DemoConfig(stocks=stocks or d.stocks, days=days or d.days, features=features or d.features, seed=seed)
-    path = bench_dir() / "demo" / f"demo-s{cfg.stocks}-d{cfg.days}-f{cfg.features}-seed{seed}" / "demo.parquet"
+    cfg = DemoConfig(stocks=stocks or d.stocks, days=days or d.days, features=features or d.features, seed=seed,
+                     market=market or d.market)
+    name = f"demo-{cfg.market}-s{cfg.stocks}-d{cfg.days}-f{cfg.features}-seed{seed}"
+    path = bench_dir() / "demo" / name / "demo.parquet"
     if not path.exists():
         tmp = path.with_name(f"tmp-{os.getpid()}.parquet")
         generate_demo(tmp, cfg)

@@ -78,7 +78,7 @@ def _config(path: str | None) -> AtftConfig:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from atft_core.data.demo.config import DemoConfig
     from atft_core.data.demo.generate import generate_demo
-    overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start")
+    overrides = {k: getattr(args, k) for k in ("stocks", "days", "features", "seed", "start", "market")
                  if getattr(args, k) is not None}
     oracle = generate_demo(args.out, DemoConfig(**overrides))
     print(f"wrote {args.out}, {args.out}.oracle.json and {args.out}.oracle.parquet")

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--start", default=None, help="first trading day (e.g. 2016-01-04 for 2,500 days)")
+    p.add_argument("--market", choices=("prices", "planted"), default=None,
+                   help="prices (default): simulated from prices, real-market effects and a feature pipeline; "
+                        "planted: a signal of known form, for tests of the model's mechanisms")
 
     p = sub.add_parser("build-cache", help="validate a panel and build its Arrow cache")
     p.add_argument("--data-path", required=True)

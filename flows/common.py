@@ -11,11 +11,13 @@ import logging
 import os
 from pathlib import Path
 
+from atft_core.data.demo.config import DemoConfig
 from atft_core.workroot import WorkRoot
 
 
 def demo_data_path(root: WorkRoot) -> Path:
-    return root.demo / "demo.parquet"
+    """The default demo panel, named after its market (an older `demo.parquet` is another market)."""
+    return root.demo / f"demo-{DemoConfig().market}.parquet"
 
 
 def resolve_data_path(data_path: str | None, root: WorkRoot) -> str:
@@ -29,7 +31,6 @@ def resolve_data_path(data_path: str | None, root: WorkRoot) -> str:
         return str(root.resolve_data(data_path))
     demo = demo_data_path(root)
     if not demo.exists():
-        from atft_core.data.demo.config import DemoConfig
         from atft_core.data.demo.generate import generate_demo
 
         demo.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def tiny_demo(tmp_path_factory) -> Path:
     from atft_core.data.demo.generate import generate_demo
 
     path = tmp_path_factory.mktemp("demo") / "demo.parquet"
-    generate_demo(path, DemoConfig(stocks=60, days=260, features=16))
+    generate_demo(path, DemoConfig(stocks=60, days=260, features=16, market="planted"))
     return path
 
 

@@ -1,5 +1,6 @@
-"""The demo market: real calendar, sane keys, honest targets, seed-reproducible, chunk-invariant,
-and a planted signal that is really there (and mostly out of reach of a last-day linear model).
+"""The planted demo market (`market="planted"`): real calendar, sane keys, honest targets,
+seed-reproducible, chunk-invariant, and a planted signal that is really there (and mostly out of
+reach of a last-day linear model).
 
 Signal checks use scipy's spearmanr per day, independently of atft_core.ic.
 """
@@ -21,7 +22,7 @@ from atft_core.data.demo.config import DemoConfig
 from atft_core.data.demo.generate import generate_demo, load_oracle
 from atft_core.data.demo.market import MARKET_FEATURES, SECTIONS, SECTOR33, SIGNAL_FEATURES
 
-SMALL = DemoConfig(stocks=120, days=300, features=40, seed=0, chunk_days=100)
+SMALL = DemoConfig(stocks=120, days=300, features=40, seed=0, chunk_days=100, market="planted")
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,7 @@ def test_chunking_is_seamless(demo: tuple[Path, dict], demo_dir: Path):
 
 def test_bad_configs_fail_clearly(tmp_path: Path):
     with pytest.raises(ValueError, match="at least 16"):
-        generate_demo(tmp_path / "x.parquet", DemoConfig(features=10))
+        generate_demo(tmp_path / "x.parquet", DemoConfig(features=10, market="planted"))
     with pytest.raises(ValueError, match="XTKS calendar's last session"):
         generate_demo(tmp_path / "x.parquet", DemoConfig(start="2026-01-05", days=5000))
     assert not (tmp_path / "x.parquet").exists()

@@ -61,7 +61,7 @@ def test_peer_finds_a_nonlinear_signal_ridge_cannot(tmp_path):
 
 def test_oracle_is_scored_on_exactly_the_given_days(tmp_path):
     data = tmp_path / "demo.parquet"
-    generate_demo(data, DemoConfig(stocks=60, days=150, features=16, seed=5))
+    generate_demo(data, DemoConfig(stocks=60, days=150, features=16, seed=5, market="planted"))
     mu = pl.read_parquet(str(data) + ".oracle.parquet")
     assert mu.columns == ["Date", "Code", "mu"] and mu.height == pl.read_parquet(data).height
     cache = open_cache(build_cache(data, tmp_path / "cache", progress=False).path)
@@ -128,3 +128,38 @@ def test_sector_relative_inputs_are_same_day_same_sector_deviations():
     x2[6:] += 10.0
     rel2 = sector_relative(torch.where(observed, x2, 0.0), observed, sector, day)
     torch.testing.assert_close(rel2[:6], rel[:6])
+
+
+def test_fair_peer_stops_on_the_validation_rankic_fits_every_day_and_bags(tmp_path):
+    """Early stopping keeps the round of the highest validation RankIC; a row cap thins stocks, not days."""
+    from atft_core.evaluate.peer import PeerConfig, PeerModel, fit_peer, row_mask
+
+    cache = synthetic_cache(tmp_path, days=160, stocks=60, features=3, seed=3)
+    split = make_split(cache, DATA)
+    cfg = PeerConfig(max_rounds=40, early_stopping=10, num_threads=1, min_data_in_leaf=50)
+    fit = fit_peer(cache, split, cfg)
+    assert fit.train_days == len(split.train) and fit.cpu_seconds > 0 and fit.fit_seconds > 0
+    target = np.where(cache.valid[split.val], cache.y[split.val, :, 0], np.nan)
+
+    def val_rankic(rounds: int) -> float:
+        grid = np.full(target.shape, np.nan)
+        feats = peer_features(cache, split.val)
+        grid[cache.valid[split.val]] = fit.boosters[0].predict(feats[cache.valid[split.val]], num_iteration=rounds)
+        return float(np.nanmean(daily_ic(grid, target, min_stocks=20)[1]))
+
+    best = fit.best_iteration
+    assert abs(val_rankic(best) - fit.val_rankic[0]) < 1e-9  # the stopping metric is the validation RankIC
+    assert all(val_rankic(r) <= fit.val_rankic[0] + 1e-12 for r in range(1, fit.boosters[0].current_iteration() + 1))
+    # a cap far below the rows: every training day keeps some stocks
+    mask = row_mask(cache, split.train, 0, max_rows=600, seed=0)
+    assert mask.any(axis=1).all() and 300 < mask.sum() < 900
+    capped = fit_peer(cache, split, PeerConfig(max_rows=600, max_rounds=5, num_threads=1, min_data_in_leaf=20))
+    assert capped.train_days == len(split.train) and capped.train_rows == int(mask.sum())
+    # a bag of 2: two boosters, the prediction is their mean
+    bag = PeerModel(dataclasses.replace(cfg, bag=2)).fit(cache, split)
+    one = bag.fits[0]
+    assert len(one.boosters) == 2 and one.boosters[0].current_iteration() >= 1
+    days = split.test
+    feats = peer_features(cache, days)[cache.valid[days]]
+    mean = np.mean([b.predict(feats, num_iteration=i) for b, i in zip(one.boosters, one.best_iterations)], axis=0)
+    np.testing.assert_allclose(bag.predict(cache, days)[:, :, 0][cache.valid[days]], mean)

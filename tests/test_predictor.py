@@ -69,7 +69,7 @@ def test_peer_models_its_first_horizon_and_leaves_the_others_nan(tmp_path):
     cfg = PeerConfig(max_rounds=20, num_threads=1, min_data_in_leaf=50)
     pred = PeerModel(cfg).fit(cache, split).predict(cache, split.test)
     assert pred.shape == (len(split.test), 60, 2)
-    one = fit_peer(cache, split.train, split.embargo, cfg).apply(cache, split.test)  # the one-horizon peer
+    one = fit_peer(cache, split, cfg).apply(cache, split.test)  # the one-horizon peer
     np.testing.assert_array_equal(pred[:, :, 0], one)
     assert np.isnan(pred[:, :, 1]).all()
     valid = cache.valid[split.test]

@@ -205,7 +205,7 @@ def test_cache_build_flags_a_planted_look_ahead_column_by_name(tmp_path):
     from atft_core.data.demo.generate import generate_demo
 
     demo = tmp_path / "demo.parquet"
-    generate_demo(demo, DemoConfig(stocks=60, days=120, features=16, seed=3))
+    generate_demo(demo, DemoConfig(stocks=60, days=120, features=16, seed=3, market="planted"))
     df = pl.read_parquet(demo)
     rng = np.random.default_rng(0)
     noise = 0.002 * rng.standard_normal(df.height)  # target_1d has a daily spread of ~2 %

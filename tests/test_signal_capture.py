@@ -13,7 +13,7 @@ from bench.signal_capture import PARTS, planted_parts
 
 def test_planted_parts_sum_to_the_oracle_mu(tmp_path):
     data = tmp_path / "demo.parquet"
-    generate_demo(data, DemoConfig(seed=3, stocks=40, days=60, features=20))
+    generate_demo(data, DemoConfig(seed=3, stocks=40, days=60, features=20, market="planted"))
     rows = pl.read_parquet(data, columns=["Date", "Code"])
     dates = sorted({str(d) for d in rows["Date"].cast(pl.Utf8)})
     codes = sorted(set(rows["Code"]))

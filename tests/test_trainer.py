@@ -36,7 +36,7 @@ def demo(tmp_path_factory):
     """A small demo market (120 stocks x 300 days): enough signal to learn in seconds."""
     d = tmp_path_factory.mktemp("demo")
     path = d / "demo.parquet"
-    generate_demo(path, DemoConfig(stocks=120, days=300, features=16, seed=3))
+    generate_demo(path, DemoConfig(stocks=120, days=300, features=16, seed=3, market="planted"))
     build = build_cache(path, d / "cache", progress=False)
     return path, build.path
 

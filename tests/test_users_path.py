@@ -170,7 +170,7 @@ def test_readme_dryrun_completes_while_a_nightly_queues_behind_the_busy_gpu_work
     # The gpu stage (another flow run, another throwaway folder) trained on the same cache by its absolute path.
     stage = json.loads((folder / "stage.json").read_text())
     assert Path(stage["cache_path"]).parent == stack.work_root / "cache"
-    assert (stack.work_root / "demo" / "demo.parquet").is_file()
+    assert (stack.work_root / "demo" / "demo-prices.parquet").is_file()
     # Nothing was made in the checkout (the workers cloned it) or where the user typed the commands.
     untracked = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all", "--",
                                 "runs", "data", "optuna.db"], capture_output=True, text=True).stdout

@@ -1,4 +1,5 @@
-"""Train / validation / test splits of a cache's trading days: which days are usable, and the embargo between parts.
+"""Train / validation / test splits of a cache's trading days: which days are usable, the embargo between parts,
+and the walk-forward windows (several consecutive test windows, each with its own split).
 
 Plain numpy over the cache's `valid` and `y` grids (no torch): evaluation, baselines and training
 all take the same `Split`.
@@ -65,3 +66,39 @@ def make_split(cache: Cache, cfg: DataConfig) -> Split:
     """The walk-forward split of the cache's eligible days (full window, enough names) under `cfg`."""
     days = eligible_days(cache, cfg.window, cfg.min_stocks)
     return walk_forward_split(days, cache.horizons, cfg.split, source=str(cache.manifest.get("source", cache.path)))
+
+
+def walk_forward_windows(days: np.ndarray, horizons: tuple[int, ...], cfg: SplitConfig, windows: int,
+                         window_days: int, source: str = "cache") -> list[Split]:
+    """`windows` consecutive test windows of `window_days` trading-day indices at the end of `days`, oldest first.
+
+    Window k is the test part of its own `walk_forward_split` of the days up to its last day: train
+    on everything before it, its own ``cfg.val_days`` validation days and embargoes (``cfg.test_days``
+    is replaced by `window_days`). So each window is scored by a model that saw only the days before
+    it minus the embargo, as a model retrained every `window_days` days would be. Windows are cut by
+    day index, as `walk_forward_split` cuts its test part; a day missing from `days` (too few names)
+    leaves a window shorter, never shifts it.
+    """
+    if windows < 1 or window_days < 1:
+        raise ValueError(f"walk-forward needs windows >= 1 and window_days >= 1, got {windows} x {window_days}")
+    days = np.sort(np.asarray(days))
+    if len(days) == 0:
+        raise DatasetError(source, "no usable trading days for a walk-forward split; provide a longer history")
+    last = int(days[-1])
+    part = SplitConfig(val_days=cfg.val_days, test_days=window_days, embargo_days=cfg.embargo_days)
+    out = []
+    for k in range(windows):
+        end = last - (windows - 1 - k) * window_days  # the window's last day
+        split = walk_forward_split(days[days <= end], horizons, part, source)
+        if len(split.test) == 0:
+            raise DatasetError(source, f"walk-forward window {k + 1} of {windows} has no usable day; "
+                                       "lower --window-days or --windows")
+        out.append(split)
+    return out
+
+
+def make_walk_forward(cache: Cache, cfg: DataConfig, windows: int, window_days: int) -> list[Split]:
+    """`walk_forward_windows` over the cache's eligible days (full window, enough names) under `cfg`."""
+    days = eligible_days(cache, cfg.window, cfg.min_stocks)
+    return walk_forward_windows(days, cache.horizons, cfg.split, windows, window_days,
+                                source=str(cache.manifest.get("source", cache.path)))

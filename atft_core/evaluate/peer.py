@@ -8,11 +8,19 @@ features (nothing the model is not given) transformed the way a quant would:
   the stock had a row);
 - its deviation from the day's mean rank within the stock's sector.
 
-So 5F features per (day, stock). LightGBM is fit on the training days of the walk-forward split
-(the per-day standardised target, as the model), early-stopped on the last `PeerConfig.valid_days`
-training days after an embargo. `PeerModel` is the `atft_core.evaluate.predictor.Predictor`: one
-booster per horizon it is asked to model (the 1st by default: a fit costs seconds to minutes, and
-the gate compares the 1st horizon), ``[days, S, H]`` out like every predictor.
+So 5F features per (day, stock). A fair peer is held to the model's protocol, no stricter:
+
+- it is fit on every training day of the walk-forward split (the per-day standardised target, as
+  the model); when rows must be capped (`PeerConfig.max_rows`), stocks are subsampled within each
+  day, so every day and every market regime stays in the fit;
+- it is early-stopped on the split's validation days, the days the model picks its epoch on, by
+  the metric the model is judged by (mean daily RankIC, a LightGBM feval), not by an L2 loss;
+- `PeerConfig.bag` boosters from different seeds, averaged, match a seed ensemble of the same size;
+- `PeerFit` keeps its wall and CPU time, so a comparison can say what each score cost.
+
+`PeerModel` is the `atft_core.evaluate.predictor.Predictor`: one bag per horizon it is asked to
+model (the 1st by default: a fit costs seconds to minutes, and the gate compares the 1st horizon),
+``[days, S, H]`` out like every predictor.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 
 from atft_core.data.cache.store import Cache
 from atft_core.data.split import Split
+from atft_core.evaluate.compare import daily_rankic
 from atft_core.evaluate.metrics import summarize
 from atft_core.ic import rank_average
 
@@ -37,8 +46,8 @@ ROLLING = (5, 10, 20)  # rolling-mean windows of the daily ranks, in trading day
 
 @dataclass
 class PeerConfig:
-    valid_days: int = 60  # training days at the end held out (after the embargo) for early stopping (at most 1/5)
-    max_rows: int = 400_000  # training rows kept (whole days, evenly spaced) to bound the fit time
+    # training rows kept; above it stocks are subsampled within every day. Memory: rows x 5F x 4 bytes
+    max_rows: int = 1_000_000
     num_leaves: int = 31
     learning_rate: float = 0.05
     min_data_in_leaf: int = 200
@@ -46,7 +55,9 @@ class PeerConfig:
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     max_rounds: int = 600
-    early_stopping: int = 50
+    early_stopping: int = 50  # rounds without a higher validation RankIC before a booster stops
+    bag: int = 1  # boosters with seeds seed, seed + 1, ...: their mean is the score (an ensemble's peer)
+    min_stocks: int = 20  # validation days with fewer names are left out of the stopping metric
     num_threads: int = 2
     seed: int = 0
 
@@ -113,12 +124,25 @@ def peer_features(cache: Cache, days: np.ndarray, block: int = 64) -> np.ndarray
 
 @dataclass
 class PeerFit:
-    """One horizon's booster (`fit_peer`); `PeerModel` holds one per modelled horizon."""
+    """One horizon's bag of boosters (`fit_peer`); `PeerModel` holds one per modelled horizon.
 
-    booster: Any  # lightgbm.Booster
-    best_iteration: int
+    Its score is the mean of the boosters' predictions (they are fit to the same per-day standardised
+    target, so their units agree). `fit_seconds` is the wall time of the whole fit (features, rows,
+    every booster), `cpu_seconds` its CPU time over all threads (`time.process_time`).
+    """
+
+    boosters: list[Any]  # lightgbm.Booster, one per bag member
+    best_iterations: list[int]  # each booster's round of highest validation RankIC
+    val_rankic: list[float]  # each booster's mean daily validation RankIC at that round
     train_rows: int
+    train_days: int
     fit_seconds: float
+    cpu_seconds: float
+
+    @property
+    def best_iteration(self) -> int:
+        """The first booster's best round (the only one without a bag)."""
+        return self.best_iterations[0]
 
     def apply(self, cache: Cache, days: np.ndarray, feats: np.ndarray | None = None) -> np.ndarray:
         """[len(days), S] float64 scores; NaN where the stock had no row. `feats`: `peer_features` of `days`."""
@@ -126,27 +150,28 @@ class PeerFit:
         d, s, k = feats.shape
         valid = np.asarray(cache.valid[np.asarray(days, dtype=np.int64)], dtype=bool)
         out = np.full((d, s), np.nan)
-        out[valid] = self.booster.predict(feats[valid], num_iteration=self.best_iteration)
+        rows = feats[valid]
+        out[valid] = np.mean([b.predict(rows, num_iteration=it)
+                              for b, it in zip(self.boosters, self.best_iterations, strict=True)], axis=0)
         return out
 
 
 @dataclass
 class PeerModel:
-    """The LightGBM peer as a `Predictor`: one booster per horizon index in `horizon_indices`.
+    """The LightGBM peer as a `Predictor`: one `PeerFit` per horizon index in `horizon_indices`.
 
     Default ``(0,)``: only the 1st horizon is modelled, and `predict`'s ``[len(days), S, H]`` float64
     grid is NaN in every other horizon (pass ``horizon_indices=range(H)`` to fit each, at one
-    LightGBM fit per horizon). NaN also where the stock had no row. `fit` early-stops each booster
-    on the last training days after the split's embargo (`fit_peer`).
+    LightGBM fit per horizon). NaN also where the stock had no row. `fit` trains on every training
+    day of the split and early-stops on its validation days by their mean daily RankIC (`fit_peer`).
     """
 
     cfg: PeerConfig = field(default_factory=PeerConfig)
     horizon_indices: Sequence[int] = (0,)
-    fits: dict[int, PeerFit] = field(default_factory=dict)  # horizon index -> its booster, set by `fit`
+    fits: dict[int, PeerFit] = field(default_factory=dict)  # horizon index -> its boosters, set by `fit`
 
     def fit(self, cache: Cache, split: Split) -> PeerModel:
-        self.fits = {int(k): fit_peer(cache, split.train, split.embargo, self.cfg, int(k))
-                     for k in self.horizon_indices}
+        self.fits = {int(k): fit_peer(cache, split, self.cfg, int(k)) for k in self.horizon_indices}
         return self
 
     def predict(self, cache: Cache, days: np.ndarray) -> np.ndarray:
@@ -159,44 +184,87 @@ class PeerModel:
         return out
 
 
-def _rows(cache: Cache, days: np.ndarray, horizon_index: int) -> tuple[np.ndarray, np.ndarray]:
-    feats = peer_features(cache, days)
-    y = cache.y_z[days, :, horizon_index]
-    m = np.asarray(cache.valid[days], dtype=bool) & np.isfinite(y)
-    return feats[m], y[m].astype(np.float64)
+def row_mask(cache: Cache, days: np.ndarray, horizon_index: int, max_rows: int, seed: int) -> np.ndarray:
+    """``[len(days), S]`` rows a fit on `days` uses: a row and a known target, thinned to about `max_rows`.
+
+    Over the cap, each row is kept with the same probability (a seeded draw), so every day keeps
+    about the same share of its stocks: no day, hence no market regime, is dropped.
+    """
+    days = np.asarray(days, dtype=np.int64)
+    m = np.asarray(cache.valid[days], dtype=bool) & np.isfinite(cache.y_z[days, :, horizon_index])
+    total = int(m.sum())
+    if total > max_rows:
+        m &= np.random.default_rng(seed).random(m.shape) < max_rows / total
+    return m
 
 
-def fit_peer(cache: Cache, train_days: np.ndarray, embargo: int, cfg: PeerConfig | None = None,
-             horizon_index: int = 0) -> PeerFit:
-    """LightGBM on `train_days`; the last ``cfg.valid_days`` of them (after `embargo`) early-stop it."""
+def _rows(cache: Cache, days: np.ndarray, mask: np.ndarray, horizon_index: int,
+          chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(features [rows, 5F] float32, per-day standardised target [rows]) of the `mask` cells of `days`.
+
+    Features are computed `chunk` days at a time, so memory holds the kept rows, not every day's grid.
+    """
+    xs, ys = [], []
+    for a in range(0, len(days), chunk):
+        d, m = days[a:a + chunk], mask[a:a + chunk]
+        xs.append(peer_features(cache, d)[m])
+        ys.append(cache.y_z[d, :, horizon_index][m].astype(np.float64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _rankic_feval(cache: Cache, days: np.ndarray, mask: np.ndarray, horizon_index: int, min_stocks: int):
+    """A LightGBM feval: mean daily RankIC of the validation rows' predictions against the raw targets."""
+    target = np.where(mask, cache.y[days, :, horizon_index], np.nan)
+    grid = np.full(mask.shape, np.nan)
+
+    def feval(preds: np.ndarray, _data: Any) -> tuple[str, float, bool]:
+        grid[mask] = preds
+        ric = daily_rankic(grid, target, min_stocks)
+        return "rankic", float(np.nanmean(ric)) if np.isfinite(ric).any() else float("nan"), True
+
+    return feval
+
+
+def fit_peer(cache: Cache, split: Split, cfg: PeerConfig | None = None, horizon_index: int = 0) -> PeerFit:
+    """LightGBM on every day of ``split.train``, each of ``cfg.bag`` boosters early-stopped on ``split.val``.
+
+    Early stopping keeps the round with the highest mean daily RankIC of the validation days, the
+    days and the metric the model picks its epoch by. Raises ValueError when the split has no
+    validation day or too few training rows.
+    """
     import lightgbm as lgb  # imported here: only the baselines need it
 
     cfg = cfg or PeerConfig()
-    train_days = np.sort(np.asarray(train_days, dtype=np.int64))
-    n_stop = min(cfg.valid_days, max(10, len(train_days) // 5))  # a short history keeps most days for the fit
-    if len(train_days) < n_stop + embargo + 20:
-        raise ValueError(f"peer baseline: {len(train_days)} training days are too few for "
-                         f"{n_stop} early-stopping days + {embargo} embargo + 20 days to fit on")
-    stop_days = train_days[-n_stop:]
-    fit_days = train_days[train_days < stop_days[0] - embargo]
-    per_day = max(1.0, float(np.asarray(cache.valid[fit_days]).sum()) / len(fit_days))
-    keep = int(cfg.max_rows // per_day)
-    if len(fit_days) > keep:
-        fit_days = fit_days[np.unique(np.linspace(0, len(fit_days) - 1, num=keep).round().astype(int))]
-    t0 = time.perf_counter()
-    x_fit, y_fit = _rows(cache, fit_days, horizon_index)
-    x_stop, y_stop = _rows(cache, stop_days, horizon_index)
-    params = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
-              "min_data_in_leaf": cfg.min_data_in_leaf, "feature_fraction": cfg.feature_fraction,
-              "bagging_fraction": cfg.bagging_fraction, "bagging_freq": 1, "lambda_l2": cfg.lambda_l2,
-              "num_threads": cfg.num_threads, "seed": cfg.seed, "deterministic": True, "verbosity": -1}
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_days = np.sort(np.asarray(split.train, dtype=np.int64))
+    val_days = np.sort(np.asarray(split.val, dtype=np.int64))
+    if len(val_days) == 0:
+        raise ValueError("peer baseline: the split has no validation days to stop on")
+    train_mask = row_mask(cache, train_days, horizon_index, cfg.max_rows, cfg.seed)
+    val_mask = row_mask(cache, val_days, horizon_index, np.iinfo(np.int64).max, cfg.seed)
+    if train_mask.sum() < 2 * cfg.min_data_in_leaf or val_mask.sum() == 0:
+        raise ValueError(f"peer baseline: {int(train_mask.sum())} training rows over {len(train_days)} days and "
+                         f"{int(val_mask.sum())} validation rows are too few to fit and stop on")
+    x_fit, y_fit = _rows(cache, train_days, train_mask, horizon_index)
+    x_val, y_val = _rows(cache, val_days, val_mask, horizon_index)
+    feval = _rankic_feval(cache, val_days, val_mask, horizon_index, cfg.min_stocks)
     dfit = lgb.Dataset(x_fit, y_fit, free_raw_data=True)
-    dstop = lgb.Dataset(x_stop, y_stop, reference=dfit)
-    booster = lgb.train(params, dfit, num_boost_round=cfg.max_rounds, valid_sets=[dstop],
-                        callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
-    best = booster.best_iteration or cfg.max_rounds
-    return PeerFit(booster=booster, best_iteration=best, train_rows=len(y_fit),
-                   fit_seconds=time.perf_counter() - t0)
+    dval = lgb.Dataset(x_val, y_val, reference=dfit)
+    boosters, best, scores = [], [], []
+    for k in range(max(1, cfg.bag)):
+        params = {"objective": "regression", "metric": "None", "learning_rate": cfg.learning_rate,
+                  "num_leaves": cfg.num_leaves, "min_data_in_leaf": cfg.min_data_in_leaf,
+                  "feature_fraction": cfg.feature_fraction, "bagging_fraction": cfg.bagging_fraction,
+                  "bagging_freq": 1, "lambda_l2": cfg.lambda_l2, "num_threads": cfg.num_threads,
+                  "seed": cfg.seed + k, "deterministic": True, "verbosity": -1}
+        booster = lgb.train(params, dfit, num_boost_round=cfg.max_rounds, valid_sets=[dval], feval=feval,
+                            callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+        boosters.append(booster)
+        best.append(int(booster.best_iteration or cfg.max_rounds))
+        scores.append(float(booster.best_score.get("valid_0", {}).get("rankic", float("nan"))))
+    return PeerFit(boosters=boosters, best_iterations=best, val_rankic=scores, train_rows=len(y_fit),
+                   train_days=int(train_mask.any(axis=1).sum()), fit_seconds=time.perf_counter() - t0,
+                   cpu_seconds=time.process_time() - c0)
 
 
 def peer_baseline(cache: Cache, split: Split, eval_days: np.ndarray | None = None, *, horizon_index: int = 0,
@@ -207,15 +275,16 @@ def peer_baseline(cache: Cache, split: Split, eval_days: np.ndarray | None = Non
     Returns `metrics.summarize`'s dict plus what was fit; with `return_pred` also ``pred [days, S]``.
     """
     days = np.asarray(eval_days if eval_days is not None else (split.test if len(split.test) else split.val))
-    peer = PeerModel(cfg or PeerConfig(), horizon_indices=(horizon_index,)).fit(cache, split)
+    peer = PeerModel(cfg or PeerConfig(min_stocks=min_stocks), horizon_indices=(horizon_index,)).fit(cache, split)
     model = peer.fits[horizon_index]
     pred = np.ascontiguousarray(peer.predict(cache, days)[:, :, horizon_index])
     target = np.where(cache.valid[days], cache.y[days, :, horizon_index], np.nan)
     out: dict[str, Any] = summarize(pred, target, min_stocks=min_stocks, quantile=quantile).to_dict()
     out.update({"model": "lightgbm(rank, rolling 5/10/20, sector deviation)",
                 "horizon": int(cache.horizons[horizon_index]), "rounds": model.best_iteration,
-                "train_rows": model.train_rows, "eval_days": len(days),
-                "seconds": round(model.fit_seconds, 2)})
+                "bag": len(model.boosters), "train_rows": model.train_rows, "train_days": model.train_days,
+                "eval_days": len(days), "seconds": round(model.fit_seconds, 2),
+                "cpu_seconds": round(model.cpu_seconds, 2)})
     if return_pred:
         out["pred"] = pred
     return out

@@ -1,4 +1,10 @@
-"""Synthetic Japanese equity panel with a planted, known-achievable signal (the default dataset).
+"""The demo panel: `generate_demo` writes the market `DemoConfig.market` names, and its oracle.
+
+`market="prices"` (the default) is the market simulated from prices (`prices.py`, `effects.py`,
+`features.py`, written by `price_panel.py`); `market="planted"`, described below, is the synthetic
+panel with a planted signal of known functional form, kept for tests of the model's mechanisms.
+
+Synthetic Japanese equity panel with a planted, known-achievable signal.
 
 Every later stage (training, dry-run gate, HPO, benchmarks) is judged on this panel, so it has to
 look like the real one where it matters for the pipeline, and its achievable signal must be known
@@ -70,7 +76,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from atft_core.data.demo.config import DemoConfig
+from atft_core.data.demo.config import MARKETS, DemoConfig
 from atft_core.data.demo.market import (
     ALPHA,
     BURN_IN,
@@ -115,11 +121,37 @@ def feature_names(n_features: int) -> list[str]:
 
 
 def generate_demo(out: str | Path, cfg: DemoConfig) -> dict:
-    """Simulate the panel, write parquet `out` (+ `out.oracle.json`) and return the oracle dict."""
+    """Simulate the panel of `cfg.market`, write parquet `out` (+ `out.oracle.json`, `out.oracle.parquet`)
+    and return the oracle dict."""
     _check_config(cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dates = trading_days(cfg.start, cfg.days)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        if cfg.market == "prices":
+            from atft_core.data.demo.price_panel import write_price_panel
+            oracle, codes, mu_all = write_price_panel(tmp, cfg, dates)
+        else:
+            oracle, codes, mu_all = _write_planted(tmp, cfg, dates)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written panel behind
+        raise
+    # Readers never see a half-written file, nor a new panel next to an old oracle for long.
+    oracle_path = Path(str(out) + ".oracle.json")
+    oracle_tmp = oracle_path.with_name(oracle_path.name + ".tmp")
+    oracle_tmp.write_text(json.dumps(oracle, indent=2))
+    mu_path = Path(str(out) + ".oracle.parquet")
+    mu_tmp = mu_path.with_name(mu_path.name + ".tmp")
+    _write_mu(mu_tmp, dates, codes, mu_all)
+    os.replace(tmp, out)
+    os.replace(oracle_tmp, oracle_path)
+    os.replace(mu_tmp, mu_path)
+    return oracle
+
+
+def _write_planted(tmp: Path, cfg: DemoConfig, dates: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The planted market's panel into `tmp`; returns (oracle, codes, mu [days, S])."""
     static = _make_static(cfg)
     names = feature_names(cfg.features)
     sim = _Simulator(cfg, static)
@@ -131,39 +163,24 @@ def generate_demo(out: str | Path, cfg: DemoConfig) -> dict:
     mu_all = np.full((cfg.days, cfg.stocks), np.nan, dtype=np.float64)
     tgt_all = np.full((len(horizons), cfg.days, cfg.stocks), np.nan, dtype=np.float32)
     n_rows = 0
-    tmp = out.with_name(out.name + ".tmp")
     schema = _schema(names, horizons)
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="snappy",
-                              use_dictionary=["Code", "Section", "sector33_code"]) as writer:
-            for a in range(0, cfg.days, cfg.chunk_days):
-                b = min(a + cfg.chunk_days, cfg.days)
-                need = min(b + h_max, cfg.days)  # forward targets look h_max days past the chunk
-                if buf.end < need:
-                    buf.append(sim.run(need - buf.end))
-                chunk = _build_chunk(buf, a, b, static, noise, horizons)
-                mu_all[a:b] = np.where(chunk["obs"], chunk["mu"], np.nan)
-                tgt_all[:, a:b] = chunk["targets"]
-                table = _to_table(chunk, dates[a:b], static, names, horizons, schema)
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                n_rows += table.num_rows
-                buf.drop_before(b - LOOKBACK)
-                del chunk, table  # free this chunk before the next is built: peak = one chunk
-        oracle = _oracle(cfg, names, dates, static, mu_all, tgt_all, horizons, n_rows)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written panel behind
-        raise
-    # Readers never see a half-written file, nor a new panel next to an old oracle for long.
-    oracle_path = Path(str(out) + ".oracle.json")
-    oracle_tmp = oracle_path.with_name(oracle_path.name + ".tmp")
-    oracle_tmp.write_text(json.dumps(oracle, indent=2))
-    mu_path = Path(str(out) + ".oracle.parquet")
-    mu_tmp = mu_path.with_name(mu_path.name + ".tmp")
-    _write_mu(mu_tmp, dates, static.codes, mu_all)
-    os.replace(tmp, out)
-    os.replace(oracle_tmp, oracle_path)
-    os.replace(mu_tmp, mu_path)
-    return oracle
+    with pq.ParquetWriter(tmp, schema, compression="snappy",
+                          use_dictionary=["Code", "Section", "sector33_code"]) as writer:
+        for a in range(0, cfg.days, cfg.chunk_days):
+            b = min(a + cfg.chunk_days, cfg.days)
+            need = min(b + h_max, cfg.days)  # forward targets look h_max days past the chunk
+            if buf.end < need:
+                buf.append(sim.run(need - buf.end))
+            chunk = _build_chunk(buf, a, b, static, noise, horizons)
+            mu_all[a:b] = np.where(chunk["obs"], chunk["mu"], np.nan)
+            tgt_all[:, a:b] = chunk["targets"]
+            table = _to_table(chunk, dates[a:b], static, names, horizons, schema)
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            n_rows += table.num_rows
+            buf.drop_before(b - LOOKBACK)
+            del chunk, table  # free this chunk before the next is built: peak = one chunk
+    oracle = _oracle(cfg, names, dates, static, mu_all, tgt_all, horizons, n_rows)
+    return oracle, static.codes, mu_all
 
 
 def _write_mu(path: Path, dates: np.ndarray, codes: np.ndarray, mu: np.ndarray) -> None:
@@ -204,7 +221,13 @@ def _check_config(cfg: DemoConfig) -> None:
         raise ValueError(f"horizons must be positive day counts, got {cfg.horizons}")
     if cfg.stocks > 8600:
         raise ValueError(f"stocks={cfg.stocks}: there are only 8,600 four-digit codes from 1300 to 9999")
-    feature_names(cfg.features)
+    if cfg.market not in MARKETS:
+        raise ValueError(f"market={cfg.market!r}: choose one of {', '.join(MARKETS)}")
+    if cfg.market == "prices":
+        from atft_core.data.demo.features import feature_names as price_feature_names
+        price_feature_names(cfg.features)
+    else:
+        feature_names(cfg.features)
 
 
 def _schema(names: list[str], horizons: tuple[int, ...]) -> pa.Schema:
@@ -243,9 +266,13 @@ def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list
 # Oracle
 
 
-def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, mu: np.ndarray,
-            targets: np.ndarray, horizons: tuple[int, ...], n_rows: int) -> dict[str, Any]:
-    min_stocks = min(20, max(3, cfg.stocks // 2))
+def oracle_min_stocks(cfg: DemoConfig) -> int:
+    return min(20, max(3, cfg.stocks // 2))
+
+
+def oracle_by_horizon(mu: np.ndarray, targets: np.ndarray, horizons: tuple[int, ...],
+                      min_stocks: int) -> dict[str, dict[str, float]]:
+    """Per horizon, the daily IC / RankIC of ``mu [D, S]`` against ``targets [H, D, S]``: means, IRs, days."""
     per_h: dict[str, dict[str, float]] = {}
     for k, h in enumerate(horizons):
         ic, ric = daily_ic(mu, targets[k].astype(np.float64), min_stocks)
@@ -253,6 +280,13 @@ def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, m
             "ic": _nanmean(ic), "rankic": _nanmean(ric),
             "ic_ir": _ir(ic), "rankic_ir": _ir(ric), "days": int(np.isfinite(ric).sum()),
         }
+    return per_h
+
+
+def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, mu: np.ndarray,
+            targets: np.ndarray, horizons: tuple[int, ...], n_rows: int) -> dict[str, Any]:
+    min_stocks = oracle_min_stocks(cfg)
+    per_h = oracle_by_horizon(mu, targets, horizons, min_stocks)
     cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["horizons"] = list(cfg.horizons)
     return {

@@ -1,4 +1,7 @@
-"""The simulated market behind the demo panel: stock statics, GARCH returns, features and targets.
+"""The planted market (`DemoConfig.market="planted"`): stock statics, GARCH returns, features, targets.
+
+The stock statics (codes, sections, sectors, listings and delistings) are shared with the price
+market (`prices.py`).
 
 `atft_core.data.demo.generate` drives it (chunked writing, the oracle); this module holds the
 market itself. Every day draws from its own (seed, stream, day) generator, which is what lets the

@@ -129,6 +129,17 @@ class ModelConfig:
     # stream and current-day input per bin; () = off. See PiecewiseLinearEncoding: it lets a small
     # network bend its response to a value (thresholds, extremes) at a modest cost per step.
     piecewise_edges: tuple[float, ...] = (-5.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0)
+    # FAN: "streams" = the encoder reads residual, removed part and its reconstruction (nothing is lost);
+    # "normalise" = it reads the residual only and the removed part enters through a learned forecast
+    # of its next value (see atft_core.model.fan.RemovedForecaster).
+    fan_mode: str = "streams"
+    # Long history: means of each feature over the last long_blocks blocks of long_block_days days,
+    # encoded into the stock's vector (0 = off): effects of weeks to a year a 10-day window cannot see.
+    long_blocks: int = 0
+    long_block_days: int = 20
+    # Correlation behind the graph's edges: "window" = the return feature over the input window;
+    # "long" = that window plus the return feature's long-history block means (needs long_blocks).
+    graph_history: str = "window"
 
     @classmethod
     def reference(cls) -> "ModelConfig":

@@ -19,7 +19,6 @@ from flows.cli import main
 # demo: the module's cache fixture; _one_thread: autouse, one torch thread as in test_trainer
 from tests.test_trainer import _one_thread, demo, small_config  # noqa: F401
 
-
 CODE_EDGES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 

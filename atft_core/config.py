@@ -110,9 +110,9 @@ class ModelConfig:
     n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
     n_sectors: int = 40
     static_dim: int = 8
-    # signed (in (-2, 2): a gate that follows another variable's sign can form x * sign(gate)) | sigmoid
-    # (0, 2) | softmax (TFT's): see VariableSelectionNetwork. Chosen on demo validation days (bench/results.md).
-    vsn_gate: str = "signed"
+    # sigmoid (each variable's weight in (0, 2)) | signed (-2, 2) | softmax (TFT's): see VariableSelectionNetwork.
+    # sigmoid: better than signed on every tuning seed of the price market (bench/ablation_prices.md).
+    vsn_gate: str = "sigmoid"
     # Width of each variable's own GRN in the VSN (its cost is S*L*F*this). 8, not 16: as good on the
     # price market's tuning seeds at 0.7x the model's CPU time (bench/ablation_prices.md, with no piecewise code).
     vsn_var_dim: int = 8

@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.market, seeds, mode_name, windows=args.windows, window_days=args.window_days,
                   days=args.days, stocks=args.stocks, cfg=cfg)
     results["protocol"]["settings"] = list(args.overrides)
+    results["protocol"]["model"] = dataclasses.asdict(cfg.model)  # the whole model config, not only the changes
     stem = OUT / f"walk_forward_{mode_name}_{args.market}{args.tag}"
     looks = None
     if args.goals:

@@ -110,12 +110,12 @@ class ModelConfig:
     n_sections: int = 8  # embedding table sizes (ids above are folded into the last row)
     n_sectors: int = 40
     static_dim: int = 8
-    # signed (in (-2, 2): a gate that follows another variable's sign can form x * sign(gate)) | sigmoid
-    # (0, 2) | softmax (TFT's): see VariableSelectionNetwork. Chosen on demo validation days (bench/results.md).
-    vsn_gate: str = "signed"
-    # Width of each variable's own GRN in the VSN (its cost is S*L*F*this). Wide enough for a variable
-    # whose effect is an even function (extremes in either direction), which a width of 4 barely learns.
-    vsn_var_dim: int = 16
+    # sigmoid (each variable's weight in (0, 2)) | signed (-2, 2) | softmax (TFT's): see VariableSelectionNetwork.
+    # sigmoid: better than signed on every tuning seed of the price market (bench/ablation_prices.md).
+    vsn_gate: str = "sigmoid"
+    # Width of each variable's own GRN in the VSN (its cost is S*L*F*this). 8, not 16: as good on the
+    # price market's tuning seeds at 0.7x the model's CPU time (bench/ablation_prices.md, with no piecewise code).
+    vsn_var_dim: int = 8
     fan_aux_weight: float = 0.1  # weight of FAN's reconstruction loss inside the model's aux_loss
     quantiles: tuple[float, ...] = ()  # () = point forecast; e.g. (0.1, 0.5, 0.9)
     cross_section: bool = False  # encodings relative to their day's sector / market means before the GAT
@@ -126,23 +126,37 @@ class ModelConfig:
     # Off by default: it helped one tuning seed and hurt another (bench/signal_ablation-round3-*.md).
     current_day_width: int = 0
     # Bin edges of a piecewise-linear code of each input value (the cache's z-scores), one more VSN
-    # stream and current-day input per bin; () = off. See PiecewiseLinearEncoding: it lets a small
-    # network bend its response to a value (thresholds, extremes) at a modest cost per step.
-    piecewise_edges: tuple[float, ...] = (-5.0, -2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0)
+    # stream and current-day input per bin; () = off. See PiecewiseLinearEncoding. Off by default: on the
+    # price market's tuning seeds the model without it (and vsn_var_dim 8) was not worse and cheaper
+    # (bench/ablation_prices.md); e.g. (-5, -2, -1.5, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 1.5, 2, 5) turns it on.
+    piecewise_edges: tuple[float, ...] = ()
+    # FAN: "streams" = the encoder reads residual, removed part and its reconstruction (nothing is lost);
+    # "normalise" = it reads the residual only and the removed part enters through a learned forecast
+    # of its next value (see atft_core.model.fan.RemovedForecaster).
+    fan_mode: str = "streams"
+    # Long history: means of each feature over the last long_blocks blocks of long_block_days days,
+    # encoded into the stock's vector (0 = off): effects of weeks to a year a 10-day window cannot see.
+    long_blocks: int = 0
+    long_block_days: int = 20
+    # Correlation behind the graph's edges: "window" = the return feature over the input window;
+    # "long" = that window plus the return feature's long-history block means (needs long_blocks).
+    graph_history: str = "window"
 
     @classmethod
     def reference(cls) -> "ModelConfig":
-        """The production config's named sizes (hidden 256): 4.5M parameters at 300 features, 5.1M at 400."""
-        # vsn_var_dim 4, not the demo's 16: at 400 features and 4,000 stocks the VSN's [S, L, F, d]
-        # tensors dominate step memory, and 16 has not been measured on a GPU yet.
-        # No piecewise code either: it makes the VSN's input [S, L, F, 16] instead of [S, L, F, 4].
-        return cls(hidden=256, lstm_layers=1, attn_heads=8, dropout=0.1, fan_k=5, gat_layers=2,
-                   gat_heads=(8, 4), graph_topk=16, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), vsn_var_dim=4,
-                   piecewise_edges=())
+        """The production config: the measured default (its encoding, gates, FAN mode, long history) scaled up.
+
+        Only sizes change (hidden 256, two GAT layers, wider graph, quantile heads; 4.8M parameters at 300
+        features, 5.6M at 400): every choice the
+        walk-forward ablation made on the tuning seeds (bench/ablation_prices.md) is kept as measured.
+        """
+        return dataclasses.replace(cls(), hidden=256, lstm_layers=1, attn_heads=8, dropout=0.1, fan_k=5,
+                                   gat_layers=2, gat_heads=(8, 4), graph_topk=16,
+                                   quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
 
     @classmethod
     def reference_20m(cls) -> "ModelConfig":
-        """The parameter count of the system this replaces (~20M): 21.0M at 300 features, 22.0M at 400.
+        """The parameter count of the system this replaces (~20M): 21.7M at 300 features, 22.9M at 400.
 
         `reference()` widened to hidden 576 with a 2-layer LSTM. Memory for one day of 4,000 stocks
         (window 10, 300 features, fp32 training) is estimated in docs/gpu-readiness.md.

@@ -48,6 +48,10 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("model.vsn_var_dim", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("model.current_day_width", lambda v: _int(v) and v >= 0, "an integer >= 0 (0 = no current-day path)"),
     ("model.fan_aux_weight", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    ("model.fan_mode", lambda v: v in ("streams", "normalise"), "streams or normalise"),
+    ("model.long_blocks", lambda v: _int(v) and 0 <= v <= 64, "an integer in [0, 64] (0 = no long history)"),
+    ("model.long_block_days", lambda v: _int(v) and 1 <= v <= 250, "an integer in [1, 250]"),
+    ("model.graph_history", lambda v: v in ("window", "long"), "window or long"),
     ("model.quantiles", lambda v: isinstance(v, tuple) and all(_num(q) and 0 < q < 1 for q in v),
      "a list of numbers in (0, 1)"),
     ("model.piecewise_edges", lambda v: isinstance(v, tuple) and all(_num(e) for e in v)
@@ -117,6 +121,9 @@ def config_problems(cfg: AtftConfig) -> list[str]:
     m = cfg.model
     if _int(m.hidden) and _int(m.attn_heads) and m.attn_heads >= 1 and m.hidden % m.attn_heads:
         problems.append(f"model.hidden = {m.hidden} must be divisible by model.attn_heads = {m.attn_heads}")
+    if m.graph_history == "long" and _int(m.long_blocks) and m.long_blocks < 1:
+        problems.append("model.graph_history = 'long' reads the long-history blocks: set model.long_blocks >= 1, "
+                        "or model.graph_history = 'window'")
     t = cfg.train
     if t.resume_from and _int(t.ensemble) and t.ensemble > 1:
         problems.append(f"train.resume_from = {t.resume_from!r} continues one model: set train.ensemble = 1 "

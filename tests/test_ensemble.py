@@ -19,9 +19,12 @@ from flows.cli import main
 # demo: the module's cache fixture; _one_thread: autouse, one torch thread as in test_trainer
 from tests.test_trainer import _one_thread, demo, small_config  # noqa: F401
 
+CODE_EDGES = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
 
 def _config(**train):
     cfg = small_config(**train)
+    cfg.model.piecewise_edges = CODE_EDGES  # a coded encoding, so that alternating members differ
     cfg.data.split.val_days, cfg.data.split.test_days = 30, 30
     return cfg
 
@@ -35,7 +38,7 @@ def test_dry_run_ensemble_predicts_the_members_mean_and_keeps_every_checkpoint(d
     # each member is the plain run of its own seed; the odd one reads the raw values only
     raw = _config(seed=6)
     raw.model.piecewise_edges = ()
-    assert _config().model.piecewise_edges  # the default config has the code: member 1 differs from it
+    assert _config().model.piecewise_edges  # this config has the code: member 1 differs from it
     members = [Trainer(cache, _config(seed=5)).fit(), Trainer(cache, raw).fit()]
     expected = np.mean([m.test_pred for m in members], axis=0)
     gate = json.loads((out / "gate.json").read_text())

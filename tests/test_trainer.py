@@ -246,3 +246,20 @@ def test_without_plateau_factor_training_goes_on_from_where_it_is(demo):
     _script_validation(tr, [0.05, 0.01])
     res = tr.fit()
     assert "rewound_to" not in res.history[1] and tr.schedule.scale == 1.0 and res.best_epoch == 0
+
+
+def test_long_history_and_normalising_fan_train_and_predict_again_from_their_checkpoint(demo, tmp_path):
+    from atft_core.train.predictor import load_model
+
+    cache = open_cache(demo[1])
+    cfg = small_config(max_train_days=6)
+    cfg.model.long_blocks, cfg.model.long_block_days = 3, 10
+    cfg.model.graph_history, cfg.model.fan_mode = "long", "normalise"
+    tr = Trainer(cache, cfg)
+    batch = tr.gather(tr.split.train[:2])
+    assert batch.x_long is not None and batch.x_long.shape[1:] == (3, cache.x.shape[2] + 1)
+    result = tr.fit(checkpoint_path=tmp_path / "checkpoint.pt")
+    assert result.loss_finite and np.isfinite(result.best_rankic)
+    days = result.val_days[:3]
+    again = load_model(tmp_path / "checkpoint.pt", device="cpu").predict(cache, days)
+    np.testing.assert_allclose(again, tr.predict(days), rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -118,6 +118,10 @@ def test_the_ledger_appends_one_line_per_look_and_counts_them(tmp_path):
     (["--tuning", "--goals"], "not allowed with"),
     (["--tuning", "--seeds", "a"], "comma list"),
     (["--tuning", "--seeds", "0", "--windows", "0"], ">= 1"),
+    (["--goals", "--seeds", "5"], "tuning seeds"),
+    (["--tuning", "--set", "model.no_such_field=1"], "existing config field"),
+    (["--tuning", "--set", "model.long_blocks"], "SECTION.KEY=VALUE"),
+    (["--tuning", "--set", "model.fan_mode=sideways"], "model.fan_mode"),
 ])
 def test_walk_forward_cli_refuses_seeds_of_the_other_mode_with_exit_2(argv, words, capsys):
     from bench.walk_forward import main
@@ -125,6 +129,15 @@ def test_walk_forward_cli_refuses_seeds_of_the_other_mode_with_exit_2(argv, word
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_settings_override_the_config_by_section_and_key():
+    from atft_core.config import AtftConfig
+    from bench.walk_forward import with_settings
+
+    cfg = with_settings(AtftConfig(), ["model.fan_mode=normalise", "model.piecewise_edges=[]", "model.long_blocks=6"])
+    assert (cfg.model.fan_mode, cfg.model.piecewise_edges, cfg.model.long_blocks) == ("normalise", (), 6)
+    assert AtftConfig().model.fan_mode == "streams"  # the default is not touched
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from atft_core.config import ModelConfig
 from atft_core.model.cross_section import CrossSectionContext, sector_relative
 from atft_core.model.current_day import CurrentDayMLP
-from atft_core.model.fan import FrequencyAdaptiveNorm
+from atft_core.model.fan import FrequencyAdaptiveNorm, RemovedForecaster
 from atft_core.model.graph import GraphAttentionLayer, build_edges_fixed
+from atft_core.model.long_history import LongHistoryEncoder
 from atft_core.model.static import StaticCovariateEncoder
 from atft_core.model.temporal import TemporalFusionBlock
 from atft_core.model.variable_selection import PiecewiseLinearEncoding, VariableSelectionNetwork
@@ -26,7 +27,7 @@ logger = logging.getLogger("atft_core.model")
 # Auto choice of the feature whose window correlation builds the graph, in order of preference.
 RETURN_FEATURE_CANDIDATES: tuple[str, ...] = ("returns_1d", "return_1d", "ret_1d")
 
-_FAN_STREAMS = 3  # residual, removed, removed_hat (see FANOutput.channels)
+_FAN_STREAMS = {"streams": 3, "normalise": 1}  # (residual, removed, removed_hat) or the residual alone
 
 
 class ModelOutput(NamedTuple):
@@ -69,16 +70,19 @@ class ATFTGATFAN(nn.Module):
         cfg: sizes (`ModelConfig`).
         return_feature_idx: feature whose window builds the correlation graph (see `build_model`).
 
-    ``forward(x [S, L, F] float, static [S, 2] long, day_id [S] long)`` returns a `ModelOutput`:
+    ``forward(x [S, L, F] float, static [S, 2] long, day_id [S] long, x_long [S, N, F + 1] or None)``
+    returns a `ModelOutput` (``x_long``: the long-history blocks of `atft_core.train.long_history`,
+    required when ``cfg.long_blocks > 0``):
 
     - ``pred [S, H]`` float32: the point forecast per horizon, from its own output unit
       (not the median quantile), so the trainer's Huber / RankIC / Sharpe terms act on a unit that
       the quantile (pinball) loss, if used, does not pull around.
     - ``quantiles [S, H, Q]`` float32 in ``cfg.quantiles`` order (the order the loss pairs them with
       their levels), non-crossing across levels, or ``None`` when ``cfg.quantiles`` is empty.
-    - ``aux_loss`` scalar: ``cfg.fan_aux_weight`` x FAN's reconstruction loss of the removed
-      frequency components, already weighted so the trainer can add it as is (the FAN predictor
-      also learns through ``pred`` via its input stream).
+    - ``aux_loss`` scalar: ``cfg.fan_aux_weight`` x FAN's auxiliary loss (the reconstruction of the
+      removed frequency components, or with ``fan_mode`` "normalise" the one-step forecast of them),
+      already weighted so the trainer can add it as is (the FAN predictor or forecaster also learns
+      through ``pred``).
 
     ``static`` holds (section id, sector id); -1 means unknown and ids beyond the tables fold into
     their last row. ``day_id`` says which rows share a trading day: graph edges never cross days.
@@ -123,12 +127,19 @@ class ATFTGATFAN(nn.Module):
         self.return_feature_idx = int(return_feature_idx)
         d = int(cfg.hidden)
 
+        if cfg.fan_mode not in _FAN_STREAMS:
+            raise ValueError(f"fan_mode must be one of {sorted(_FAN_STREAMS)}, got {cfg.fan_mode!r}")
+        if cfg.graph_history == "long" and cfg.long_blocks < 1:
+            raise ValueError("graph_history 'long' needs long_blocks >= 1")
         self.fan = FrequencyAdaptiveNorm(n_features, cfg.fan_k, d)
+        self.forecaster = RemovedForecaster(n_features, d) if cfg.fan_mode == "normalise" else None
+        self.long_history = (LongHistoryEncoder(n_features, cfg.long_blocks, d, cfg.dropout)
+                             if cfg.long_blocks else None)
         self.static_encoder = StaticCovariateEncoder(cfg.n_sections, cfg.n_sectors, cfg.static_dim, d,
                                                      cfg.dropout)
         self.piecewise = PiecewiseLinearEncoding(cfg.piecewise_edges) if cfg.piecewise_edges else None
         bins = self.piecewise.n_bins if self.piecewise is not None else 0
-        streams = _FAN_STREAMS + int(cfg.sector_relative_inputs) + bins
+        streams = _FAN_STREAMS[cfg.fan_mode] + int(cfg.sector_relative_inputs) + bins
         self.vsn = VariableSelectionNetwork(n_features, streams, cfg.vsn_var_dim, d, cfg.dropout,
                                             d_context=d, gate=cfg.vsn_gate)
         self.temporal = TemporalFusionBlock(d, cfg.attn_heads, cfg.lstm_layers, cfg.dropout)
@@ -153,37 +164,61 @@ class ATFTGATFAN(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def encode(self, x: Tensor, static: Tensor, day_id: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, static: Tensor, day_id: Tensor, x_long: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
         """Per-stock encoder: ``x [S, L, F], static [S, 2], day_id [S] -> (h [S, D], FAN aux loss scalar)``.
 
         Per stock apart from one thing: with ``sector_relative_inputs`` each feature's deviation from
-        its day's sector mean (rows sharing ``day_id`` and sector) is a fourth VSN stream.
+        its day's sector mean (rows sharing ``day_id`` and sector) is one more VSN stream. With
+        ``fan_mode`` "normalise" every stream is computed from FAN's residual, and the removed part
+        enters as its forecast's vector; with ``long_blocks`` the long-history vector is added too.
         """
         x = x.float()
         observed = torch.isfinite(x)
         x = torch.where(observed, x, torch.zeros_like(x))
         fan = self.fan(x)
         ctx = self.static_encoder(static)
-        streams = fan.channels()  # [S, L, F, 3]
+        if self.forecaster is None:
+            base, streams = x, fan.channels()  # [S, L, F, 3]
+            aux = fan.aux_loss()
+        else:
+            base, streams = fan.residual, fan.residual.unsqueeze(-1)  # [S, L, F, 1]
+            forecast, inside = self.forecaster(fan.removed)
+            aux = self.forecaster.aux_loss(fan.removed, inside)
         day = [x[:, -1]]
         if self.cfg.sector_relative_inputs:
-            rel = sector_relative(x, observed, static[:, 1], day_id)
+            rel = sector_relative(base, observed, static[:, 1], day_id)
             streams = torch.cat((streams, rel.unsqueeze(-1)), dim=-1)
             day.append(rel[:, -1])
         if self.piecewise is not None:
-            code = self.piecewise(x)  # [S, L, F, T]
+            code = self.piecewise(base)  # [S, L, F, T]
             streams = torch.cat((streams, code), dim=-1)
             day.append(code[:, -1].flatten(1))
         selected, _ = self.vsn(streams, ctx.selection.unsqueeze(1))  # [S, L, D]
         h = self.temporal(selected, ctx.h0, ctx.c0, ctx.enrichment)
         if self.current_day is not None:
             h = h + self.current_day(torch.cat(day, dim=1)).to(h.dtype)
-        return h, self.cfg.fan_aux_weight * fan.aux_loss()
+        if self.forecaster is not None:
+            h = h + self.forecaster.embed(forecast).to(h.dtype)
+        if self.long_history is not None:
+            if x_long is None:
+                raise ValueError("this model reads long-history blocks (long_blocks > 0): pass x_long [S, N, F + 1]")
+            h = h + self.long_history(x_long).to(h.dtype)
+        return h, self.cfg.fan_aux_weight * aux
 
-    def edges(self, x: Tensor, static: Tensor, day_id: Tensor) -> tuple[Tensor, Tensor]:
-        """The day graph for this batch: ``(edge_index [2, E], keep [E])`` from `build_edges_fixed`."""
-        return build_edges_fixed(x[:, :, self.return_feature_idx], day_id, static[:, 1],
-                                 self.cfg.graph_topk, self.cfg.graph_sector_edges)
+    def edges(self, x: Tensor, static: Tensor, day_id: Tensor, x_long: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """The day graph for this batch: ``(edge_index [2, E], keep [E])`` from `build_edges_fixed`.
+
+        With ``graph_history`` "long" the correlation is over the return feature's window followed by
+        its long-history block means (each block mean scaled by sqrt(B), the spread of a B-day sum of
+        daily values), so two stocks are linked by months of co-movement, not by ten days of it.
+        """
+        ret = x[:, :, self.return_feature_idx].float()
+        if self.cfg.graph_history == "long" and x_long is not None:
+            blocks = x_long[:, :, self.return_feature_idx].float() * float(self.cfg.long_block_days) ** 0.5
+            ret = torch.cat((ret, blocks.flip(1)), dim=1)  # oldest block first, then the window
+        return build_edges_fixed(ret, day_id, static[:, 1], self.cfg.graph_topk, self.cfg.graph_sector_edges)
 
     def decode(self, h: Tensor, edge_index: Tensor, edge_mask: Tensor | None = None
                ) -> tuple[Tensor, Tensor | None]:
@@ -197,14 +232,14 @@ class ATFTGATFAN(nn.Module):
         ascending = torch.stack([q for _, q in outs if q is not None], dim=1)
         return pred, ascending.index_select(2, self._quantile_order)
 
-    def forward(self, x: Tensor, static: Tensor, day_id: Tensor) -> ModelOutput:
+    def forward(self, x: Tensor, static: Tensor, day_id: Tensor, x_long: Tensor | None = None) -> ModelOutput:
         if x.dim() != 3 or x.shape[2] != self.n_features:
             raise ValueError(f"x must be [S, L, {self.n_features}], got {tuple(x.shape)}")
-        h, aux_loss = self.encode(x, static, day_id)
+        h, aux_loss = self.encode(x, static, day_id, x_long)
         if self.cross_section is not None:
             h = self.cross_section(h, static[:, 1], day_id)
         if len(self.gat):
-            edge_index, edge_mask = self.edges(x, static, day_id)
+            edge_index, edge_mask = self.edges(x, static, day_id, x_long)
         else:  # gat_layers = 0 (an ablation): no graph to build
             edge_index, edge_mask = torch.empty(2, 0, dtype=torch.long, device=x.device), None
         pred, quantiles = self.decode(h, edge_index, edge_mask)

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FANOutput", "FrequencyAdaptiveNorm"]
+__all__ = ["FAN_MODES", "FANOutput", "FrequencyAdaptiveNorm", "RemovedForecaster"]
+
+FAN_MODES = ("streams", "normalise")
 
 
 class FANOutput(NamedTuple):
@@ -53,6 +55,9 @@ class FrequencyAdaptiveNorm(nn.Module):
     not need to know the window length when it is built and costs O(S*L*F*d_hidden).
 
     Input ``x [S, L, F]``; output `FANOutput` of three float32 ``[S, L, F]`` tensors.
+
+    ``fan_mode = "normalise"`` (`RemovedForecaster`) is the paper's way instead: the encoder reads
+    the residual only, and the removed part reaches the model only through a forecast of it.
     """
 
     def __init__(self, n_features: int, k: int, d_hidden: int) -> None:
@@ -83,3 +88,57 @@ class FrequencyAdaptiveNorm(nn.Module):
         residual, removed = self.decompose(x)
         removed_hat = self.predictor(residual).float()
         return FANOutput(residual, removed, removed_hat)
+
+
+class RemovedForecaster(nn.Module):
+    """FAN's forecast of the removed (non-stationary) part, adapted to a ranking target.
+
+    In the paper, the removed top-K frequency components are forecast over the output horizon by an
+    MLP and added back to the forecast of the stationary residual. A ranking model has no output
+    series to add them to, so here the forecast is of the removed part's *next* value per feature
+    (where the stock's slow component is heading), and it enters the stock's encoding as one
+    per-stock vector (a linear map ``[S, F] -> [S, D]`` that the model adds to the encoder's output).
+    The encoder itself reads the residual only, so its input is stationary within the window, which
+    is what FAN exists for: a level or trend that differs from stock to stock does not have to be
+    learned away by the LSTM.
+
+    The forecaster is one small MLP shared by every feature, over the last ``m`` values of that
+    feature's removed part (``m = context``). It learns two ways: end to end through the ranking loss
+    (via the forecast's vector), and by an auxiliary one-step-ahead loss *inside* the window: predict
+    ``removed[L-1]`` from ``removed[L-1-m : L-1]``; at use it maps ``removed[L-m : L]`` to the next
+    value. Both read days up to t only (the decomposition of day t's window uses days <= t). The
+    in-window target is not a clean hold-out (the decomposition saw the whole window), so the
+    auxiliary loss only shapes the forecaster; the ranking loss decides what it is worth.
+
+    ``forward(removed [S, L, F])`` -> ``(forecast [S, F], aux [S, F])``: the next-value forecast and
+    the in-window one-step prediction of ``removed[:, L-1]`` (for `aux_loss`). Needs L >= m + 1;
+    shorter windows use what there is (left-padded with the first value).
+    """
+
+    def __init__(self, n_features: int, d_model: int, context: int = 4, d_hidden: int = 16) -> None:
+        super().__init__()
+        self.context = int(context)
+        self.step = nn.Sequential(nn.Linear(self.context, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1))
+        self.embed = nn.Linear(n_features, d_model)
+
+    def _next(self, past: Tensor) -> Tensor:
+        """``past [S, m, F]`` -> ``[S, F]``: the next value of each feature; the last value is the skip."""
+        return past[:, -1] + self.step(past.transpose(1, 2)).squeeze(-1)
+
+    def _last(self, removed: Tensor, stop: int) -> Tensor:
+        """The ``m`` values of ``removed [S, L, F]`` before index `stop`, left-padded: ``[S, m, F]``."""
+        past = removed[:, max(0, stop - self.context):stop]
+        if past.shape[1] < self.context:
+            pad = past[:, :1].expand(-1, self.context - past.shape[1], -1)
+            past = torch.cat((pad, past), dim=1)
+        return past
+
+    def forward(self, removed: Tensor) -> tuple[Tensor, Tensor]:
+        length = removed.shape[1]
+        forecast = self._next(self._last(removed, length))
+        inside = self._next(self._last(removed, max(1, length - 1)))
+        return forecast, inside
+
+    def aux_loss(self, removed: Tensor, inside: Tensor) -> Tensor:
+        """Scalar MSE of the in-window one-step prediction against ``removed[:, L-1]``."""
+        return F.mse_loss(inside, removed[:, -1])

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from atft_core.data.cache.store import Cache
+from atft_core.train.long_history import BlockHistory
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Batch:
     stock: torch.Tensor  # [S] long: stock index in the cache
     days: torch.Tensor  # [n_days] long: cache day indices
     layout: torch.Tensor | None = None  # [G, N] long: row of each (day, slot), S = empty slot
+    x_long: torch.Tensor | None = None  # [S, N_blocks, F + 1] long-history blocks (None when off)
 
 
 class DayBatchSampler:
@@ -82,10 +84,13 @@ class GridTensors:
 
     On a GPU with room, the whole grid is copied once (optionally as bf16/fp16) and every batch is
     a device-side slice. On CPU the tensors share memory with the memory map (zero copy).
+
+    With ``long_blocks > 0`` every batch also carries ``x_long``: the block means of each row's
+    history (`BlockHistory`: ``long_blocks`` blocks of ``long_block_days`` days, days up to the row's).
     """
 
     def __init__(self, cache: Cache, window: int, device: torch.device | str = "cpu",
-                 feature_dtype: torch.dtype | None = None):
+                 feature_dtype: torch.dtype | None = None, long_blocks: int = 0, long_block_days: int = 20):
         self.window = window
         self.device = torch.device(device)
         with warnings.catch_warnings():  # read-only memory map: tensors are never written to
@@ -102,6 +107,8 @@ class GridTensors:
         self.valid = valid.to(self.device)
         self.static = torch.from_numpy(cache.static).to(self.device)
         self.valid_host = np.asarray(cache.valid).astype(bool)  # [T, S_total]: batch indices are made from it
+        self.history = (BlockHistory(cache.x, self.valid_host, long_blocks, long_block_days, self.device)
+                        if long_blocks > 0 else None)
 
     def gather(self, days: np.ndarray | torch.Tensor) -> Batch:
         """Batch of whole days: every stock with a row on that day (targets may be unknown).
@@ -175,6 +182,7 @@ class GridTensors:
         y_z = self.y_z[rows, stock]
         mask = torch.isfinite(y_z) & torch.isfinite(y) & has_row.bool()[:, None]
         # the categories of that day (a stock that changed section is seen in the section it had then)
+        x_long = self.history.gather(rows, stock) if self.history is not None else None
         return Batch(x=x.float(), static=self.static[rows, stock].long(), y=y,
                      y_z=torch.where(mask, y_z, torch.zeros_like(y_z)), y_mask=mask,
-                     day_id=day_id, stock=stock, days=days_t, layout=layout)
+                     day_id=day_id, stock=stock, days=days_t, layout=layout, x_long=x_long)

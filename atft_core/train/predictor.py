@@ -92,7 +92,8 @@ class ModelPredictor:
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                if self.device.type == "cuda" and self.cfg.train.amp else None)
         # the grid stays a CPU memory map: predicting a few days must not copy the whole panel to a GPU
-        grid = GridTensors(cache, window, "cpu")
+        grid = GridTensors(cache, window, "cpu", long_blocks=self.cfg.model.long_blocks,
+                           long_block_days=self.cfg.model.long_block_days)
         return predict_days(model, grid, days, len(self.horizons), device=self.device,
                             static_shapes=resolve_static_shapes(self.cfg.train.static_shapes, self.device),
                             amp=amp, days_per_batch=days_per_batch)

@@ -98,7 +98,7 @@ def predict_days(forward: Callable[..., ModelOutput], grid: GridTensors, days: n
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with amp:
-            pred = forward(batch.x, batch.static, batch.day_id).pred
+            pred = forward(batch.x, batch.static, batch.day_id, batch.x_long).pred
         # one device->host copy per batch, already detached (no_grad) and in float32
         pred_np = pred.float().cpu().numpy()
         if static_shapes:
@@ -155,7 +155,8 @@ class Trainer:
         # stays a CPU memory map and a prefetch thread feeds pinned, non_blocking copies. On CPU the same
         # thread gathers the next batch over the memory map while the current step runs.
         self.resident = fits_on_device(cache, self.device)
-        self.grid = GridTensors(cache, cfg.data.window, self.device if self.resident else "cpu")
+        self.grid = GridTensors(cache, cfg.data.window, self.device if self.resident else "cpu",
+                                long_blocks=cfg.model.long_blocks, long_block_days=cfg.model.long_block_days)
         if cfg.loss.target_transform != "zscore":  # the loss reads grid.y_z; metrics always use the raw y
             self.grid.y_z = torch.from_numpy(training_targets(cache.y, cache.y_z, cache.valid,
                                                               cfg.loss.target_transform)).to(self.grid.y_z.device)
@@ -196,7 +197,7 @@ class Trainer:
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         with self.amp:
-            out = self.forward(batch.x, batch.static, batch.day_id)
+            out = self.forward(batch.x, batch.static, batch.day_id, batch.x_long)
         out = ModelOutput(*(v.float() if torch.is_tensor(v) else v for v in out))  # bf16 autocast -> float32
         loss, parts = compute_loss(out, batch.y_z, batch.y_mask, batch.day_id, self.cfg.loss, self.horizons,
                                    quantile_levels=tuple(self.cfg.model.quantiles), layout=batch.layout, sync=False)

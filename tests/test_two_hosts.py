@@ -166,8 +166,9 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
             run = subprocess.run(cmd, env=client, cwd=tmp_path, capture_output=True, text=True, timeout=660)
             assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + _tails(*logs[1:])
 
-        pipelines = {name: _runs(api, deployments={"id": {"any_": [dep[name]["id"]]}},
-                                 flow_runs={"state": {"type": {"any_": ["COMPLETED"]}}})
+        pipelines = {name: [r for r in _runs(api, deployments={"id": {"any_": [dep[name]["id"]]}},
+                                             flow_runs={"state": {"type": {"any_": ["COMPLETED"]}}})
+                            if not r["auto_scheduled"]]  # the nightly cron's run can fall due mid-test
                      for name in ("atft/dryrun", "atft/nightly-hpo")}
         assert [len(runs) for runs in pipelines.values()] == [1, 1], pipelines
         stages = _runs(api, deployments={"id": {"any_": [dep["atft-gpu-stage/gpu"]["id"]]}})

@@ -254,6 +254,23 @@ TRAIN_RECIPE: dict[str, int] = {"ensemble": 3, "max_epochs": 3}
 
 
 @dataclass
+class NightlyConfig:
+    """The nightly product after the gate and the study: challenger, champion decision, ranks, live health."""
+
+    # Tonight's challenger: the study's best configuration trained with the measured recipe.
+    challenger_ensemble: int = TRAIN_RECIPE["ensemble"]
+    challenger_epochs: int = TRAIN_RECIPE["max_epochs"]
+    # A challenger replaces the champion only when the paired daily RankIC interval at this level is above 0.
+    level: float = 0.95
+    # Health: the champion's live RankIC over the last `recent_nights` nights against its own earlier
+    # nights (degraded below their mean by more than `health_se` standard errors) and against the peer.
+    recent_nights: int = 20
+    health_se: float = 2.0
+    top_n: int = 20  # stocks at each end of the ranks table artifact
+    top_features: int = 5  # the features the model weighted most, shown beside them
+
+
+@dataclass
 class AtftConfig:
     """Everything one training run needs: the dry run, `atft train`, `atft predict` and each HPO trial."""
 
@@ -263,6 +280,7 @@ class AtftConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
     @classmethod
     def load(cls, path: str | Path | None) -> AtftConfig:

@@ -42,13 +42,17 @@ def new_run_dir(output_dir: str | Path, mode: str, run_id: str, now: datetime | 
     raise FileExistsError(f"could not create a new run folder under {root} for {base}")
 
 
-def find_run_dir(output_dir: str | Path, run_id: str) -> Path | None:
-    """The folder a run created (by its id), or None when it never got that far."""
+def find_run_dir(output_dir: str | Path, run_id: str, mode: str | None = None) -> Path | None:
+    """The folder a run created (by its id, and its mode when given), or None when it never got that far.
+
+    A nightly run makes two folders with its id: its own and its challenger's (mode "challenger").
+    """
     root = Path(output_dir).expanduser()
     if not root.is_dir():
         return None
     sid = short_id(run_id)
-    matches = sorted(p for p in root.iterdir() if p.is_dir() and re.search(rf"-{sid}(-\d+)?$", p.name))
+    kind = _SAFE.sub("-", mode).strip("-") if mode else r"[^-]+"
+    matches = sorted(p for p in root.iterdir() if p.is_dir() and re.search(rf"-{kind}-{sid}(-\d+)?$", p.name))
     return matches[-1] if matches else None
 
 

@@ -62,6 +62,11 @@ class WorkRoot:
         """HPO study storages (`optuna.db`) that nightly runs continue."""
         return self.home / "studies"
 
+    @property
+    def registry(self) -> Path:
+        """The champion, every model that was one, tomorrow's ranks and the live record (`atft_core.nightly`)."""
+        return self.home / "registry"
+
     def resolve(self, path: str | Path | None, default: Path) -> Path:
         """`path` made absolute against this root (`default` when None or empty); `~` is expanded."""
         if path is None or str(path).strip() == "":

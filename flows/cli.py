@@ -21,6 +21,7 @@ from typing import Any
 from atft_core.config import TRAIN_RECIPE, AtftConfig
 from atft_core.errors import ConfigError, DatasetError, TrainingError
 from atft_core.workroot import WorkRoot, absolute
+from flows.cli_champion import cmd_champion
 from flows.cli_parser import build_parser
 from flows.params import PipelineParams
 
@@ -182,6 +183,7 @@ def cmd_pipeline(args: argparse.Namespace, mode: str | None = None) -> int:
         print(f"  {verdict:4s} {c['name']}: {_num(c.get('value'))}{threshold} {c.get('note', '')}".rstrip())
     _print_comparison(result.get("run_dir"))
     print(f"gate: {'PASSED' if gate.get('passed') else 'FAILED'}  (state: {result.get('state')})")
+    _print_night(result.get("run_dir"))
     return 0 if result.get("ok") else 1
 
 
@@ -211,6 +213,23 @@ def _print_comparison(run_dir: str | None) -> None:
         if model is not None:
             line += f" (model reaches {model / oracle:.0%} of the oracle)"
     print(line)
+
+
+def _print_night(run_dir: str | None) -> None:
+    """The nightly product of a mode "hpo" run: the champion decision, tomorrow's ranks and the live health."""
+    folder = Path(run_dir or "")
+    if not run_dir or not (folder / "decision.json").is_file():
+        return
+    d = json.loads((folder / "decision.json").read_text())
+    diff = d.get("difference")
+    margin = (f" (challenger - champion {diff['mean']:+.4f} [{diff['lo']:+.4f}, {diff['hi']:+.4f}] over "
+              f"{diff['n_days']} days)") if diff else ""
+    print(f"champion: {'PROMOTED' if d['promoted'] else 'kept'} for the night of {d['night']}{margin}: {d['reason']}")
+    for ranks in sorted(folder.glob("ranks-*.parquet")):
+        print(f"tomorrow's ranks: {ranks}")
+    if (folder / "health.json").is_file():
+        h = json.loads((folder / "health.json").read_text())
+        print(f"live health: {h['state']} ({h['nights']} night(s) scored){': ' + h['reasons'][0] if h['reasons'] else ''}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -286,7 +305,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 COMMANDS = {"hpo": cmd_hpo, "demo-data": cmd_demo_data, "build-cache": cmd_build_cache, "train": cmd_train,
             "dryrun": lambda a: cmd_pipeline(a, "dryrun"), "pipeline": cmd_pipeline, "report": cmd_report,
-            "gc": cmd_gc, "predict": cmd_predict}
+            "gc": cmd_gc, "predict": cmd_predict, "champion": cmd_champion}
 
 
 def main(argv: list[str] | None = None) -> int:

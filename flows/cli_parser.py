@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_hpo_parser(sub)
 
+    p = sub.add_parser("champion", help="the model the team trades: show it, promote a run by hand, roll back")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("show", help="the champion, its evidence, the last decisions, the live record and health")
+    promote = actions.add_parser("promote", help="seat a run's model as champion by hand (undo: rollback)")
+    promote.add_argument("run", metavar="RUN", help="a run folder with checkpoint.pt and stage.json (a path, or a "
+                                                    "folder name under $ATFT_HOME/runs)")
+    actions.add_parser("rollback", help="put the previous champion back, byte for byte")
+
     # strings: cmd_gc checks them, so a bad value is one line (exit 2), not argparse's usage block
     p = sub.add_parser("gc", help="remove old run folders, unused caches and temp leftovers under ATFT_HOME "
                                   "(never what a running job uses)")

@@ -1,9 +1,14 @@
-"""Flow `atft`: build cache -> GPU dry run -> gate -> (mode "hpo") HPO study.
+"""Flow `atft`: build cache -> GPU dry run -> gate -> (mode "hpo") HPO study -> the night's product.
 
 ```
-parquet panel ──► build cache ──► GPU stage (dry run) ──► gate ──► HPO study (mode "hpo")
+parquet panel ──► build cache ──► GPU stage (dry run) ──► gate ──► HPO study ──► challenger, champion decision,
+                                                            │      (mode "hpo")   tomorrow's ranks, live record,
+                                                            │                     health (flows/nightly.py)
                                                             └──► report, plots, S3 mirror (always)
 ```
+
+A nightly whose live health is `degraded` ends in the Completed state named "Degraded": the work
+is done, and the run page and the alert automation say the champion is slipping.
 
 "Always" means: on every run that got far enough to have them, failed or not (try/finally): a
 failed GPU stage or HPO stage still leaves its run folder, its report and its S3 copy. Every wait is
@@ -36,11 +41,14 @@ import prefect
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Completed
+from prefect.client.schemas.objects import State
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 import atft_core
 from atft_core.config import AtftConfig
 from atft_core.hpo.storage import check_study_storage
+from atft_core.nightly.health import DEGRADED
 from atft_core.provenance import code_version, package_versions
 from atft_core.redact import redact, redact_url
 from atft_core.retention import in_use
@@ -63,6 +71,7 @@ from flows.params import (
     Profile,
 )
 from flows.remote_stage import Deadlines, gpu_deployment_for
+from flows.nightly import run_night
 from tasks.cache import cached_build
 from tasks.expected_errors import install_log_filter
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
@@ -162,13 +171,13 @@ def _plan(p: PipelineParams) -> _Plan:
                  deadlines=Deadlines(start_s=p.gpu_start_timeout_s, total_s=p.gpu_timeout_s))
 
 
-def _run(p: PipelineParams) -> dict[str, Any]:
+def _run(p: PipelineParams) -> dict[str, Any] | State:
     plan = _plan(p)
     run_dir = new_run_dir(plan.out, p.mode, current_flow_run.id or "local")
     write_json(run_dir / "run.json", _provenance(p, plan))
     get_run_logger().info("run folder %s", run_dir)
 
-    hpo = None
+    hpo = night = None
     published = failed = False
     try:
         cache = cached_build(plan.data, plan.cache_root, plan.cfg.cache, plan.s3, require=plan.cfg.data)
@@ -189,6 +198,9 @@ def _run(p: PipelineParams) -> dict[str, Any]:
                                               study_name=p.study_name, storage=plan.storage, workers=p.hpo_workers,
                                               study_dir=plan.root.studies, dispatch=p.gpu_stage,
                                               deadlines=plan.deadlines, exchange=plan.target)
+                night = run_night(cache=cache, run_dir=run_dir, cfg=plan.cfg, best_params=hpo.get("best_params") or {},
+                                  root=plan.root, out=plan.out, gpu_deployment=plan.gpu_deployment,
+                                  deadlines=plan.deadlines, target=plan.target)
         if p.mode == "hpo" and current_deployment.id is not None:
             _collect_garbage(plan.root)
     except BaseException:
@@ -197,9 +209,13 @@ def _run(p: PipelineParams) -> dict[str, Any]:
     finally:
         _save_run(run_dir, plan.target, report=not published, failed=failed)
     gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
-    return {"run_dir": str(run_dir), "mode": p.mode, "passed": stage.passed, "gate": stage.gate,
-            "metrics": stage.metrics, "cache": {"path": cache.path, "hit": cache.hit, "fingerprint": cache.fingerprint},
-            "hpo": hpo}
+    result = {"run_dir": str(run_dir), "mode": p.mode, "passed": stage.passed, "gate": stage.gate,
+              "metrics": stage.metrics, "cache": {"path": cache.path, "hit": cache.hit, "fingerprint": cache.fingerprint},
+              "hpo": hpo, "night": night.summary() if night else None}
+    if night is not None and night.health.state == DEGRADED:
+        # A named state, not a silent number: the run page says Degraded and the alert automation fires on it.
+        return Completed(name="Degraded", message="; ".join(night.health.reasons[:1]), data=result)
+    return result
 
 
 def _collect_garbage(root: WorkRoot) -> None:
@@ -259,7 +275,7 @@ def run_pipeline(**params: Any) -> dict[str, Any]:
         state = atft_pipeline(**params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     root = WorkRoot.from_env()
-    run_dir = find_run_dir(root.resolve(params.get("output_dir"), root.runs), run_id)
+    run_dir = find_run_dir(root.resolve(params.get("output_dir"), root.runs), run_id, params.get("mode") or "dryrun")
     stage = StageResult.read(run_dir) if run_dir and StageResult.exists(run_dir) else None
     summary = {"ok": bool(state.is_completed()), "state": state.name, "flow_run_id": run_id,
                "run_dir": str(run_dir) if run_dir else None, "passed": stage.passed if stage else None,

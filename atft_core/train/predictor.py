@@ -131,6 +131,43 @@ def load_model(checkpoint_path: str | Path, *, device: str = "auto") -> ModelPre
     return predictor
 
 
+class MemberMean:
+    """A trained seed ensemble's `predict`: the members' mean, the prediction training scored (no `fit`:
+    a new model is a new run, `atft train`).
+
+    ``checkpoint.pt`` alone is member 0; `load_members` finds ``checkpoint.member{k}.pt`` beside it.
+    """
+
+    def __init__(self, members: list[ModelPredictor]):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = members
+        self.cfg, self.data, self.source = members[0].cfg, members[0].data, members[0].source
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return self.members[0].horizons
+
+    def predict(self, cache: Cache, days: np.ndarray, days_per_batch: int = 8) -> np.ndarray:
+        preds = [m.predict(cache, days, days_per_batch) for m in self.members]
+        # as training combined them (atft_core.train.ensemble): every member predicts the same cells
+        return np.mean(np.stack(preds), axis=0, dtype=np.float64).astype(np.float32)
+
+
+def member_paths(checkpoint_path: str | Path) -> list[Path]:
+    """``checkpoint.pt`` and its ``checkpoint.member{k}.pt`` siblings (k = 1, 2, ... while they exist)."""
+    path = Path(checkpoint_path)
+    out = [path]
+    while (nxt := path.with_name(f"{path.stem}.member{len(out)}{path.suffix}")).is_file():
+        out.append(nxt)
+    return out
+
+
+def load_members(checkpoint_path: str | Path, *, device: str = "auto") -> MemberMean:
+    """Every member of the run that wrote `checkpoint_path` (one for a single model), as their mean."""
+    return MemberMean([load_model(p, device=device) for p in member_paths(checkpoint_path)])
+
+
 def find_day(cache: Cache, date: str | None) -> int:
     """The cache day of `date` (YYYY-MM-DD); None: the panel's last day (where no target is known yet)."""
     if date is None:

@@ -7,7 +7,9 @@ Run by `deployments/stack.sh up` (`make up`). Idempotent: blocks are saved over,
    ATFT_CRASH_AFTER_S (default 180: its host died, its worker was killed) is marked Crashed. Without it a
    dead GPU host shows up only at the pipeline's 5 h deadline, and a dead cpu host never.
 2. `atft run ended badly` (with ATFT_ALERT_WEBHOOK_URL): POSTs to a webhook when a run of flow `atft`
-   ends Failed, Crashed, TimedOut or Cancelled (a night dropped by CANCEL_NEW is a missed night too).
+   ends Failed, Crashed, TimedOut or Cancelled (a night dropped by CANCEL_NEW is a missed night too), or
+   Degraded: a nightly that did its work while the champion's live health is `degraded`
+   (atft_core.nightly.health; a Completed state with that name, so it is an event of its own).
    The URL is a secret (it often carries a token): it is kept in the notification block's `secrets`,
    which the API returns obfuscated, and the block's `url` is only the `{{webhook_url}}` template.
 
@@ -27,7 +29,9 @@ ALERT = "atft run ended badly"
 CRASH = "atft silent run crashed"
 # Every flow of the project: a silent gpu stage or HPO worker is as dead as a silent pipeline.
 FLOWS = ["atft", "atft-gpu-stage", "atft-hpo-worker", "atft-hpo"]
-BAD_ENDINGS = ("Failed", "Crashed", "TimedOut", "Cancelled")
+BAD_ENDINGS = ("Failed", "Crashed", "TimedOut", "Cancelled", "Degraded")
+# Every state name a run ends in: after any of them a silent run is finished, not dead.
+ENDINGS = ("Completed", "Failed", "Cancelled", "Crashed", "TimedOut", "Degraded")
 SUBJECT = "atft run {{ flow_run.name }} ended {{ flow_run.state.name }}"
 BODY = ("Flow run {{ flow_run.name }} of flow atft ended {{ flow_run.state.name }}: "
         "{{ flow_run.state.message }}. {{ flow_run|ui_url }}")
@@ -56,8 +60,7 @@ def setup_crash_detection(silent_s: int) -> str:
                     "or worker is gone).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in
-                                                    ("Completed", "Failed", "Cancelled", "Crashed", "TimedOut"))},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ENDINGS)},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOWS},
             for_each={"prefect.resource.id"},

@@ -229,7 +229,8 @@ def _print_night(run_dir: str | None) -> None:
         print(f"tomorrow's ranks: {ranks}")
     if (folder / "health.json").is_file():
         h = json.loads((folder / "health.json").read_text())
-        print(f"live health: {h['state']} ({h['nights']} night(s) scored){': ' + h['reasons'][0] if h['reasons'] else ''}")
+        why = f": {h['reasons'][0]}" if h["reasons"] else ""
+        print(f"live health: {h['state']} ({h['nights']} night(s) scored){why}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

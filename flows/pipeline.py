@@ -39,11 +39,11 @@ from typing import Any
 
 import prefect
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Completed
-from prefect.client.schemas.objects import State
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+from prefect.states import Completed
 
 import atft_core
 from atft_core.config import AtftConfig
@@ -60,6 +60,7 @@ from atft_core.workroot import WorkRoot
 from flows import hpo_stage
 from flows.common import resolve_data_path
 from flows.gpu_stage import run_gpu_stage
+from flows.nightly import run_night
 from flows.params import (
     DEFAULT_TRIALS,
     GPU_START_TIMEOUT_S,
@@ -71,7 +72,6 @@ from flows.params import (
     Profile,
 )
 from flows.remote_stage import Deadlines, gpu_deployment_for
-from flows.nightly import run_night
 from tasks.cache import cached_build
 from tasks.expected_errors import install_log_filter
 from tasks.gate import GateFailed, check_gate, publish_gate_not_reached
@@ -210,12 +210,20 @@ def _run(p: PipelineParams) -> dict[str, Any] | State:
         _save_run(run_dir, plan.target, report=not published, failed=failed)
     gate.result()  # a failed gate ends the run Failed (GateFailed), after everything was saved
     result = {"run_dir": str(run_dir), "mode": p.mode, "passed": stage.passed, "gate": stage.gate,
-              "metrics": stage.metrics, "cache": {"path": cache.path, "hit": cache.hit, "fingerprint": cache.fingerprint},
-              "hpo": hpo, "night": night.summary() if night else None}
+              "metrics": stage.metrics, "hpo": hpo, "night": night.summary() if night else None,
+              "cache": {"path": cache.path, "hit": cache.hit, "fingerprint": cache.fingerprint}}
     if night is not None and night.health.state == DEGRADED:
-        # A named state, not a silent number: the run page says Degraded and the alert automation fires on it.
-        return Completed(name="Degraded", message="; ".join(night.health.reasons[:1]), data=result)
+        return degraded_state(result, night.health.reasons)
     return result
+
+
+def degraded_state(result: dict[str, Any], reasons: list[str]) -> State:
+    """The end of a night whose work is done while the champion's live health is degraded.
+
+    A named state, not a silent number: the run page says Degraded, and the alert automation
+    (deployments/setup_alerts.py) fires on its event `prefect.flow-run.Degraded`.
+    """
+    return Completed(name="Degraded", message="; ".join(reasons[:1]) or "live health degraded", data=result)
 
 
 def _collect_garbage(root: WorkRoot) -> None:

@@ -290,7 +290,8 @@ class AtftConfig:
     def with_overrides(self, *, max_epochs: int | None = None, device: str | None = None,
                        ensemble: int | None = None, resume_from: str | None = None,
                        min_gpu_util: float | None = None, min_rankic: float | None = None,
-                       require_gpu: bool | None = None, profile: str | None = None) -> AtftConfig:
+                       require_gpu: bool | None = None, profile: str | None = None,
+                       challenger_ensemble: int | None = None, challenger_epochs: int | None = None) -> AtftConfig:
         """This config with a run's explicit choices on top; None keeps this config's value.
 
         The one place a flag or a flow parameter becomes a config value: the CLI checks its flags with
@@ -300,7 +301,9 @@ class AtftConfig:
                                resume_from=resume_from)
         gate = _replace_given(self.gate, min_gpu_util=min_gpu_util, min_rankic=min_rankic, require_gpu=require_gpu)
         cache = dataclasses.replace(self.cache, columns=_replace_given(self.cache.columns, profile=profile))
-        return dataclasses.replace(self, train=train, gate=gate, cache=cache)
+        nightly = _replace_given(self.nightly, challenger_ensemble=challenger_ensemble,
+                                 challenger_epochs=challenger_epochs)
+        return dataclasses.replace(self, train=train, gate=gate, cache=cache, nightly=nightly)
 
     def validated(self) -> AtftConfig:
         """This config when every value is in its range; otherwise one ConfigError naming them all."""

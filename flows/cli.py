@@ -137,7 +137,8 @@ def pipeline_params(args: argparse.Namespace, mode: str) -> PipelineParams:
     given = {"mode": mode, "data_path": args.data_path, "cache_dir": args.cache_dir,
              "output_dir": args.output_dir, "config_path": args.config}
     for name in ("max_epochs", "device", "min_gpu_util", "min_rankic", "require_gpu", "profile", "resume_from",
-                 "ensemble", "n_trials", "hpo_max_epochs", "study_name", "storage"):
+                 "ensemble", "n_trials", "hpo_max_epochs", "study_name", "storage", "challenger_ensemble",
+                 "challenger_epochs"):
         if getattr(args, name, None) is not None:
             given[name] = getattr(args, name)
     try:

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of each HPO trial (default: --max-epochs)")
     p.add_argument("--study-name", default="atft")
     p.add_argument("--storage", default=None)
+    p.add_argument("--challenger-ensemble", type=_at_least(1), default=None, metavar="K",
+                   help="mode hpo: models in the night's challenger (default: nightly.challenger_ensemble, 3)")
+    p.add_argument("--challenger-epochs", type=_at_least(1), default=None, metavar="N",
+                   help="mode hpo: epochs of each challenger model (default: nightly.challenger_epochs, 3)")
 
     p = sub.add_parser("report", help="signal report of a predictions file (IC series, deciles, equity curve)")
     p.add_argument("--predictions", required=True, help="test_predictions.parquet (or val_) written by a dry run")

@@ -28,7 +28,7 @@ GPU_TIMEOUT_S = 5 * 3600.0
 
 # The names under which a parameter overrides a config value (AtftConfig.with_overrides).
 _CONFIG_OVERRIDES = ("max_epochs", "device", "ensemble", "resume_from", "min_gpu_util", "min_rankic",
-                     "require_gpu", "profile")
+                     "require_gpu", "profile", "challenger_ensemble", "challenger_epochs")
 
 
 class PipelineParams(BaseModel):
@@ -59,6 +59,11 @@ class PipelineParams(BaseModel):
     hpo_max_epochs: int | None = Field(None, ge=1, description="epochs of each HPO trial (None: max_epochs)")
     study_name: str | None = Field(None, description="the Optuna study that nights continue (None: atft)")
     storage: str | None = Field(None, description="Optuna storage URL or journal:PATH (None: <work root>/studies)")
+    challenger_ensemble: int | None = Field(None, ge=1, le=64,
+                                            description="mode hpo: models in the night's challenger (None: the "
+                                                        "config's nightly.challenger_ensemble, the recipe's 3)")
+    challenger_epochs: int | None = Field(None, ge=1, description="mode hpo: epochs of each challenger model (None: "
+                                                                 "nightly.challenger_epochs, the recipe's 3)")
     hpo_workers: int = Field(1, ge=1, description="workers sharing the study (PostgreSQL for > 1 on the gpu pool)")
     gpu_stage: GpuDispatch = Field(
         "auto", description="auto: the gpu deployment when this run comes from a deployment; deployment; local")

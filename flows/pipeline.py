@@ -110,6 +110,8 @@ def atft_pipeline(
     hpo_max_epochs: int | None = None,
     study_name: str | None = None,
     storage: str | None = None,
+    challenger_ensemble: int | None = None,
+    challenger_epochs: int | None = None,
     hpo_workers: int = 1,
     gpu_stage: GpuDispatch = "auto",
     gpu_start_timeout_s: float = GPU_START_TIMEOUT_S,

@@ -40,6 +40,7 @@ TINY_CONFIG_YAML = """\
 data: {window: 10, min_stocks: 10, split: {val_days: 20}}
 model: {hidden: 16, attn_heads: 2, gat_heads: [2]}
 train: {max_train_days: 10, progress: false}
+nightly: {challenger_ensemble: 1, challenger_epochs: 1}
 """
 
 

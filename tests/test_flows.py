@@ -185,5 +185,6 @@ def test_flow_modules_import_without_a_circle():
     assert imports["remote_stage"] == {"params"}
     assert imports["gpu_stage"] == {"remote_stage"}
     assert imports["hpo_stage"] == {"common", "remote_stage", "params"}
-    assert imports["pipeline"] == {"common", "gpu_stage", "hpo_stage", "remote_stage", "params"}
+    assert imports["nightly"] == {"gpu_stage", "remote_stage"}
+    assert imports["pipeline"] == {"common", "gpu_stage", "hpo_stage", "nightly", "remote_stage", "params"}
     assert not any("pipeline" in deps for name, deps in imports.items() if name != "cli")

@@ -161,7 +161,7 @@ def test_gate_and_trials_get_their_own_epochs(tiny_demo, tiny_config, tmp_path, 
     state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, mode="hpo", hpo_max_epochs=3),
                           return_state=True)
     assert state.is_completed()
-    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id))
+    run = find_run_dir(tmp_path / "runs", str(state.state_details.flow_run_id), "hpo")  # not its challenger's
     assert json.loads((run / "stage.json").read_text())["config"]["train"]["max_epochs"] == 1  # the gate
     assert [c.train.max_epochs for c in seen] == [3]  # the trials
     assert Path(run / "run.json").is_file()

@@ -428,7 +428,8 @@ def test_two_nightly_pipeline_runs_continue_one_study(tmp_path, tiny_demo, prefe
     config = tmp_path / "cfg.yaml"
     config.write_text("data: {window: 10, min_stocks: 10, split: {val_days: 20, test_days: 0}}\n"
                       "model: {hidden: 16, attn_heads: 2, gat_heads: [2]}\n"
-                      "train: {progress: false, max_train_days: 4, device: cpu}\n")
+                      "train: {progress: false, max_train_days: 4, device: cpu}\n"
+                      "nightly: {challenger_ensemble: 1, challenger_epochs: 1}\n")
     out = tmp_path / "runs"
     params = dict(mode="hpo", data_path=str(tiny_demo), output_dir=str(out), cache_dir=str(tmp_path / "cache"),
                   config_path=str(config), max_epochs=1, n_trials=1, study_name="nightly", min_rankic=-1.0,

@@ -173,7 +173,8 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
         assert [len(runs) for runs in pipelines.values()] == [1, 1], pipelines
         stages = _runs(api, deployments={"id": {"any_": [dep["atft-gpu-stage/gpu"]["id"]]}})
         hpo_workers = _runs(api, deployments={"id": {"any_": [dep["atft-hpo-worker/gpu"]["id"]]}})
-        assert [(r["state_type"], r["work_pool_name"]) for r in stages] == [("COMPLETED", "gpu")] * 2
+        # the dry run's, the nightly's gate and the nightly's challenger (the recipe trains where training runs)
+        assert [(r["state_type"], r["work_pool_name"]) for r in stages] == [("COMPLETED", "gpu")] * 3
         assert [(r["state_type"], r["work_pool_name"]) for r in hpo_workers] == [("COMPLETED", "gpu")]
 
         run_dirs = {p.name: p for p in (cpu_host / "runs").iterdir() if p.is_dir()}
@@ -181,7 +182,7 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
             assert pipeline["work_pool_name"] == "cpu"
             [gate] = _gate(api, pipeline["id"])
             assert "Dry-run gate: PASSED" in gate["data"]
-            [run_dir] = [p for n, p in run_dirs.items() if n.endswith(pipeline["id"][:8])]
+            [run_dir] = [p for n, p in run_dirs.items() if n.endswith(pipeline["id"][:8]) and "-challenger-" not in n]
             run_json = json.loads((run_dir / "run.json").read_text())
             stage = json.loads((run_dir / "stage.json").read_text())  # came back from the gpu host through S3
             # Each side ran a fresh clone of the remote, not this checkout: no PYTHONPATH, no shared code path.
@@ -205,6 +206,13 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
                 worker_report = json.loads((run_dir / "workers" / "worker-0.json").read_text())
                 assert len(worker_report["trials"]) == 2
                 assert (gpu_host / "work" / "runs" / run_dir.name / "workers" / "worker-0.json").is_file()
+                # The night: the challenger trained on the gpu host and came back through S3 for the decision.
+                decision = json.loads((run_dir / "decision.json").read_text())
+                [challenger] = [p for n, p in run_dirs.items() if n.endswith(pipeline["id"][:8]) and p != run_dir]
+                assert decision["challenger"] == challenger.name and (challenger / "checkpoint.pt").is_file()
+                assert (gpu_host / "work" / "runs" / challenger.name / "checkpoint.pt").is_file()
+                assert {"atft/registry/decisions.jsonl"} <= {o["Key"] for o in s3.list_objects_v2(
+                    Bucket=bucket, Prefix="atft/registry/")["Contents"]}
         caches = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="atft/cache/")["Contents"]}
         [cache_name] = {k.split("/")[2] for k in caches}  # shared once, used by both runs
         assert f"atft/cache/{cache_name}/_exchange.json" in caches

@@ -137,7 +137,7 @@ def _pipeline_result(stack: Stack, run: dict) -> Path:
     return Path(unquote(urlsplit(uri).path))
 
 
-@pytest.mark.timeout(1800)  # five trainings of the demo, one after the other on the one gpu worker
+@pytest.mark.timeout(1800)  # six trainings of the demo, one after the other on the one gpu worker
 def test_readme_dryrun_completes_while_a_nightly_queues_behind_the_busy_gpu_worker(stack):
     readme = ["deployment", "run", "atft/dryrun", "-p", "require_gpu=false", "--watch"]
     dryrun = stack.start(*readme)
@@ -145,8 +145,8 @@ def test_readme_dryrun_completes_while_a_nightly_queues_behind_the_busy_gpu_work
     # deadline: the worker is alive, so it is queued, not lost.
     time.sleep(3)
     nightly = stack.start("deployment", "run", "atft/nightly-hpo", "-p", "n_trials=2", "-p", "max_epochs=1",
-                          "-p", "hpo_max_epochs=1", "-p", "require_gpu=false", "-p", "gpu_start_timeout_s=5",
-                          "--watch")
+                          "-p", "hpo_max_epochs=1", "-p", "challenger_ensemble=1", "-p", "challenger_epochs=1",
+                          "-p", "require_gpu=false", "-p", "gpu_start_timeout_s=5", "--watch")
     out = {}
     for name, proc in (("dryrun", dryrun), ("nightly", nightly)):
         out[name] = proc.communicate(timeout=1500)[0]
@@ -181,7 +181,8 @@ def test_readme_dryrun_completes_while_a_nightly_queues_behind_the_busy_gpu_work
 @pytest.mark.timeout(1200)
 def test_a_second_nightly_continues_the_same_study(stack):
     nightly = stack.prefect("deployment", "run", "atft/nightly-hpo", "-p", "n_trials=2", "-p", "max_epochs=1",
-                            "-p", "hpo_max_epochs=1", "-p", "require_gpu=false", "--watch")
+                            "-p", "hpo_max_epochs=1", "-p", "challenger_ensemble=1", "-p", "challenger_epochs=1",
+                            "-p", "require_gpu=false", "--watch")
     assert nightly.returncode == 0, nightly.stdout[-3000:] + stack.logs()
     # Not the cron's: its 02:00 JST run can fall due while the test runs (17:00 UTC), and it is then
     # rightly cancelled by the one-nightly-at-a-time limit, or still waits in Scheduled.
@@ -195,6 +196,13 @@ def test_a_second_nightly_continues_the_same_study(stack):
         assert json.loads((folder / "hpo.json").read_text())["storage"] == f"sqlite:///{db}"
         # The nightly's last step: retention under the work root (nothing old to remove yet, all kept).
         assert "## Retention" in stack.artifact("retention", run["id"])["data"]
+        # The night's product: a champion decision on its challenger, and the live health.
+        assert "## Champion decision" in stack.artifact("champion-decision", run["id"])["data"]
+        assert "## Live health" in stack.artifact("live-health", run["id"])["data"]
+        assert json.loads((folder / "decision.json").read_text())["night"] == json.loads(
+            (folder / "gate.json").read_text())["dataset"]["last_date"]
+    nights = [json.loads(line) for line in (stack.work_root / "registry" / "decisions.jsonl").read_text().splitlines()]
+    assert len(nights) == 3 and {d["how"] for d in nights} == {"nightly"}  # this test's two and the first test's
 
 
 def test_a_killed_gpu_worker_ends_its_run_crashed_and_the_alert_fires(stack):

@@ -88,54 +88,54 @@ def champion_decision(registry: Registry, cache: Cache, split: Split, challenger
     not a candidate.
     """
     night = night_of(cache)
+    champion = registry.champion()
+
+    def kept(reason: str, peer_rankic: float | None = None) -> Decision:
+        d = Decision(night=night, challenger=challenger_run.name, champion=champion.model_id if champion else None,
+                     promoted=False, reason=reason, peer_rankic=peer_rankic, level=cfg.nightly.level)
+        return _record(registry, d)
+
     if challenger_failed:
-        current = registry.champion()
-        d = Decision(night=night, challenger=challenger_run.name, champion=current.model_id if current else None,
-                     promoted=False, reason=f"the challenger run failed its own gate ({challenger_failed}): not a "
-                                            "candidate, the champion stays", level=cfg.nightly.level)
-        registry.record_decision({**d.to_dict(), "how": "nightly"})
-        return d
+        return kept(f"the challenger run failed its own gate ({challenger_failed}): not a candidate, the champion "
+                    "stays")
+    if len(split.test) == 0:
+        return kept("the split holds no test days (data.split.test_days = 0): a champion is only replaced on "
+                    "held-out days, so nothing changes")
+    if registry.changed_on(night):
+        return kept(f"the champion already changed for the night of {night} (a re-run): it changes at most once "
+                    "per night")
     challenger = load_members(challenger_run / "checkpoint.pt", device="cpu")
     challenger_split = make_split(cache, challenger.cfg.data)
-    champion = registry.champion()
     seen = [seen_until(cache, challenger_split)] + ([champion.seen_until] if champion else [])
     days = unseen_days(cache.dates, split.test, seen, max(split.embargo, challenger_split.embargo))
     min_stocks = cfg.data.min_stocks
-    common = dict(night=night, challenger=challenger_run.name, champion=champion.model_id if champion else None,
-                  dates=cache.dates, level=cfg.nightly.level)
-    if registry.changed_on(night):
-        d = Decision(night=night, challenger=challenger_run.name, champion=common["champion"], promoted=False,
-                     reason=f"the champion already changed for the night of {night} (a re-run): it changes at most "
-                            "once per night", level=cfg.nightly.level)
-        registry.record_decision({**d.to_dict(), "how": "nightly"})
-        return d
-    if len(days) == 0:
-        decision = decide(**common, days=days, challenger_daily=np.array([]), champion_daily=None, peer_rankic=None)
-    else:
-        chall_daily = _daily(challenger.predict(cache, days), cache, days, min_stocks)
-        peer_pred = peer.predict(cache, days)
-        peer_ic = None if peer_pred is None else float(np.nanmean(_daily(peer_pred, cache, days, min_stocks)))
-        champ_daily = None
-        if champion is not None:
-            try:
-                champ_daily = _daily(load_members(champion.checkpoint, device="cpu").predict(cache, days), cache,
-                                     days, min_stocks)
-            except CheckpointMismatch as exc:
-                d = Decision(night=night, challenger=challenger_run.name, champion=champion.model_id, promoted=False,
-                             reason=f"the champion cannot read tonight's panel ({exc}); no automatic change: look at "
-                                    f"the challenger and promote it by hand (`atft champion promote "
-                                    f"{challenger_run}`)", peer_rankic=peer_ic, level=cfg.nightly.level)
-                registry.record_decision({**d.to_dict(), "how": "nightly"})
-                return d
-        decision = decide(**common, days=days, challenger_daily=chall_daily, champion_daily=champ_daily,
-                          peer_rankic=peer_ic)
-    if decision.promoted:
-        stage_evidence = {"decision": decision.to_dict()}
-        registry.add_model(challenger_run, model_meta(cache, challenger_split, challenger.cfg, stage_evidence))
-        registry.promote(challenger_run.name, how="nightly", night=night, decision=decision.to_dict())
-    else:
-        registry.record_decision({**decision.to_dict(), "how": "nightly"})
-    log.info("champion decision %s: %s (%s)", night, "promoted" if decision.promoted else "kept", decision.reason)
+    peer_pred = peer.predict(cache, days) if len(days) else None
+    peer_ic = None if peer_pred is None else float(np.nanmean(_daily(peer_pred, cache, days, min_stocks)))
+    champ_daily = None
+    if champion is not None and len(days):
+        try:
+            champ_daily = _daily(load_members(champion.checkpoint, device="cpu").predict(cache, days), cache, days,
+                                 min_stocks)
+        except CheckpointMismatch as exc:
+            return kept(f"the champion cannot read tonight's panel ({exc}); no automatic change: look at the "
+                        f"challenger and promote it by hand (`atft champion promote {challenger_run}`)", peer_ic)
+    chall_daily = _daily(challenger.predict(cache, days), cache, days, min_stocks) if len(days) else np.array([])
+    decision = decide(night=night, challenger=challenger_run.name, champion=champion.model_id if champion else None,
+                      dates=cache.dates, days=days, challenger_daily=chall_daily, champion_daily=champ_daily,
+                      peer_rankic=peer_ic, level=cfg.nightly.level)
+    if not decision.promoted:
+        return _record(registry, decision)
+    registry.add_model(challenger_run, model_meta(cache, challenger_split, challenger.cfg,
+                                                  {"decision": decision.to_dict()}))
+    registry.promote(challenger_run.name, how="nightly", night=night, decision=decision.to_dict())
+    log.info("champion decision %s: promoted %s (%s)", night, challenger_run.name, decision.reason)
+    return decision
+
+
+def _record(registry: Registry, decision: Decision) -> Decision:
+    """Log a decision that kept the champion."""
+    registry.record_decision({**decision.to_dict(), "how": "nightly"})
+    log.info("champion decision %s: kept (%s)", decision.night, decision.reason)
     return decision
 
 

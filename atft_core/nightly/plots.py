@@ -30,17 +30,21 @@ def plot_live(history: pl.DataFrame, path: str | Path, *, horizon: int, last: in
                 continue
             x = [dates.index(d) for d in s["date"].to_list()]
             ic = s["rankic"].to_numpy()
+            # the mean of up to `window` nights: fewer at the start, so a young record still shows a line
+            mean = s["rankic"].rolling_mean(window, min_samples=1).to_numpy()
             ax_ic.plot(x, ic, "o", ms=3, alpha=0.5, color=_COLORS[model])
-            mean = np.convolve(ic, np.ones(min(window, len(ic))) / min(window, len(ic)), mode="valid")
-            ax_ic.plot(x[len(x) - len(mean):], mean, "-", color=_COLORS[model], label=f"{model} ({len(ic)} nights)")
-            ax_sp.plot(x, np.cumsum(s["spread"].to_numpy()), "-", color=_COLORS[model], label=model)
+            ax_ic.plot(x, mean, "-", color=_COLORS[model], label=f"{model} ({len(ic)} nights, mean {np.mean(ic):+.3f})")
+            ax_sp.plot(x, np.cumsum(s["spread"].to_numpy()), "-", marker=".", color=_COLORS[model], label=model)
+        ticks = sorted({0, len(dates) - 1, *range(0, len(dates), max(1, len(dates) // 4))}) if dates else []
         for ax in (ax_ic, ax_sp):
             ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-            ax.set_xlabel(f"night ({dates[0]} .. {dates[-1]})" if dates else "night")
-        ax_ic.set_title(f"live RankIC, {horizon}d returns (line: {window}-night mean)", fontsize=9)
+            ax.set_xticks(ticks, [dates[i] for i in ticks], fontsize=7)
+            ax.set_xlabel("night (the ranks' date; scored once its returns arrived)", fontsize=8)
+        ax_ic.set_title(f"live RankIC, {horizon}d returns (line: mean of up to {window} nights)", fontsize=9)
         ax_sp.set_title("cumulative top - bottom decile return", fontsize=9)
         if dates:
             ax_ic.legend(fontsize=7)
+            ax_sp.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path)
     finally:

@@ -148,7 +148,8 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
                                                                                "branch": "main"}}]
 
         procs.append(_start([str(PREFECT), "worker", "start", "--pool", "cpu", "--limit", "4", "--name", "cpu-host"],
-                            {**worker, "PREFECT_HOME": str(cpu_host / "home")}, cpu_host, logs[1]))
+                            {**worker, "PREFECT_HOME": str(cpu_host / "home"), "ATFT_HOME": str(cpu_host / "work")},
+                            cpu_host, logs[1]))
         procs.append(_start([str(PREFECT), "worker", "start", "--pool", "gpu", "--limit", "1", "--name", "gpu-host"],
                             {**worker, "PREFECT_HOME": str(gpu_host / "home"), "CUDA_VISIBLE_DEVICES": "",
                              "ATFT_WORK_DIR": str(gpu_host / "work")}, gpu_host, logs[2]))
@@ -211,6 +212,7 @@ def test_dryrun_and_nightly_hpo_on_two_hosts_without_shared_disk(tmp_path, tiny_
                 [challenger] = [p for n, p in run_dirs.items() if n.endswith(pipeline["id"][:8]) and p != run_dir]
                 assert decision["challenger"] == challenger.name and (challenger / "checkpoint.pt").is_file()
                 assert (gpu_host / "work" / "runs" / challenger.name / "checkpoint.pt").is_file()
+                assert (cpu_host / "work" / "registry" / "decisions.jsonl").is_file()  # the cpu host's work root
                 assert {"atft/registry/decisions.jsonl"} <= {o["Key"] for o in s3.list_objects_v2(
                     Bucket=bucket, Prefix="atft/registry/")["Contents"]}
         caches = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="atft/cache/")["Contents"]}

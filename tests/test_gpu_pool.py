@@ -158,6 +158,7 @@ def test_gate_and_trials_get_their_own_epochs(tiny_demo, tiny_config, tmp_path, 
 
     seen = []
     monkeypatch.setattr(flows.hpo_stage, "run_hpo_stage", lambda **kw: seen.append(kw["config"]) or {})
+    monkeypatch.setenv("ATFT_HOME", str(tmp_path / "home"))  # the night's registry: this test's own
     state = atft_pipeline(**_params(tiny_demo, tiny_config, tmp_path, mode="hpo", hpo_max_epochs=3),
                           return_state=True)
     assert state.is_completed()

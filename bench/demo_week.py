@@ -16,6 +16,7 @@ night's), live.png (the live record), decisions.jsonl, champion-show.txt and sum
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -89,28 +90,54 @@ def main(argv: list[str] | None = None) -> int:
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith(("champion:", "live health:", "gate:"))]
         print(f"night {i} ({night}, {time.monotonic() - t:.0f}s): " + " | ".join(lines), flush=True)
 
-    registry = home / "registry"
+    write_summary(out, env, header=f"Demo: price market, seed {args.seed}, {args.stocks} stocks x {args.days} days; "
+                                     f"nights {nights[0]} .. {nights[-1]}; each night `atft pipeline --mode hpo "
+                                     f"--n-trials {args.n_trials} --max-epochs {args.epochs} --hpo-max-epochs "
+                                     f"{args.epochs}` with the config below; {time.monotonic() - t0:.0f} s in all.")
+    return 0
+
+
+def _markdown(df: pl.DataFrame) -> list[str]:
+    cells = [[("" if v is None else f"{v:+.4f}" if isinstance(v, float) else str(v)) for v in row]
+             for row in df.iter_rows()]
+    return ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns),
+            *("| " + " | ".join(r) + " |" for r in cells)]
+
+
+def write_summary(out: Path, env: dict[str, str], header: str) -> Path:
+    """summary.md of a finished week (its registry under OUT/home), and copies of what a person looks at."""
+    registry = out / "home" / "registry"
     show = atft("champion", "show", env=env, log=out / "champion-show.txt")
     shutil.copy2(registry / "live" / "live.png", out / "live.png")
     shutil.copy2(registry / "decisions.jsonl", out / "decisions.jsonl")
     last_ranks = sorted((registry / "ranks").glob("ranks-*.parquet"))[-1]
     shutil.copy2(last_ranks, out / last_ranks.name)
-    history = pl.read_csv(registry / "live" / "history.csv")
+    history = pl.read_csv(registry / "live" / "history.csv").select(
+        "date", "model", "horizon", "rankic", "spread", "turnover", "n_stocks", "scored_on")
+    decisions = [json.loads(line) for line in (registry / "decisions.jsonl").read_text().splitlines()]
+    def interval(d: dict) -> str:
+        diff = d.get("difference")
+        return f"{diff['mean']:+.4f} [{diff['lo']:+.4f}, {diff['hi']:+.4f}]" if diff else ""
+
+    rows = pl.DataFrame([{"night": d.get("night") or "(by hand)", "how": d["how"],
+                          "verdict": "PROMOTED" if d["promoted"] else "kept",
+                          "challenger - champion [95 %]": interval(d),
+                          "challenger": d.get("challenger_rankic"), "champion": d.get("champion_rankic"),
+                          "peer": d.get("peer_rankic"), "days": d.get("n_days")} for d in decisions])
     ranks = pl.read_parquet(last_ranks)
     h0 = min(int(c.split("_")[1].rstrip("d")) for c in ranks.columns if c.startswith("score_"))
-    top = ranks.sort(f"rank_{h0}d").head(10)
-    summary = ["# Demo week", "",
-               f"Demo: price market, seed {args.seed}, {args.stocks} stocks x {args.days} days; nights {nights[0]} .. "
-               f"{nights[-1]}; each night `atft pipeline --mode hpo --n-trials {args.n_trials} --max-epochs "
-               f"{args.epochs} --hpo-max-epochs {args.epochs}` with the config below; "
-               f"{time.monotonic() - t0:.0f} s in all.", "", "```yaml", CONFIG.strip(), "```", "",
-               "## atft champion show", "", "```", show.stdout.strip(), "```", "",
-               "## Live record (registry/live/history.csv)", "", "```", str(history), "```", "",
-               f"## Tomorrow's ranks, last night ({last_ranks.name}): top 10 by the {h0}d score", "", "```",
-               str(top), "```", ""]
+    keep = ["Code", "sector", f"score_{h0}d", f"rank_{h0}d", f"decile_{h0}d",
+            *(c for c in ranks.columns if c.startswith(("peer_score_", "x_")))]
+    ranked = ranks.sort(f"rank_{h0}d").select(keep)
+    summary = ["# Demo week", "", header, "", "```yaml", CONFIG.strip(), "```", "",
+               "## Champion decisions (registry/decisions.jsonl; mean daily RankIC on the compared test days)", "",
+               *_markdown(rows), "", "## atft champion show", "", "```", show.stdout.strip(), "```", "",
+               "## Live record (registry/live/history.csv; plot: live.png)", "", *_markdown(history), "",
+               f"## Tomorrow's ranks of the last night ({last_ranks.name}): top and bottom 5 by the {h0}d score", "",
+               *_markdown(pl.concat([ranked.head(5), ranked.tail(5)])), ""]
     (out / "summary.md").write_text("\n".join(summary))
     print(f"wrote {out / 'summary.md'}")
-    return 0
+    return out / "summary.md"
 
 
 if __name__ == "__main__":

@@ -262,6 +262,9 @@ class NightlyConfig:
     challenger_epochs: int = TRAIN_RECIPE["max_epochs"]
     # A challenger replaces the champion only when the paired daily RankIC interval at this level is above 0.
     level: float = 0.95
+    # ... and its lower end above this RankIC gain (0: any confident gain). A margin worth the turnover a
+    # new champion brings is the team's choice: near-identical nightly models clear zero on tiny gains.
+    min_gain: float = 0.0
     # Health: the champion's live RankIC over the last `recent_nights` nights against its own earlier
     # nights (degraded below their mean by more than `health_se` standard errors) and against the peer.
     recent_nights: int = 20

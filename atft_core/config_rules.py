@@ -101,6 +101,7 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("nightly.challenger_ensemble", lambda v: _int(v) and 1 <= v <= 64, "an integer in [1, 64]"),
     ("nightly.challenger_epochs", lambda v: _int(v) and v >= 1, "an integer >= 1"),
     ("nightly.level", lambda v: _num(v) and 0.5 <= v < 1, "a number in [0.5, 1) (e.g. 0.95)"),
+    ("nightly.min_gain", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (daily RankIC)"),
     ("nightly.recent_nights", lambda v: _int(v) and v >= 5, "an integer >= 5 (nights in the health window)"),
     ("nightly.health_se", lambda v: _num(v) and v > 0, "a number > 0 (standard errors below the long-run mean)"),
     ("nightly.top_n", lambda v: _int(v) and v >= 1, "an integer >= 1"),

@@ -42,6 +42,11 @@ def test_only_a_confidently_better_challenger_is_promoted():
     worse = champion - 0.03
     assert not _decide(worse, champion).promoted
     assert not _decide(champion, champion).promoted  # identical: the interval is [0, 0], not above zero
+    # a margin the team asks for: the same confident gain of 0.03 does not clear a minimum gain of 0.05
+    days = np.arange(58)
+    margin = decide(night="2024-02-28", challenger="new", champion="old", dates=DATES, days=days,
+                    challenger_daily=better, champion_daily=champion, peer_rankic=None, min_gain=0.05)
+    assert not margin.promoted and "minimum gain +0.0500" in margin.reason and margin.difference["lo"] > 0
 
 
 def test_an_empty_seat_is_a_model_that_predicts_nothing():

@@ -122,7 +122,7 @@ def champion_decision(registry: Registry, cache: Cache, split: Split, challenger
     chall_daily = _daily(challenger.predict(cache, days), cache, days, min_stocks) if len(days) else np.array([])
     decision = decide(night=night, challenger=challenger_run.name, champion=champion.model_id if champion else None,
                       dates=cache.dates, days=days, challenger_daily=chall_daily, champion_daily=champ_daily,
-                      peer_rankic=peer_ic, level=cfg.nightly.level)
+                      peer_rankic=peer_ic, level=cfg.nightly.level, min_gain=cfg.nightly.min_gain)
     if not decision.promoted:
         return _record(registry, decision)
     registry.add_model(challenger_run, model_meta(cache, challenger_split, challenger.cfg,

@@ -2,8 +2,8 @@
 
 A challenger replaces the champion only when, on the same held-out days, the mean daily difference
 ``RankIC_challenger(t) - RankIC_champion(t)`` has a block-bootstrap interval (`atft_core.evaluate.compare`)
-entirely above zero. Ties and "probably better" keep the champion: a seat that changes on noise
-makes the live record a record of nobody.
+entirely above zero (or above `nightly.min_gain`, a margin the team may ask for). Ties and "probably
+better" keep the champion: a seat that changes on noise makes the live record a record of nobody.
 
 The days: tonight's test days (held out from the challenger by its split) after the last day the
 champion saw plus the embargo, so neither model's training or epoch choice touched their labels.
@@ -53,6 +53,7 @@ class Decision:
     peer_rankic: float | None = None  # the LightGBM peer's test RankIC from the challenger's run
     difference: dict[str, Any] | None = None  # PairedDifference.to_dict()
     level: float = 0.95
+    min_gain: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,22 +71,24 @@ class Decision:
             lines += ["", f"Challenger - champion: **{d['mean']:+.4f}**, {self.level:.0%} interval "
                           f"[{d['lo']:+.4f}, {d['hi']:+.4f}] over {d['n_days']} paired days "
                           f"({self.days[0]} .. {self.days[-1]}; moving blocks of {d['block']} days)."]
-        lines += ["", "Promotion needs the whole interval above zero. People: `atft champion show | promote RUN | "
-                      "rollback`."]
+        floor = "zero" if self.min_gain == 0 else f"{self.min_gain:+.4f} (nightly.min_gain)"
+        lines += ["", f"Promotion needs the whole interval above {floor}. People: `atft champion show | promote RUN "
+                      "| rollback`."]
         return "\n".join(lines)
 
 
 def decide(*, night: str, challenger: str, champion: str | None, dates: list[str], days: np.ndarray,
            challenger_daily: np.ndarray, champion_daily: np.ndarray | None, peer_rankic: float | None,
-           level: float = 0.95) -> Decision:
-    """Promote `challenger` iff its paired daily RankIC difference over `days` has its interval above zero.
+           level: float = 0.95, min_gain: float = 0.0) -> Decision:
+    """Promote `challenger` iff its paired daily RankIC difference over `days` has its interval above `min_gain`.
 
     ``*_daily``: ``[len(days)]`` daily RankICs on the cache days `days` (NaN: too few names that day);
     `champion_daily` None: the seat is empty and the challenger is compared with zero.
     """
     base = np.zeros_like(challenger_daily) if champion_daily is None else champion_daily
     d = paired_daily_difference(challenger_daily, base)
-    common = dict(night=night, challenger=challenger, champion=champion, peer_rankic=peer_rankic, level=level)
+    common = dict(night=night, challenger=challenger, champion=champion, peer_rankic=peer_rankic, level=level,
+                  min_gain=min_gain)
     if len(d) < 2:
         return Decision(**common, promoted=False, n_days=len(d),
                         reason=f"only {len(d)} held-out day(s) that neither model has seen: nothing to compare, "
@@ -93,14 +96,16 @@ def decide(*, night: str, challenger: str, champion: str | None, dates: list[str
     both = np.isfinite(challenger_daily) & np.isfinite(base)
     diff = block_bootstrap_interval([d], level=level)
     shown = [dates[int(i)] for i in np.asarray(days)[both]]
-    promoted = diff.lo > 0
+    promoted = diff.lo > min_gain
+    floor = "zero" if min_gain == 0 else f"the minimum gain {min_gain:+.4f}"
     if champion is None:
-        reason = ("the seat was empty; the challenger's daily RankIC interval is above zero: it is the first champion"
-                  if promoted else "the seat stays empty: the challenger's daily RankIC interval is not above zero")
+        reason = (f"the seat was empty; the challenger's daily RankIC interval is above {floor}: it is the first "
+                  "champion" if promoted else
+                  f"the seat stays empty: the challenger's daily RankIC interval is not above {floor}")
     else:
-        reason = ("the challenger beats the champion on the same held-out days (interval above zero)" if promoted
-                  else "the challenger is not better than the champion with confidence (interval not above zero): "
-                       "the champion stays")
+        reason = (f"the challenger beats the champion on the same held-out days (interval above {floor})" if promoted
+                  else f"the challenger is not better than the champion with confidence (interval not above "
+                       f"{floor}): the champion stays")
     return Decision(**common, promoted=bool(promoted), reason=reason, days=[shown[0], shown[-1]], n_days=diff.n_days,
                     challenger_rankic=float(np.mean(challenger_daily[both])),
                     champion_rankic=None if champion_daily is None else float(np.mean(champion_daily[both])),

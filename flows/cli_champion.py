@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from atft_core.workroot import WorkRoot, absolute
@@ -19,12 +20,31 @@ def cmd_champion(args: argparse.Namespace) -> int:
     root = WorkRoot.from_env()
     registry = Registry(root.registry)
     if args.action == "promote":
-        return _promote(registry, _run_folder(args.run, root))
+        _promote(registry, _run_folder(args.run, root))
+        return _mirror(registry)
     if args.action == "rollback":
         back = registry.rollback()
         print(f"champion rolled back to {back['model_id']} (champion since {back['since']}, reign {back['reign']})")
-        return 0
+        return _mirror(registry)
     return _show(registry)
+
+
+def _mirror(registry) -> int:
+    """With ATFT_ARTIFACT_URI set, the S3 copy of the registry follows a change made by hand (as after a night)."""
+    from atft_core.s3.client import S3Options
+    from atft_core.s3.folders import share_folder
+
+    target = S3Options.artifacts_from_env()
+    if target is None:
+        return 0
+    try:
+        n = share_folder(registry.root, target, "/".join(p for p in (target.prefix, "registry") if p))
+    except Exception as exc:  # the local registry (the one the nights read) has changed: say the copy is stale
+        print(f"error: the registry changed here ({registry.root}) but its S3 copy at {target.where} did not: "
+              f"{str(exc).splitlines()[0]}; run the command again when the bucket is reachable", file=sys.stderr)
+        return 1
+    print(f"registry mirrored to {target.uri}/registry ({n} file(s))")
+    return 0
 
 
 def _run_folder(run: str, root: WorkRoot) -> Path:
@@ -37,7 +57,7 @@ def _run_folder(run: str, root: WorkRoot) -> Path:
                      "give the folder `atft train` or a nightly challenger printed")
 
 
-def _promote(registry, run: Path) -> int:
+def _promote(registry, run: Path) -> None:
     from atft_core.config import AtftConfig
     from atft_core.data.cache.store import open_cache
     from atft_core.data.split import make_split
@@ -62,7 +82,6 @@ def _promote(registry, run: Path) -> int:
                                        "previous": current["model_id"] if current else None})
     print(f"champion is now {entry['model_id']} (reign {entry['reign']}; previous: {entry['previous'] or 'none'}). "
           "Undo with `atft champion rollback`.")
-    return 0
 
 
 def _show(registry) -> int:

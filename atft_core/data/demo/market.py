@@ -73,7 +73,7 @@ def _day_rng(seed: int, stream: int, day: int) -> np.random.Generator:
 
 
 @dataclass
-class _Static:
+class Static:
     codes: np.ndarray  # [S] str, sorted: the stock axis is in Code order, so rows come out sorted
     section: np.ndarray  # [S] int index into SECTIONS
     sector: np.ndarray  # [S] int index into SECTOR33
@@ -87,7 +87,7 @@ class _Static:
     price0: np.ndarray
 
 
-def _make_static(cfg: DemoConfig) -> _Static:
+def make_static(cfg: DemoConfig) -> Static:
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_STATIC,)))
     s, d = cfg.stocks, cfg.days
     codes = np.sort(rng.choice(np.arange(1300, 9900), size=s, replace=False))
@@ -114,7 +114,7 @@ def _make_static(cfg: DemoConfig) -> _Static:
     log_shares = np.log(np.where(section == 0, 1e8, 2e7)) + 0.8 * rng.standard_normal(s)
     log_volume = log_shares - 5.5 + 0.5 * rng.standard_normal(s)
     price0 = np.exp(np.log(1500.0) + 0.8 * rng.standard_normal(s))
-    return _Static(codes, section, sector, list_day, delist_day, beta, gamma, vol_level,
+    return Static(codes, section, sector, list_day, delist_day, beta, gamma, vol_level,
                    log_shares, log_volume, price0)
 
 
@@ -125,15 +125,15 @@ def _make_static(cfg: DemoConfig) -> _Static:
 _T4, _T5 = np.sqrt(2.0 / 4.0), np.sqrt(3.0 / 5.0)
 _GARCH_MKT = (0.011, 0.08, 0.90)  # long-run vol, ARCH, GARCH
 _GARCH_SEC = (0.008, 0.06, 0.92)
-_GARCH_IDIO = (0.07, 0.90)  # ARCH, GARCH; long-run vol per stock (_Static.idio_vol)
+_GARCH_IDIO = (0.07, 0.90)  # ARCH, GARCH; long-run vol per stock (Static.idio_vol)
 
 
-class _Simulator:
+class Simulator:
     """Latent market: prices, volumes, signal features and mu, one day per step."""
 
     RAW = ("price", "log_volume", "x", "gate", "extreme", "daily", "sector_rel", "linear", "mu", "macro")
 
-    def __init__(self, cfg: DemoConfig, st: _Static):
+    def __init__(self, cfg: DemoConfig, st: Static):
         self.cfg, self.st = cfg, st
         s = cfg.stocks
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_STATIC, 1)))
@@ -238,7 +238,7 @@ def _garch(h: float, shock: float, vol: float, a: float, b: float) -> float:
     return vol * vol * (1 - a - b) + a * shock * shock + b * h
 
 
-class _Buffer:
+class Buffer:
     """Simulated days [start, end) kept for the current chunk's lookback and forward targets."""
 
     def __init__(self) -> None:
@@ -269,10 +269,10 @@ class _Buffer:
 # Noise features (own random stream and state, generated chunk by chunk)
 
 
-class _NoiseFeatures:
+class NoiseFeatures:
     """Columns that carry no signal: noisy price transforms, slow AR(1)s, i.i.d. and sector noise."""
 
-    def __init__(self, cfg: DemoConfig, st: _Static):
+    def __init__(self, cfg: DemoConfig, st: Static):
         self.cfg, self.st = cfg, st
         n = cfg.features - N_FIXED_FEATURES
         self.kind = np.arange(n) % len(NOISE_KINDS)
@@ -316,7 +316,7 @@ class _NoiseFeatures:
 # Chunk assembly: features, targets, Arrow table
 
 
-def _build_chunk(buf: _Buffer, a: int, b: int, st: _Static, noise: _NoiseFeatures,
+def build_chunk(buf: Buffer, a: int, b: int, st: Static, noise: NoiseFeatures,
                  horizons: tuple[int, ...]) -> dict[str, Any]:
     c, s = b - a, len(st.codes)
     price = buf.get("price", a - LOOKBACK, b)
@@ -333,7 +333,7 @@ def _build_chunk(buf: _Buffer, a: int, b: int, st: _Static, noise: _NoiseFeature
             "targets": _targets(buf, a, b, horizons)}
 
 
-def _price_features(price: np.ndarray, log_volume: np.ndarray, st: _Static, age: np.ndarray) -> np.ndarray:
+def _price_features(price: np.ndarray, log_volume: np.ndarray, st: Static, age: np.ndarray) -> np.ndarray:
     """Causal price/volume features for the last len(price) - LOOKBACK days: [P, C, S] float32.
 
     Window sums are explicit loops over lags (not cumsums) so a value does not depend on where the
@@ -392,7 +392,7 @@ def _masked_mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan).astype(np.float32)
 
 
-def _targets(buf: _Buffer, a: int, b: int, horizons: tuple[int, ...]) -> np.ndarray:
+def _targets(buf: Buffer, a: int, b: int, horizons: tuple[int, ...]) -> np.ndarray:
     """target_h[t] = price[t+h] / price[t] - 1; NaN unless day t+h exists and is published."""
     price = buf.get("price", a, buf.end)
     obs = buf.get("obs", a, buf.end)

@@ -34,7 +34,7 @@ import numpy as np
 
 from atft_core.data.demo import effects
 from atft_core.data.demo.config import DemoConfig
-from atft_core.data.demo.market import SECTOR33, _make_static, _Static
+from atft_core.data.demo.market import SECTOR33, Static, make_static
 
 BURN_IN = 260  # days simulated before the first date: a year of history for the 12-month windows
 HISTORY = 253  # rows of log price the effects read (12 months + 1)
@@ -44,7 +44,7 @@ NEVER_LISTED_DAY = -(10**6)  # list_day of a stock listed long before the simula
 _T4, _T5 = np.sqrt(2.0 / 4.0), np.sqrt(3.0 / 5.0)
 GARCH_MARKET = (0.011, 0.08, 0.90)  # long-run daily vol, ARCH, GARCH
 GARCH_SECTOR = (0.008, 0.06, 0.92)
-GARCH_IDIO = (0.07, 0.90)  # ARCH, GARCH; long-run vol per stock (_Static.idio_vol)
+GARCH_IDIO = (0.07, 0.90)  # ARCH, GARCH; long-run vol per stock (Static.idio_vol)
 MARKET_DRIFT = 0.0003
 PRICE_LIMIT = 0.30
 LINK_RHO = 0.35  # share of the linked stock's idiosyncratic shock a stock takes the same day
@@ -63,7 +63,7 @@ class PriceHistory:
     Latent values exist on every row; `published` says which (day, stock) has a row in the panel.
     """
 
-    static: _Static
+    static: Static
     log_close: np.ndarray  # [T, S] float64
     log_open: np.ndarray  # [T, S] float64
     log_high: np.ndarray  # [T, S] float64
@@ -80,13 +80,13 @@ class PriceHistory:
 
 def simulate(cfg: DemoConfig) -> PriceHistory:
     """Run the market for BURN_IN + cfg.days days."""
-    st = _make_static(cfg)
+    st = make_static(cfg)
     st.list_day = np.where(st.list_day > 0, st.list_day, NEVER_LISTED_DAY)
     leaders, link = _links(cfg, st)
-    return _Simulator(cfg, st, leaders, link).run()
+    return Simulator(cfg, st, leaders, link).run()
 
 
-def _links(cfg: DemoConfig, st: _Static) -> tuple[np.ndarray, np.ndarray]:
+def _links(cfg: DemoConfig, st: Static) -> tuple[np.ndarray, np.ndarray]:
     """Two leading sectors per sector, and per stock one linked stock in a leading sector."""
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_STATIC,)))
     k = len(SECTOR33)
@@ -101,8 +101,8 @@ def _links(cfg: DemoConfig, st: _Static) -> tuple[np.ndarray, np.ndarray]:
     return leaders, link
 
 
-class _Simulator:
-    def __init__(self, cfg: DemoConfig, st: _Static, leaders: np.ndarray, link: np.ndarray):
+class Simulator:
+    def __init__(self, cfg: DemoConfig, st: Static, leaders: np.ndarray, link: np.ndarray):
         self.cfg, self.st, self.leaders, self.link = cfg, st, leaders, link
         t, s = BURN_IN + cfg.days, cfg.stocks
         self.shocks = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_SHOCKS,)))

@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from atft_core.data.cache.store import Cache, open_cache
 from atft_core.data.split import Split, make_walk_forward
 from atft_core.evaluate.baselines import DemoOracle, RidgeModel
 from atft_core.evaluate.compare import compare_daily, daily_rankic
+from atft_core.evaluate.controls import control_verdict, null_band, shuffled_target_cache
 from atft_core.evaluate.peer import PeerConfig, PeerModel
 from atft_core.train.ensemble import fit_ensemble
 from bench import goal_ledger
@@ -48,6 +50,9 @@ OUT = Path(__file__).resolve().parent
 TUNING_SEEDS = (0, 4, 5)  # design choices are made on these seeds' validation days
 GOAL_SEEDS = (1, 2, 3)  # scored on test days by the goals run only
 PREDICTORS = ("model", "peer", "ridge", "oracle")
+CONTROL = "control"  # the model trained on targets shuffled within each training day: it must find nothing
+# "model@E": the model stopped after E epochs (how soon it reaches the peer, against the peer's CPU time)
+EARLY = re.compile(r"model@([1-9][0-9]*)")
 
 
 def market_available(market: str) -> bool:
@@ -84,6 +89,10 @@ def score_window(cache: Cache, split: Split, cfg: AtftConfig, mode: str, peer_cf
                  predictors: tuple[str, ...] = PREDICTORS) -> dict[str, Any]:
     """One window: each of `predictors` fit on `split`, scored on its test days (goals) or validation days (tuning).
 
+    `predictors` may include `CONTROL`: the same model fit on `shuffled_target_cache` (training days'
+    targets permuted among each day's stocks), scored on the real targets; the window then also
+    carries ``control_null``, the `null_band` of a no-signal linear predictor on these days.
+
     Returns ``{"daily": {name: [D] daily RankIC, None where there is no oracle}, "cpu_seconds": {name: s},
     "first_day", "last_day", "n_days", "train_days"}``.
     """
@@ -95,8 +104,12 @@ def score_window(cache: Cache, split: Split, cfg: AtftConfig, mode: str, peer_cf
     daily: dict[str, list[float] | None] = {}
     cpu: dict[str, float] = {}
 
-    def model() -> np.ndarray:
-        res = fit_ensemble(cache, cfg, split=split)
+    def model(on: Cache = cache, epochs: int | None = None) -> np.ndarray:
+        mcfg = cfg
+        if epochs is not None:
+            mcfg = copy.deepcopy(cfg)
+            mcfg.train.max_epochs = epochs
+        res = fit_ensemble(on, mcfg, split=split)
         pred, scored = (res.test_pred, res.test_days) if mode == "goals" else (res.val_pred, res.val_days)
         if not np.array_equal(scored, days):
             raise RuntimeError(f"the trainer scored days {scored[:3]}... where {days[:3]}... were asked for")
@@ -107,9 +120,11 @@ def score_window(cache: Cache, split: Split, cfg: AtftConfig, mode: str, peer_cf
         "peer": lambda: PeerModel(peer_cfg).fit(cache, split).predict(cache, days)[:, :, 0],
         "ridge": lambda: RidgeModel(horizon_indices=(0,)).fit(cache, split).predict(cache, days)[:, :, 0],
         "oracle": lambda: DemoOracle().predict(cache, days)[:, :, 0],
+        CONTROL: lambda: model(shuffled_target_cache(cache, seed=cfg.train.seed, days=split.train)),
     }
     for name in predictors:
-        fn = fits[name]
+        early = EARLY.fullmatch(name)
+        fn = (lambda e=int(early.group(1)): model(epochs=e)) if early else fits[name]
         try:
             pred, cpu[name] = _timed(fn)
         except ValueError as exc:  # the oracle off the demo
@@ -119,8 +134,11 @@ def score_window(cache: Cache, split: Split, cfg: AtftConfig, mode: str, peer_cf
             daily[name] = None
             continue
         daily[name] = [float(v) for v in daily_rankic(np.ascontiguousarray(pred), target, ms)]
-    return {"first_day": cache.dates[int(days[0])], "last_day": cache.dates[int(days[-1])], "n_days": len(days),
-            "train_days": len(split.train), "daily": daily, "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()}}
+    out = {"first_day": cache.dates[int(days[0])], "last_day": cache.dates[int(days[-1])], "n_days": len(days),
+           "train_days": len(split.train), "daily": daily, "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()}}
+    if CONTROL in predictors:
+        out["control_null"] = null_band(cache, split.train, days, min_stocks=ms, seed=cfg.train.seed)
+    return out
 
 
 def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -133,11 +151,35 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
     out["model_minus_peer"] = None if out["model"] is None or out["peer"] is None else compare_daily(
         [np.array(w["daily"]["model"]) for w in windows], [np.array(w["daily"]["peer"]) for w in windows]).to_dict()
     out["model_over_oracle"] = (out["model"] / out["oracle"]) if out["model"] and out["oracle"] else None
+    if all(w["daily"].get(CONTROL) is not None for w in windows):
+        out[CONTROL] = control_summary(windows)
+    for name in sorted({n for w in windows for n in w["daily"] if EARLY.fullmatch(n)}):
+        out[name] = float(np.nanmean(np.concatenate([w["daily"][name] for w in windows])))
+        out[f"{name}_cpu_seconds"] = round(sum(w["cpu_seconds"][name] for w in windows), 1)
+        if out["peer"] is not None:
+            out[f"{name}_minus_peer"] = compare_daily([np.array(w["daily"][name]) for w in windows],
+                                                      [np.array(w["daily"]["peer"]) for w in windows]).to_dict()
     return out
 
 
+def control_summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The control's verdict over `windows`: its mean daily RankIC inside the band around 0 (`control_verdict`).
+
+    Each window's control is a different random function of the features, so its chance loading on
+    real signal is independent from window to window: the null spread of the mean over W equal
+    windows is sqrt(sum of the windows' null bands squared) / W.
+    """
+    nulls = np.array([w["control_null"] for w in windows], dtype=np.float64)
+    null = float(np.sqrt(np.sum(nulls ** 2)) / len(nulls)) if np.all(np.isfinite(nulls)) else None
+    verdict = control_verdict(np.concatenate([np.asarray(w["daily"][CONTROL], dtype=np.float64) for w in windows]),
+                              null)
+    verdict["cpu_seconds"] = round(sum(w["cpu_seconds"].get(CONTROL, 0.0) for w in windows), 1)
+    return verdict
+
+
 def run(market: str, seeds: list[int], mode: str, *, windows: int, window_days: int, days: int, stocks: int,
-        cfg: AtftConfig, peer_cfg: PeerConfig | None = None, cache_for=None) -> dict[str, Any]:
+        cfg: AtftConfig, peer_cfg: PeerConfig | None = None, cache_for=None,
+        predictors: tuple[str, ...] = PREDICTORS) -> dict[str, Any]:
     """The walk-forward of every seed, its per-seed and pooled summaries (`summarize`); no file written.
 
     `cache_for(seed) -> cache path` replaces `demo_panel` (tests pass a tiny panel).
@@ -147,7 +189,8 @@ def run(market: str, seeds: list[int], mode: str, *, windows: int, window_days: 
     peer_cfg = peer_cfg or PeerConfig(bag=cfg.train.ensemble, min_stocks=cfg.data.min_stocks)
     protocol = {"market": market, "mode": mode, "seeds": seeds, "windows": windows, "window_days": window_days,
                 "days": days, "stocks": stocks, "epochs": cfg.train.max_epochs, "members": cfg.train.ensemble,
-                "val_days": cfg.data.split.val_days, "peer_bag": peer_cfg.bag}
+                "val_days": cfg.data.split.val_days, "peer_bag": peer_cfg.bag,
+                "predictors": list(predictors)}
     per_seed: dict[str, Any] = {}
     all_windows: list[dict[str, Any]] = []
     for seed in seeds:
@@ -158,7 +201,7 @@ def run(market: str, seeds: list[int], mode: str, *, windows: int, window_days: 
         rows = []
         for k, split in enumerate(make_walk_forward(cache, scfg.data, windows, window_days)):
             t0 = time.perf_counter()
-            rows.append(score_window(cache, split, scfg, mode, peer_cfg))
+            rows.append(score_window(cache, split, scfg, mode, peer_cfg, predictors))
             logging.info("seed %d window %d/%d (%.0f s): %s", seed, k + 1, windows, time.perf_counter() - t0,
                          {n: None if v is None else round(float(np.nanmean(v)), 4)
                           for n, v in rows[-1]["daily"].items()})
@@ -181,8 +224,14 @@ def markdown(results: dict[str, Any], looks: int | None = None) -> str:
                  "share validation days, so the pooled interval is too narrow.")
     if looks is not None:
         head += f" Goal seeds' test days of this market scored {looks} time(s) (bench/goal_ledger.jsonl)."
+    control = CONTROL in p.get("predictors", ())
+    if control:
+        head += (" Control: the model trained on targets shuffled within each training day, scored on the real "
+                 "targets; it passes inside the band around 0 (the wider of 2 standard errors and the null spread of "
+                 "a no-signal predictor).")
     lines = [head, "", "| seed | model | peer | ridge | oracle | model / oracle | model - peer [95 % CI] "
-             "| CPU s model / peer / ridge |", "|---|---|---|---|---|---|---|---|"]
+             "| CPU s model / peer / ridge |" + (" control [band] |" if control else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if control else "")]
 
     def fmt(v: float | None, spec: str = ".4f") -> str:
         return "n/a" if v is None else format(v, spec)
@@ -192,8 +241,24 @@ def markdown(results: dict[str, Any], looks: int | None = None) -> str:
         ci = "n/a" if d is None else f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
         lines.append(f"| {name} | {fmt(s['model'])} | {fmt(s['peer'])} | {fmt(s['ridge'])} | {fmt(s['oracle'])} "
                      f"| {fmt(s['model_over_oracle'], '.0%')} | {ci} "
-                     f"| {s['model_cpu_seconds']:.0f} / {s['peer_cpu_seconds']:.0f} / {s['ridge_cpu_seconds']:.0f} |")
+                     f"| {s['model_cpu_seconds']:.0f} / {s['peer_cpu_seconds']:.0f} / {s['ridge_cpu_seconds']:.0f} |"
+                     + (f" {_control_cell(s.get(CONTROL))} |" if control else ""))
+    for name in sorted(n for n in results["pooled"] if EARLY.fullmatch(n)):
+        lines.append("")
+        lines.append(f"{name} (the model stopped after {name.split('@')[1]} epoch(s)):")
+        for seed, s in [*((k, v["summary"]) for k, v in results["seeds"].items()), ("pooled", results["pooled"])]:
+            d = s.get(f"{name}_minus_peer")
+            ci = "" if d is None else f", - peer {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+            ratio = f", {s[name + '_cpu_seconds'] / s['peer_cpu_seconds']:.1f}x the peer's CPU" \
+                if s.get("peer_cpu_seconds") else ""
+            lines.append(f"- {seed}: {s[name]:.4f}{ci}, CPU {s[name + '_cpu_seconds']:.0f} s{ratio}")
     return "\n".join(lines) + "\n"
+
+
+def _control_cell(c: dict[str, Any] | None) -> str:
+    if c is None or c["rankic"] is None or c["band"] is None:
+        return "n/a"
+    return f"{c['rankic']:+.4f} [±{c['band']:.4f}] {'inside' if c['inside'] else 'OUTSIDE'}"
 
 
 def with_settings(cfg: AtftConfig, settings: list[str]) -> AtftConfig:
@@ -242,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=int, default=1100)
     ap.add_argument("--epochs", type=int, default=None, help="per member (default: the config's)")
     ap.add_argument("--members", type=int, default=1, help="model seed-ensemble size; the peer bag matches it")
+    ap.add_argument("--predictors", default=",".join(PREDICTORS),
+                    help=f"comma list of {', '.join((*PREDICTORS, CONTROL))}, model@E (the model stopped after E "
+                    f"epochs) (default: {','.join(PREDICTORS)})")
     ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override, repeatable (VALUE read as YAML), e.g. --set model.fan_mode=normalise")
@@ -252,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             list(GOAL_SEEDS if args.goals else TUNING_SEEDS)
     except ValueError:
         ap.error(f"--seeds {args.seeds!r} is not a comma list of integers")
+    predictors = tuple(dict.fromkeys(x.strip() for x in args.predictors.split(",") if x.strip()))
+    unknown = sorted(n for n in set(predictors) - {*PREDICTORS, CONTROL} if not EARLY.fullmatch(n))
+    if unknown or not predictors:
+        ap.error(f"--predictors {args.predictors!r}: choose from {', '.join((*PREDICTORS, CONTROL))}")
     why = check_seeds(mode_name, seeds)
     if why:
         ap.error(why)
@@ -273,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_days is not None:
         cfg.data.split.val_days = args.val_days
     results = run(args.market, seeds, mode_name, windows=args.windows, window_days=args.window_days,
-                  days=args.days, stocks=args.stocks, cfg=cfg)
+                  days=args.days, stocks=args.stocks, cfg=cfg, predictors=predictors)
     results["protocol"]["settings"] = list(args.overrides)
     results["protocol"]["model"] = dataclasses.asdict(cfg.model)  # the whole model config, not only the changes
     stem = OUT / f"walk_forward_{mode_name}_{args.market}{args.tag}"

@@ -122,6 +122,9 @@ def test_the_ledger_appends_one_line_per_look_and_counts_them(tmp_path):
     (["--tuning", "--set", "model.no_such_field=1"], "existing config field"),
     (["--tuning", "--set", "model.long_blocks"], "SECTION.KEY=VALUE"),
     (["--tuning", "--set", "model.fan_mode=sideways"], "model.fan_mode"),
+    (["--tuning", "--predictors", "model,trees"], "choose from"),
+    (["--tuning", "--predictors", ","], "choose from"),
+    (["--tuning", "--predictors", "model@0"], "choose from"),
 ])
 def test_walk_forward_cli_refuses_seeds_of_the_other_mode_with_exit_2(argv, words, capsys):
     from bench.walk_forward import main
@@ -215,3 +218,30 @@ def test_tuning_reads_nothing_of_its_windows_test_days(tiny_cache, tiny_config):
     assert a["daily"] == b["daily"]
     goals = ("goals", _peer_cfg(), ("ridge",))
     assert score_window(cache, split, cfg, *goals)["daily"] != score_window(poisoned, split, cfg, *goals)["daily"]
+
+
+def test_the_shuffled_target_control_finds_nothing_and_a_real_signal_would_fail_its_band(tiny_cache, tiny_config):
+    """The control (the model trained on targets shuffled within each training day) lands inside its band
+    on the real test targets; the oracle's daily RankICs put through the same verdict land outside it."""
+    import copy
+
+    from bench.walk_forward import CONTROL, control_summary, markdown, run
+
+    out = run("planted", [0], "goals", windows=2, window_days=20, days=260, stocks=60, cfg=_tiny_cfg(tiny_config),
+              peer_cfg=_peer_cfg(), cache_for=lambda seed: tiny_cache,
+              predictors=("peer", "oracle", CONTROL, "model@1"))
+    windows = out["seeds"]["0"]["windows"]
+    assert all(len(w["daily"][CONTROL]) == 20 and w["control_null"] > 0 for w in windows)
+    assert all(w["cpu_seconds"][CONTROL] > 0 for w in windows) and out["pooled"]["model"] is None
+    verdict = out["pooled"][CONTROL]
+    assert verdict["n_days"] == 40 and verdict["inside"], verdict
+    assert verdict["band"] >= verdict["noise_band"] > 0 and abs(verdict["rankic"]) <= verdict["band"]
+    planted = copy.deepcopy(windows)
+    for w in planted:
+        w["daily"][CONTROL] = w["daily"]["oracle"]  # a "control" that sees the planted signal
+    assert not control_summary(planted)["inside"]
+    assert "control [band]" in markdown(out) and "inside" in markdown(out)
+    early = out["pooled"]  # the model stopped after one epoch, paired with the peer on the same days
+    assert np.isfinite(early["model@1"]) and early["model@1_cpu_seconds"] > 0
+    assert early["model@1_minus_peer"]["lo"] <= early["model@1_minus_peer"]["mean"] <= early["model@1_minus_peer"]["hi"]
+    assert "model@1 (the model stopped after 1 epoch(s))" in markdown(out)

@@ -23,7 +23,7 @@ def test_the_two_commands_exist_and_ci_runs_the_test_command():
 
 
 def test_configuration_example_is_the_defaults():
-    block = README[README.index("# the defaults (tuned"):]
+    block = README[README.index("# the defaults ("):]
     block = block[: block.index("```")]
     assert AtftConfig.from_dict(yaml.safe_load(block)) == AtftConfig()
 

@@ -148,8 +148,7 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
         series = [w["daily"].get(name) for w in windows]
         out[name] = None if any(s is None for s in series) else float(np.nanmean(np.concatenate(series)))
         out[f"{name}_cpu_seconds"] = round(sum(w["cpu_seconds"].get(name, 0.0) for w in windows), 1)
-    out["model_minus_peer"] = None if out["model"] is None or out["peer"] is None else compare_daily(
-        [np.array(w["daily"]["model"]) for w in windows], [np.array(w["daily"]["peer"]) for w in windows]).to_dict()
+    out["model_minus_peer"] = None if out["model"] is None or out["peer"] is None else _paired(windows, "model")
     out["model_over_oracle"] = (out["model"] / out["oracle"]) if out["model"] and out["oracle"] else None
     if all(w["daily"].get(CONTROL) is not None for w in windows):
         out[CONTROL] = control_summary(windows)
@@ -157,9 +156,14 @@ def summarize(windows: list[dict[str, Any]]) -> dict[str, Any]:
         out[name] = float(np.nanmean(np.concatenate([w["daily"][name] for w in windows])))
         out[f"{name}_cpu_seconds"] = round(sum(w["cpu_seconds"][name] for w in windows), 1)
         if out["peer"] is not None:
-            out[f"{name}_minus_peer"] = compare_daily([np.array(w["daily"][name]) for w in windows],
-                                                      [np.array(w["daily"]["peer"]) for w in windows]).to_dict()
+            out[f"{name}_minus_peer"] = _paired(windows, name)
     return out
+
+
+def _paired(windows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """`name` - peer over `windows`: the paired daily difference with its interval (`compare_daily`)."""
+    return compare_daily([np.array(w["daily"][name]) for w in windows],
+                         [np.array(w["daily"]["peer"]) for w in windows]).to_dict()
 
 
 def control_summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,7 +240,8 @@ def markdown(results: dict[str, Any], looks: int | None = None) -> str:
     def fmt(v: float | None, spec: str = ".4f") -> str:
         return "n/a" if v is None else format(v, spec)
 
-    for name, s in [*((k, v["summary"]) for k, v in results["seeds"].items()), ("pooled", results["pooled"])]:
+    rows = [*((k, v["summary"]) for k, v in results["seeds"].items()), ("pooled", results["pooled"])]
+    for name, s in rows:
         d = s["model_minus_peer"]
         ci = "n/a" if d is None else f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
         lines.append(f"| {name} | {fmt(s['model'])} | {fmt(s['peer'])} | {fmt(s['ridge'])} | {fmt(s['oracle'])} "
@@ -246,7 +251,7 @@ def markdown(results: dict[str, Any], looks: int | None = None) -> str:
     for name in sorted(n for n in results["pooled"] if EARLY.fullmatch(n)):
         lines.append("")
         lines.append(f"{name} (the model stopped after {name.split('@')[1]} epoch(s)):")
-        for seed, s in [*((k, v["summary"]) for k, v in results["seeds"].items()), ("pooled", results["pooled"])]:
+        for seed, s in rows:
             d = s.get(f"{name}_minus_peer")
             ci = "" if d is None else f", - peer {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
             ratio = f", {s[name + '_cpu_seconds'] / s['peer_cpu_seconds']:.1f}x the peer's CPU" \
